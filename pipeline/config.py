@@ -1,0 +1,253 @@
+"""The one typed configuration object of mlpipe.
+
+Precedence, lowest to highest: embedded defaults, a TOML file (``--config``), the
+``MLPIPE_WORKSPACE`` environment variable (workspace only), command-line flags.
+Every value is checked here; a bad one raises :class:`ConfigError` naming its key.
+This module imports no TFX so that every command can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "taxi"
+WORKSPACE_ENV = "MLPIPE_WORKSPACE"
+
+# Metrics the Evaluator computes (models/ decides how they are configured); thresholds may name these.
+THRESHOLD_METRICS = ("auc", "binary_accuracy", "precision", "recall", "calibration")
+BEAM_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; ``key`` is its dotted name."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = str(DEFAULT_DATA_ROOT)  # directory of CSV files; default is the embedded taxi sample
+    train_buckets: int = 2  # hash-split ratio train:eval
+    eval_buckets: int = 1
+    schema: str = ""  # curated schema.pbtxt to pin (ImportSchemaGen); empty = infer with SchemaGen
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    train_steps: int = 1000
+    eval_steps: int = 150
+    batch_size: int = 64
+    learning_rate: float = 0.001
+    hidden_units: tuple[int, ...] = (64, 32)
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    # Value threshold: the candidate's metric must be at least this.
+    value_metric: str = "binary_accuracy"
+    value_lower_bound: float = 0.6
+    # Change threshold: the candidate may be at most `change_tolerance` below the latest blessed model.
+    change_metric: str = "auc"
+    change_tolerance: float = 0.01
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    direct_running_mode: str = "in_memory"
+    direct_num_workers: int = 1  # 0 = one per core
+    extra_args: tuple[str, ...] = ()
+
+    def pipeline_args(self) -> list[str]:
+        return [
+            f"--direct_running_mode={self.direct_running_mode}",
+            f"--direct_num_workers={self.direct_num_workers}",
+            *self.extra_args,
+        ]
+
+
+@dataclass(frozen=True)
+class Config:
+    workspace: str = "workspace"
+    pipeline_name: str = "mlpipe-taxi"
+    model_name: str = "taxi"
+    enable_cache: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    beam: BeamConfig = field(default_factory=BeamConfig)
+
+    # Paths derived from the workspace: one place for each.
+    @property
+    def workspace_path(self) -> Path:
+        return Path(self.workspace).resolve()
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.workspace_path / "metadata.sqlite"
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.workspace_path / "pipeline_root"
+
+    @property
+    def serving_model_dir(self) -> Path:
+        return self.workspace_path / "serving_model" / self.model_name
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workspace_path / "logs"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, overrides: Mapping[str, Any]) -> "Config":
+        """Returns a validated copy with dotted-key overrides, e.g. {"training.train_steps": 10}."""
+        raw = self.to_dict()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            target = raw
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                target = target[part]
+            target[leaf] = value
+        return from_mapping(raw)
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+    "beam": BeamConfig,
+}
+_TOP_LEVEL = {"workspace", "pipeline_name", "model_name", "enable_cache"}
+
+
+def _check_type(key: str, value: Any, expected: Any) -> Any:
+    """Coerces a TOML/flag value to the field's declared type or raises ConfigError."""
+    if expected == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    if expected == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if expected == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        return float(value)
+    if expected == "str":
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    if expected in ("tuple[int, ...]", "tuple[str, ...]"):
+        item = int if "int" in expected else str
+        if not isinstance(value, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, item) for v in value
+        ):
+            raise ConfigError(key, f"must be a list of {item.__name__}s, got {value!r}")
+        return tuple(value)
+    raise AssertionError(f"unhandled config type {expected} for {key}")
+
+
+def _build(cls: type, section: str, values: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{section}.{name}" if section else name
+        if name not in fields:
+            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(fields))})")
+        kwargs[name] = _check_type(key, value, fields[name].type)
+    return cls(**kwargs)
+
+
+def from_mapping(raw: Mapping[str, Any]) -> Config:
+    """Builds and validates a Config from nested plain values (a parsed TOML document)."""
+    top: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(key, "must be a table")
+            sections[key] = _build(_SECTIONS[key], key, value)
+        elif key in _TOP_LEVEL:
+            top[key] = value
+        else:
+            known = sorted(_TOP_LEVEL | set(_SECTIONS))
+            raise ConfigError(key, f"unknown key (known: {', '.join(known)})")
+    top_fields = {f.name: f for f in dataclasses.fields(Config) if f.name in _TOP_LEVEL}
+    for key, value in top.items():
+        top[key] = _check_type(key, value, top_fields[key].type)
+    config = Config(**top, **sections)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(key, f"must be positive, got {value!r}")
+
+    if not config.workspace:
+        raise ConfigError("workspace", "must not be empty")
+    for key in ("pipeline_name", "model_name"):
+        value = getattr(config, key)
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ConfigError(key, f"must be letters, digits, '-' or '_', got {value!r}")
+    positive("data.train_buckets", config.data.train_buckets)
+    positive("data.eval_buckets", config.data.eval_buckets)
+    if config.data.schema and not Path(config.data.schema).is_file():
+        raise ConfigError("data.schema", f"no schema file at {config.data.schema}")
+    t = config.training
+    positive("training.train_steps", t.train_steps)
+    positive("training.eval_steps", t.eval_steps)
+    positive("training.batch_size", t.batch_size)
+    positive("training.learning_rate", t.learning_rate)
+    if not t.hidden_units or any(u <= 0 for u in t.hidden_units):
+        raise ConfigError("training.hidden_units", f"must be positive layer sizes, got {list(t.hidden_units)}")
+    e = config.evaluation
+    for key in ("value_metric", "change_metric"):
+        if getattr(e, key) not in THRESHOLD_METRICS:
+            raise ConfigError(
+                f"evaluation.{key}", f"must be one of {', '.join(THRESHOLD_METRICS)}, got {getattr(e, key)!r}"
+            )
+    if e.change_tolerance < 0:
+        raise ConfigError("evaluation.change_tolerance", f"must be >= 0, got {e.change_tolerance}")
+    b = config.beam
+    if b.direct_running_mode not in BEAM_RUNNING_MODES:
+        raise ConfigError(
+            "beam.direct_running_mode",
+            f"must be one of {', '.join(BEAM_RUNNING_MODES)}, got {b.direct_running_mode!r}",
+        )
+    if b.direct_num_workers < 0:
+        raise ConfigError("beam.direct_num_workers", f"must be >= 0, got {b.direct_num_workers}")
+    for arg in b.extra_args:
+        if not arg.startswith("--"):
+            raise ConfigError("beam.extra_args", f"each must look like --name=value, got {arg!r}")
+
+
+def load(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at `path`, then $MLPIPE_WORKSPACE, then `overrides`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError("--config", f"no such file: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
+    config = from_mapping(raw)
+    env_workspace = os.environ.get(WORKSPACE_ENV)
+    merged = {"workspace": env_workspace} if env_workspace else {}
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config.replace(merged) if merged else config
