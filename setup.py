@@ -7,5 +7,5 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["pipeline*", "models*", "data*", "serving*"]),
     package_data={"data": ["schema/*.pbtxt"]},
-    entry_points={"console_scripts": ["mlpipe=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["mlpipe=pipeline.cli:entry"]},
 )

@@ -1,0 +1,1 @@
+"""Data for mlpipe: the embedded default dataset (the Chicago taxi sample that tfx ships) and span tools."""

@@ -19,7 +19,7 @@ DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "taxi"
 WORKSPACE_ENV = "MLPIPE_WORKSPACE"
 
 # Metrics the Evaluator computes (models/ decides how they are configured); thresholds may name these.
-THRESHOLD_METRICS = ("auc", "binary_accuracy", "precision", "recall", "calibration")
+THRESHOLD_METRICS = ("auc", "binary_accuracy", "precision", "recall")
 BEAM_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
 
 

@@ -1,0 +1,177 @@
+"""The `mlpipe` command line.
+
+Exit codes of every command: 0 success (for `run`: the run completed, pushed or not),
+1 the pipeline or the command failed, 2 bad usage, config or input data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from pipeline import config as config_lib
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# Set by commands that write a log file, so interpreter-exit noise lands there too.
+_exit_log: Path | None = None
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Options every command that reads the config takes (the file and the workspace)."""
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (see README: Configuration)")
+    parser.add_argument(
+        "--workspace",
+        metavar="DIR",
+        help=f"where MLMD, artifacts, logs and pushed models live (default ./workspace, or ${config_lib.WORKSPACE_ENV})",
+    )
+
+
+def load_config(args: argparse.Namespace, overrides: dict | None = None) -> config_lib.Config:
+    merged = {"workspace": getattr(args, "workspace", None)}
+    merged.update(overrides or {})
+    try:
+        return config_lib.load(getattr(args, "config", None), merged)
+    except config_lib.ConfigError as e:
+        raise CommandError(f"config error: {e}", EXIT_USAGE) from None
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Flags for the common knobs of a pipeline run; each overrides the config file."""
+    add_config_options(parser)
+    g = parser.add_argument_group("pipeline knobs (override the config file)")
+    g.add_argument("--data-root", metavar="DIR", help="directory of input CSV files (data.root)")
+    g.add_argument("--schema", metavar="FILE", help="pin a curated schema.pbtxt instead of inferring one (data.schema)")
+    g.add_argument("--train-steps", type=int, metavar="N", help="training steps (training.train_steps)")
+    g.add_argument("--eval-steps", type=int, metavar="N", help="evaluation steps during training (training.eval_steps)")
+    g.add_argument("--value-threshold", type=float, metavar="X",
+                   help="lower bound of the value-thresholded metric (evaluation.value_lower_bound)")
+    g.add_argument("--change-tolerance", type=float, metavar="X",
+                   help="how far below the baseline the change-thresholded metric may fall (evaluation.change_tolerance)")
+    g.add_argument("--direct-running-mode", choices=config_lib.BEAM_RUNNING_MODES,
+                   help="Beam DirectRunner mode (beam.direct_running_mode)")
+    g.add_argument("--direct-num-workers", type=int, metavar="N",
+                   help="Beam DirectRunner workers, 0 = one per core (beam.direct_num_workers)")
+    g.add_argument("--beam-arg", action="append", metavar="--NAME=VALUE", default=None,
+                   help="extra Beam pipeline argument, repeatable (beam.extra_args)")
+    g.add_argument("--no-cache", action="store_true", help="re-run every component (enable_cache = false)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="also show the full TFX/Beam/TF logs live")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON (see README)")
+
+
+def run_overrides(args: argparse.Namespace) -> dict:
+    return {
+        "data.root": args.data_root,
+        "data.schema": args.schema,
+        "training.train_steps": args.train_steps,
+        "training.eval_steps": args.eval_steps,
+        "evaluation.value_lower_bound": args.value_threshold,
+        "evaluation.change_tolerance": args.change_tolerance,
+        "beam.direct_running_mode": args.direct_running_mode,
+        "beam.direct_num_workers": args.direct_num_workers,
+        "beam.extra_args": args.beam_arg,
+        "enable_cache": False if args.no_cache else None,
+    }
+
+
+def run_and_report(config: config_lib.Config, args: argparse.Namespace) -> int:
+    """Runs the pipeline with logs in the workspace and prints progress and the summary."""
+    global _exit_log
+    from pipeline import inputs, logs, runner
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_path = config.log_dir / f"run-{stamp}.log"
+    _exit_log = log_path
+    say = print
+    if not args.json:
+        print(f"mlpipe: running pipeline '{config.pipeline_name}' on {config.data.root}", flush=True)
+        print(f"mlpipe: full logs in {log_path}", flush=True)
+    try:
+        with logs.capture_output(log_path, verbose=args.verbose) as console:
+            def say(line: str) -> None:
+                if not args.json:
+                    console.write(line + "\n")
+
+            summary = runner.run(config, say)
+    except inputs.InputDataError as e:
+        raise CommandError(f"input data error: {e}", EXIT_USAGE) from None
+    if args.json:
+        print(json.dumps({"log": str(log_path), **summary.to_dict()}, indent=2, default=str))
+    else:
+        print(f"mlpipe: run {summary.run_id or '-'} took {summary.seconds:.1f} s")
+        for line in summary.lines():
+            print(line)
+    return EXIT_OK if summary.completed else EXIT_FAILED
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    return run_and_report(load_config(args, run_overrides(args)), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlpipe",
+        description="TFX pipeline for the taxi model: train, evaluate, bless, push, serve.",
+        epilog="Exit codes: 0 success, 1 failure, 2 bad usage/config/input. `mlpipe COMMAND --help` for details.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run the whole pipeline once (ExampleGen to Pusher)",
+        description="Run ExampleGen, StatisticsGen, SchemaGen, ExampleValidator, Transform, Trainer, "
+        "Evaluator and Pusher under TFX's LocalDagRunner; unchanged steps are reused from the cache. "
+        "Exit 0 when the run completed (pushed or not), 1 when a component failed, 2 for bad config or data.",
+    )
+    add_run_options(run)
+    run.set_defaults(func=_run_command)
+    for register in _command_registrars():
+        register(sub)
+    return parser
+
+
+# Modules that each define `add_parser(subparsers)` registering one or more commands.
+COMMAND_MODULES = [
+    "serving.cli",
+]
+
+
+def _command_registrars():
+    import importlib
+
+    return [importlib.import_module(name).add_parser for name in COMMAND_MODULES]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except CommandError as e:
+        print(f"mlpipe: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("mlpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    """Console-script entry point: runs main, then exits without TF's teardown noise."""
+    code = main()
+    from pipeline.logs import silence_exit_noise
+
+    silence_exit_noise(_exit_log)
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""One module per `mlpipe` command group; each has `add_parser(subparsers)`."""

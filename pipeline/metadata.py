@@ -1,0 +1,124 @@
+"""Read-only questions to ML Metadata, in TFX's terms: the one module every CLI command asks.
+
+TFX records per run: a `pipeline_run` context (named by the run id, an ISO timestamp), a `node`
+context per component (`<pipeline>.<node id>`), executions linked to both, and artifacts linked to
+executions by INPUT/OUTPUT events keyed by the component's channel names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterable
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2
+
+State = metadata_store_pb2.Execution.State
+STATE_NAMES = {
+    State.NEW: "new",
+    State.RUNNING: "running",
+    State.COMPLETE: "ran",
+    State.FAILED: "failed",
+    State.CACHED: "cached",
+    State.CANCELED: "canceled",
+    State.UNKNOWN: "unknown",
+}
+
+
+@dataclasses.dataclass
+class NodeExecution:
+    node_id: str
+    state: str  # one of STATE_NAMES' values
+    start_ms: int
+    end_ms: int
+    execution: metadata_store_pb2.Execution
+
+    @property
+    def seconds(self) -> float:
+        return max(0, self.end_ms - self.start_ms) / 1000.0
+
+
+def open_store(path: str | Path, read_only: bool = True) -> mlmd.MetadataStore | None:
+    """The store at `path`, or None if there is no store yet (nothing has run)."""
+    if read_only and not Path(path).is_file():
+        return None
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(path)
+    config.sqlite.connection_mode = (
+        metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+        if read_only
+        else metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    )
+    return mlmd.MetadataStore(config)
+
+
+def pipeline_runs(store: mlmd.MetadataStore, pipeline_name: str) -> list[metadata_store_pb2.Context]:
+    """The pipeline's run contexts, newest first."""
+    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline is None:
+        return []
+    runs = [c for c in store.get_children_contexts_by_context(pipeline.id) if c.type == "pipeline_run"]
+    return sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id), reverse=True)
+
+
+def node_ids_by_execution(store: mlmd.MetadataStore, pipeline_name: str) -> dict[int, str]:
+    prefix = f"{pipeline_name}."
+    result = {}
+    for node in store.get_contexts_by_type("node"):
+        if node.name.startswith(prefix):
+            for execution in store.get_executions_by_context(node.id):
+                result[execution.id] = node.name[len(prefix):]
+    return result
+
+
+def run_executions(
+    store: mlmd.MetadataStore, pipeline_name: str, run: metadata_store_pb2.Context
+) -> list[NodeExecution]:
+    """The run's executions in the order they started."""
+    node_ids = node_ids_by_execution(store, pipeline_name)
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.id)
+    return [
+        NodeExecution(
+            node_id=node_ids.get(e.id, e.type.rsplit(".", 1)[-1]),
+            state=STATE_NAMES.get(e.last_known_state, "unknown"),
+            start_ms=e.create_time_since_epoch,
+            end_ms=e.last_update_time_since_epoch,
+            execution=e,
+        )
+        for e in executions
+    ]
+
+
+def artifacts_by_key(
+    store: mlmd.MetadataStore, execution_id: int, event_types: Iterable[int]
+) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    """{channel key: artifacts} of one execution's events of the given types (INPUT, OUTPUT)."""
+    wanted = set(event_types)
+    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in wanted]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    result: dict[str, list[metadata_store_pb2.Artifact]] = {}
+    for event in events:
+        key = event.path.steps[0].key if event.path.steps else ""
+        if event.artifact_id in artifacts:
+            result.setdefault(key, []).append(artifacts[event.artifact_id])
+    return result
+
+
+def outputs(store: mlmd.MetadataStore, execution_id: int) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    Event = metadata_store_pb2.Event
+    return artifacts_by_key(store, execution_id, (Event.OUTPUT, Event.DECLARED_OUTPUT))
+
+
+def inputs(store: mlmd.MetadataStore, execution_id: int) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    Event = metadata_store_pb2.Event
+    return artifacts_by_key(store, execution_id, (Event.INPUT, Event.DECLARED_INPUT))
+
+
+def custom_property(item, name: str, default=None):
+    """A custom property's value (int, double or string), or `default` if it is not set."""
+    if name not in item.custom_properties:
+        return default
+    value = item.custom_properties[name]
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else default

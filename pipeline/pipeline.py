@@ -1,0 +1,159 @@
+"""The TFX pipeline definition: one function from Config to a tfx Pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from models import features
+from pipeline.components import AnomaliesGate, BaselineModelStrategy
+from pipeline.config import Config
+from pipeline.inputs import CSV_PATTERN
+
+MODELS_DIR = Path(features.__file__).resolve().parent
+PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
+RUN_FN = "models.model.run_fn"
+
+# TFMA class names of the metrics the Evaluator computes, by the metric name it reports.
+METRIC_CLASSES = {
+    "example_count": "ExampleCount",
+    "auc": "AUC",
+    "binary_accuracy": "BinaryAccuracy",
+    "precision": "Precision",
+    "recall": "Recall",
+    "calibration": "Calibration",
+}
+# Node ids in the order the local runner executes them.
+COMPONENT_ORDER = (
+    "CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
+    "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher",
+)
+
+
+def models_fingerprint(models_dir: Path = MODELS_DIR) -> str:
+    """SHA-256 over the model code's .py files, so the cache sees changes to models/."""
+    digest = hashlib.sha256()
+    for path in sorted(models_dir.rglob("*.py")):
+        digest.update(path.relative_to(models_dir).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def eval_config(config: Config) -> tfma.EvalConfig:
+    ev = config.evaluation
+    thresholds: dict[str, tfma.MetricThreshold] = {}
+    thresholds.setdefault(ev.value_metric, tfma.MetricThreshold()).value_threshold.CopyFrom(
+        tfma.GenericValueThreshold(lower_bound={"value": ev.value_lower_bound})
+    )
+    thresholds.setdefault(ev.change_metric, tfma.MetricThreshold()).change_threshold.CopyFrom(
+        tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -ev.change_tolerance}
+        )
+    )
+    metrics = []
+    for name, class_name in METRIC_CLASSES.items():
+        metric = tfma.MetricConfig(class_name=class_name)
+        if name in thresholds:  # gate on the overall slice only; slices are reported, not gated
+            metric.per_slice_thresholds.append(
+                tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=thresholds[name])
+            )
+        metrics.append(metric)
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_default",
+                label_key=features.LABEL,
+                prediction_key="scores",
+                preprocessing_function_names=["transform_features"],
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec()]
+        + [tfma.SlicingSpec(feature_keys=[key]) for key in features.SLICE_FEATURES],
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+    )
+
+
+def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
+    fingerprint = models_fingerprint()
+    example_gen = tfx.components.CsvExampleGen(
+        input_base=str(Path(config.data.root).resolve()),
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="single_split", pattern=CSV_PATTERN)]),
+        output_config=tfx.proto.Output(
+            split_config=tfx.proto.SplitConfig(
+                splits=[
+                    tfx.proto.SplitConfig.Split(name="train", hash_buckets=config.data.train_buckets),
+                    tfx.proto.SplitConfig.Split(name="eval", hash_buckets=config.data.eval_buckets),
+                ]
+            )
+        ),
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    if config.data.schema:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=str(Path(config.data.schema).resolve()))
+    else:
+        schema_gen = tfx.components.SchemaGen(
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False
+        )
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"models_fingerprint": fingerprint},
+    )
+    transform.add_upstream_node(anomalies_gate)
+    t = config.training
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=t.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=t.eval_steps),
+        custom_config={
+            "models_fingerprint": fingerprint,
+            "batch_size": t.batch_size,
+            "learning_rate": t.learning_rate,
+            "hidden_units": list(t.hidden_units),
+            "seed": t.seed,
+        },
+    )
+    baseline_resolver = tfx.dsl.Resolver(
+        strategy_class=BaselineModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        candidate=trainer.outputs["model"],
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=baseline_resolver.outputs["model"],
+        eval_config=eval_config(config),
+    )
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(config.serving_model_dir))
+        ),
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=str(config.pipeline_root),
+        components=[
+            example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+            transform, trainer, baseline_resolver, evaluator, pusher,
+        ],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(config.metadata_path)
+        ),
+        beam_pipeline_args=config.beam.pipeline_args(),
+    )

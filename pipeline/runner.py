@@ -1,0 +1,174 @@
+"""Runs the pipeline once with TFX's LocalDagRunner and tells the user what happened."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Callable
+
+from models import features
+from pipeline import metadata
+from pipeline.config import Config
+from pipeline.inputs import check_csv_dir
+
+Print = Callable[[str], None]
+
+
+class ProgressHandler(logging.Handler):
+    """Turns the local runner's absl log records into one line per component start and end."""
+
+    def __init__(self, say: Print):
+        super().__init__(level=logging.INFO)
+        self.say = say
+        self.current: str | None = None
+        self.started = 0.0
+        self.outcome = "done"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message, args = record.msg, record.args
+        if message == "Component %s is running.":
+            self.current, self.started, self.outcome = args[0], time.monotonic(), "resolved"
+            self.say(f"  {self.current:<32} started")
+        elif message == "A cached execution %d is used.":
+            self.outcome = "cached"
+        elif message == "Going to run a new execution %d":
+            self.outcome = "ran"
+        elif message == "Component %s is finished.":
+            seconds = time.monotonic() - self.started
+            self.say(f"  {args[0]:<32} {self.outcome:<8} {seconds:6.1f} s")
+            self.current = None
+
+
+@dataclasses.dataclass
+class ComponentResult:
+    node_id: str
+    state: str  # ran, cached, failed, ... (metadata.STATE_NAMES)
+    seconds: float
+
+
+@dataclasses.dataclass
+class RunSummary:
+    run_id: str | None
+    seconds: float
+    completed: bool
+    components: list[ComponentResult] = dataclasses.field(default_factory=list)
+    blessed: bool | None = None
+    checks: list = dataclasses.field(default_factory=list)  # evaluation.ThresholdCheck
+    validation_failures: list = dataclasses.field(default_factory=list)  # TFMA's, one line each
+    pushed_version: str | None = None
+    pushed_path: str | None = None
+    failed_component: str | None = None
+    error: str | None = None
+
+    @property
+    def fully_cached(self) -> bool:
+        return bool(self.components) and all(
+            c.state == "cached" for c in self.components if not c.node_id.endswith("_resolver")
+        )
+
+    @property
+    def outcome(self) -> str:
+        if not self.completed:
+            return "failed"
+        if self.pushed_version:
+            return "pushed"
+        return "not_blessed" if self.blessed is False else "not_pushed"
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["outcome"] = self.outcome
+        data["fully_cached"] = self.fully_cached
+        return data
+
+    def lines(self) -> list[str]:
+        if not self.completed:
+            where = f" at {self.failed_component}" if self.failed_component else ""
+            return [f"Result: FAILED{where}: {self.error}", "Nothing was pushed."]
+        cached = " (fully cached: nothing changed since the last run)" if self.fully_cached else ""
+        if self.pushed_version:
+            head = f"Result: BLESSED and pushed as version {self.pushed_version}{cached}"
+        elif self.blessed:
+            head = f"Result: BLESSED, but nothing was pushed{cached}"
+        else:
+            failed = [c for c in self.checks if c.passed is False]
+            reason = "; ".join(
+                f"{c.metric} {c.value:.4f} < {c.bound:.4f}" if c.value is not None else f"{c.metric} missing"
+                for c in failed
+            )
+            head = f"Result: NOT BLESSED, nothing pushed ({reason or 'thresholds not met'}){cached}"
+        lines = [head] + [f"  {c.describe()}" for c in self.checks]
+        if not self.blessed and self.validation_failures:
+            lines += ["TFMA validation failures:"] + [f"  {m}" for m in self.validation_failures]
+        if self.pushed_path:
+            lines.append(f"Pushed model: {self.pushed_path}")
+        return lines
+
+
+def run(config: Config, say: Print = print) -> RunSummary:
+    """Runs the pipeline; never raises for a failed component (the summary says what failed).
+
+    Bad input data (inputs.InputDataError) raises before anything runs.
+    """
+    check_csv_dir(config.data.root, features.CSV_COLUMNS)
+    config.workspace_path.mkdir(parents=True, exist_ok=True)
+
+    from tfx import v1 as tfx  # heavy; imported only when a run really starts
+
+    from pipeline.pipeline import create_pipeline
+
+    handler = ProgressHandler(say)
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addHandler(handler)
+    started = time.time()
+    error: BaseException | None = None
+    try:
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    except Exception as e:  # a component failed: report it, keep MLMD as it is
+        error = e
+        logging.getLogger(__name__).exception("pipeline run failed")
+    finally:
+        absl_logger.removeHandler(handler)
+    summary = summarize(config, started, time.time() - started)
+    if error is not None:
+        summary.completed = False
+        summary.failed_component = handler.current or summary.failed_component
+        summary.error = str(error).strip() or type(error).__name__
+    return summary
+
+
+def summarize(config: Config, started: float, seconds: float) -> RunSummary:
+    """Builds the run's summary from MLMD: the newest run that began after `started`."""
+    from pipeline import evaluation
+
+    store = metadata.open_store(config.metadata_path)
+    runs = metadata.pipeline_runs(store, config.pipeline_name) if store else []
+    runs = [r for r in runs if r.create_time_since_epoch >= int(started * 1000) - 1000]
+    if not runs:
+        return RunSummary(run_id=None, seconds=seconds, completed=False, error="the run recorded nothing in MLMD")
+    run_context = runs[0]
+    executions = metadata.run_executions(store, config.pipeline_name, run_context)
+    summary = RunSummary(
+        run_id=run_context.name,
+        seconds=seconds,
+        completed=all(e.state in ("ran", "cached") for e in executions),
+        components=[ComponentResult(e.node_id, e.state, e.seconds) for e in executions],
+    )
+    by_node = {e.node_id: e for e in executions}
+    failed = [e for e in executions if e.state == "failed"]
+    if failed:
+        summary.failed_component = failed[0].node_id
+    if "Evaluator" in by_node:
+        out = metadata.outputs(store, by_node["Evaluator"].execution.id)
+        if out.get("blessing"):
+            summary.blessed = metadata.custom_property(out["blessing"][0], "blessed") == 1
+        if out.get("evaluation"):
+            summary.checks = evaluation.threshold_checks(out["evaluation"][0].uri, config.evaluation)
+            summary.validation_failures = evaluation.validation_failures(out["evaluation"][0].uri)
+    if "Pusher" in by_node:
+        out = metadata.outputs(store, by_node["Pusher"].execution.id)
+        for pushed in out.get("pushed_model", []):
+            if metadata.custom_property(pushed, "pushed") == 1:
+                summary.pushed_version = metadata.custom_property(pushed, "pushed_version")
+                summary.pushed_path = metadata.custom_property(pushed, "pushed_destination")
+    return summary
