@@ -1,0 +1,243 @@
+"""Predict, Classify and Regress on one servable, with TF Serving's rules for each signature kind.
+
+REST and gRPC both end here; warm-up replays logged requests through the same functions.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from serving.errors import invalid
+from serving.servable import CLASSIFY_METHOD, REGRESS_METHOD, Servable, Signature
+
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
+REGRESS_OUTPUTS = "outputs"
+
+
+def predict(
+    servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+) -> tuple[Signature, dict[str, np.ndarray]]:
+    signature = servable.signature(signature_name)
+    wanted = list(output_filter)
+    if len(set(wanted)) != len(wanted):
+        duplicate = next(k for k in wanted if wanted.count(k) > 1)
+        raise invalid(f"duplicate output tensor alias: {duplicate}")
+    for key in wanted:
+        if key not in signature.outputs:
+            raise invalid(
+                f"output tensor alias not found in signature: {key} Outputs expected to be in the set "
+                f"{{{','.join(sorted(signature.outputs))}}}."
+            )
+    outputs = servable.run(signature, inputs)
+    if wanted:
+        outputs = {k: outputs[k] for k in wanted}
+    return signature, outputs
+
+
+def serialized_examples(request_input) -> list[bytes]:
+    """tensorflow.serving.Input as serialized tf.Examples; context features are merged into each example."""
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        examples = [e.SerializeToString() for e in request_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        context = request_input.example_list_with_context.context
+        examples = []
+        for example in request_input.example_list_with_context.examples:
+            merged = type(example)()
+            merged.CopyFrom(context)
+            for name, feature in example.features.feature.items():
+                merged.features.feature[name].CopyFrom(feature)
+            examples.append(merged.SerializeToString())
+    else:
+        examples = []
+    if not examples:
+        raise invalid("Input is empty.")
+    return examples
+
+
+def _example_signature(servable: Servable, signature_name: str, method: str, kind: str) -> Signature:
+    signature = servable.signature(signature_name)
+    if signature.method_name != method:
+        raise invalid(
+            f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name} "
+            f"(use :predict for signature '{signature.name}')"
+        )
+    if len(signature.inputs) != 1:
+        raise invalid("Expected one input Tensor.")
+    spec = next(iter(signature.inputs.values()))
+    if spec.dtype.kind != "O":
+        raise invalid(f"Expected input Tensor of the {kind} signature to be DT_STRING (serialized tf.Example)")
+    return signature
+
+
+def _run_examples(servable: Servable, signature: Signature, examples: list[bytes]) -> dict[str, np.ndarray]:
+    key = next(iter(signature.inputs))
+    batch = np.empty(len(examples), dtype=object)
+    batch[:] = examples
+    return servable.run(signature, {key: batch})
+
+
+def classify(servable: Servable, signature_name: str, request_input):
+    """Returns (signature, ClassificationResult): one list of (label, score) per example."""
+    from tensorflow_serving.apis import classification_pb2
+
+    signature = _example_signature(servable, signature_name, CLASSIFY_METHOD, "classification")
+    if len(signature.outputs) not in (1, 2) or not (
+        CLASSIFY_CLASSES in signature.outputs or CLASSIFY_SCORES in signature.outputs
+    ):
+        raise invalid(
+            f'Expected classification signature outputs to contain at least one of "{CLASSIFY_CLASSES}" or '
+            f'"{CLASSIFY_SCORES}". Signature was: {sorted(signature.outputs)}'
+        )
+    examples = serialized_examples(request_input)
+    outputs = _run_examples(servable, signature, examples)
+    classes, scores = outputs.get(CLASSIFY_CLASSES), outputs.get(CLASSIFY_SCORES)
+    n = len(examples)
+    for name, value in ((CLASSIFY_CLASSES, classes), (CLASSIFY_SCORES, scores)):
+        if value is None:
+            continue
+        if value.ndim != 2:
+            raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {list(value.shape)}")
+        if value.shape[0] != n:
+            raise invalid(f"Expected {name} output batch size of {n}, got {value.shape[0]}")
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise invalid(f"Tensors class and score should match in shape: {list(classes.shape)} vs {list(scores.shape)}")
+    result = classification_pb2.ClassificationResult()
+    width = (classes if classes is not None else scores).shape[1]
+    for i in range(n):
+        row = result.classifications.add()
+        for j in range(width):
+            item = row.classes.add()
+            if classes is not None:
+                label = classes[i, j]
+                item.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if scores is not None:
+                item.score = float(scores[i, j])
+    return signature, result
+
+
+def regress(servable: Servable, signature_name: str, request_input):
+    """Returns (signature, RegressionResult): one value per example."""
+    from tensorflow_serving.apis import regression_pb2
+
+    signature = _example_signature(servable, signature_name, REGRESS_METHOD, "regression")
+    if REGRESS_OUTPUTS not in signature.outputs or len(signature.outputs) != 1:
+        raise invalid(f'Expected one output Tensor named "{REGRESS_OUTPUTS}", found {sorted(signature.outputs)}')
+    examples = serialized_examples(request_input)
+    values = _run_examples(servable, signature, examples)[REGRESS_OUTPUTS]
+    n = len(examples)
+    if not (values.shape == (n,) or values.shape == (n, 1)):
+        raise invalid(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}")
+    result = regression_pb2.RegressionResult()
+    for value in values.reshape(n):
+        result.regressions.add().value = float(value)
+    return signature, result
+
+
+def signature_def_map(servable: Servable):
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    message = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in servable.meta_graph.signature_def.items():
+        if name in servable.signatures:
+            message.signature_def[name].CopyFrom(signature)
+    return message
+
+
+def tensor_to_array(tensor_proto) -> np.ndarray:
+    import tensorflow as tf
+
+    try:
+        return tf.make_ndarray(tensor_proto)
+    except Exception as e:  # a TensorProto whose content does not match its shape or dtype
+        raise invalid(f"Invalid TensorProto: {e}") from None
+
+
+def array_to_tensor(array: np.ndarray):
+    import tensorflow as tf
+
+    array = np.asarray(array)
+    if array.dtype.kind in "OSU":
+        return tf.make_tensor_proto(array, dtype=tf.string)
+    return tf.make_tensor_proto(array)
+
+
+def predict_from_proto(servable: Servable, request):
+    """A PredictRequest run on `servable`; returns a PredictResponse (model_spec filled)."""
+    from tensorflow_serving.apis import predict_pb2
+
+    inputs = {k: tensor_to_array(v) for k, v in request.inputs.items()}
+    signature, outputs = predict(servable, request.model_spec.signature_name, inputs, list(request.output_filter))
+    response = predict_pb2.PredictResponse()
+    fill_model_spec(response.model_spec, servable, signature.name)
+    for key, value in outputs.items():
+        response.outputs[key].CopyFrom(array_to_tensor(value))
+    return response
+
+
+def classify_from_proto(servable: Servable, request):
+    from tensorflow_serving.apis import classification_pb2
+
+    signature, result = classify(servable, request.model_spec.signature_name, request.input)
+    response = classification_pb2.ClassificationResponse()
+    fill_model_spec(response.model_spec, servable, signature.name)
+    response.result.CopyFrom(result)
+    return response
+
+
+def regress_from_proto(servable: Servable, request):
+    from tensorflow_serving.apis import regression_pb2
+
+    signature, result = regress(servable, request.model_spec.signature_name, request.input)
+    response = regression_pb2.RegressionResponse()
+    fill_model_spec(response.model_spec, servable, signature.name)
+    response.result.CopyFrom(result)
+    return response
+
+
+def fill_model_spec(model_spec, servable: Servable, signature_name: str | None = None) -> None:
+    model_spec.name = servable.model_name
+    model_spec.version.value = servable.version
+    if signature_name is not None:
+        model_spec.signature_name = signature_name
+
+
+WARMUP_FILE = ("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
+
+
+def warm_up(servable: Servable, iterations: int = 1) -> int:
+    """Replays assets.extra/tf_serving_warmup_requests (TFRecord of PredictionLog); returns requests run.
+
+    Any failing record fails the load, as in TF Serving, so a version never serves cold or broken.
+    """
+    import os
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(servable.path, *WARMUP_FILE)
+    if not os.path.isfile(path):
+        return 0
+    count = 0
+    for record in tf.compat.v1.io.tf_record_iterator(path):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record)
+        kind = log.WhichOneof("log_type")
+        if count >= MAX_WARMUP_RECORDS:
+            raise ValueError(f"{path} has more than {MAX_WARMUP_RECORDS} warm-up records")
+        for _ in range(max(1, iterations)):
+            if kind == "predict_log":
+                predict_from_proto(servable, log.predict_log.request)
+            elif kind == "classify_log":
+                classify_from_proto(servable, log.classify_log.request)
+            elif kind == "regress_log":
+                regress_from_proto(servable, log.regress_log.request)
+            else:
+                raise ValueError(f"unsupported warm-up record type {kind!r} in {path} (use predict, classify or regress logs)")
+        count += 1
+    return count

@@ -1,0 +1,271 @@
+"""TF Serving's REST API (model_servers/http_rest_api_handler.cc) on tornado.
+
+Paths, request and response JSON, and status codes as TF Serving documents them in api_rest.md.
+Model calls run on a thread pool so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from urllib.parse import unquote
+
+import tornado.web
+
+from serving import inference, json_codec, metrics as metrics_mod
+from serving.errors import Code, ServingError, from_exception, invalid
+
+log = logging.getLogger("serving.rest")
+
+# TF Serving's regexes (http_rest_api_util.cc), matched against the whole path.
+PREDICTION_RE = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+)
+STATUS_RE = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
+)
+
+
+def _json_message(message) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(message, including_default_value_fields=True)
+
+
+class RestApi:
+    """Maps (method, path, body) to (HTTP status, JSON body); no HTTP server involved."""
+
+    def __init__(self, service, metrics):
+        self.service = service
+        self.metrics = metrics
+
+    def handle(self, http_method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        start = time.perf_counter()
+        api, model, version = "unknown", "", None
+        try:
+            name = version_str = label = method = None
+            match = None
+            if http_method == "POST":
+                match = PREDICTION_RE.fullmatch(path)
+                if match:
+                    name, version_str, label, method = match.groups()
+                    api = method.lower()
+            elif http_method == "GET":
+                match = STATUS_RE.fullmatch(path)
+                if match:
+                    name, version_str, label, sub = match.groups()
+                    api = "metadata" if sub else "status"
+            if not match:
+                raise invalid(f"Malformed request: {http_method} {path}")
+            model = unquote(name or "")
+            label = unquote(label) if label else None
+            if version_str:
+                version = int(version_str)
+                if version >= 2**63:
+                    raise invalid(f"Failed to convert version: {version_str} to numeric.")
+            if api in ("status", "metadata") and not model:
+                raise invalid("Missing model name in request.")
+            served_version, doc = getattr(self, "_" + api)(model, version, label, body)
+            version = served_version if served_version is not None else version
+            status, payload, code = 200, json_codec.dumps(doc), "OK"
+        except Exception as e:  # every failure becomes {"error": ...} with TF Serving's status code
+            error = from_exception(e)
+            if error.code in (Code.INTERNAL, Code.UNKNOWN):
+                log.exception("REST %s %s failed", http_method, path)
+            status, payload, code = error.http_status, json_codec.dumps({"error": error.message}), error.code_name
+        self.metrics.observe(model, version, api, "rest", code, time.perf_counter() - start)
+        return status, payload
+
+    def _status(self, name, version, label, body):
+        return None, _json_message(self.service.status(name, version, label))
+
+    def _metadata(self, name, version, label, body):
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        served, response = self.service.metadata(name, version, label)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        as_dict = lambda m: json_format.MessageToDict(  # noqa: E731
+            m, including_default_value_fields=True, preserving_proto_field_name=True
+        )
+        return served, {"model_spec": as_dict(response.model_spec), "metadata": {"signature_def": as_dict(signature_map)}}
+
+    def _predict(self, name, version, label, body):
+        doc = json_codec.parse_body(body)
+        signature_name = json_codec.signature_name(doc)
+        with self.service.manager.acquire(name, version, label) as servable:
+            signature = servable.signature(signature_name)
+            dtypes = {k: spec.dtype for k, spec in signature.inputs.items()}
+            fmt, inputs = json_codec.predict_inputs(doc, dtypes)
+            signature, outputs = inference.predict(servable, signature.name, inputs)
+            response = json_codec.predict_response(outputs, fmt)
+            self.service.maybe_log("predict_log", name, lambda: _predict_log(servable, signature.name, inputs, outputs))
+            return servable.version, response
+
+    def _classify(self, name, version, label, body):
+        doc = json_codec.parse_body(body)
+        signature_name = json_codec.signature_name(doc)
+        request_input = json_codec.classify_regress_input(doc, "classify")
+        with self.service.manager.acquire(name, version, label) as servable:
+            signature, result = inference.classify(servable, signature_name, request_input)
+            self.service.maybe_log(
+                "classify_log", name, lambda: _example_log("classify", servable, signature.name, request_input, result)
+            )
+            return servable.version, json_codec.classification_response(result)
+
+    def _regress(self, name, version, label, body):
+        doc = json_codec.parse_body(body)
+        signature_name = json_codec.signature_name(doc)
+        request_input = json_codec.classify_regress_input(doc, "regress")
+        with self.service.manager.acquire(name, version, label) as servable:
+            signature, result = inference.regress(servable, signature_name, request_input)
+            self.service.maybe_log(
+                "regress_log", name, lambda: _example_log("regress", servable, signature.name, request_input, result)
+            )
+            return servable.version, json_codec.regression_response(result)
+
+
+def _predict_log(servable, signature_name, inputs, outputs):
+    from tensorflow_serving.apis import predict_pb2
+
+    request, response = predict_pb2.PredictRequest(), predict_pb2.PredictResponse()
+    inference.fill_model_spec(request.model_spec, servable, signature_name)
+    response.model_spec.CopyFrom(request.model_spec)
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(inference.array_to_tensor(value))
+    for key, value in outputs.items():
+        response.outputs[key].CopyFrom(inference.array_to_tensor(value))
+    return request.model_spec, request, response
+
+
+def _example_log(kind, servable, signature_name, request_input, result):
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    if kind == "classify":
+        request, response = classification_pb2.ClassificationRequest(), classification_pb2.ClassificationResponse()
+    else:
+        request, response = regression_pb2.RegressionRequest(), regression_pb2.RegressionResponse()
+    inference.fill_model_spec(request.model_spec, servable, signature_name)
+    request.input.CopyFrom(request_input)
+    response.model_spec.CopyFrom(request.model_spec)
+    response.result.CopyFrom(result)
+    return request.model_spec, request, response
+
+
+# ---- tornado ----------------------------------------------------------------------------------
+
+
+class _Base(tornado.web.RequestHandler):
+    def initialize(self, server):
+        self.server = server
+        self._rejection: ServingError | None = None
+        self._body = bytearray()
+        self._seen = 0
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json")
+
+    def prepare(self):
+        token = self.server.options.auth_token
+        if token:
+            sent = self.request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                self._rejection = ServingError(
+                    Code.UNAUTHENTICATED, "Missing or wrong bearer token: send 'Authorization: Bearer <token>'"
+                )
+                return
+        limit = self.server.options.max_request_bytes
+        declared = self.request.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            self._too_large()
+
+    def _too_large(self):
+        limit = self.server.options.max_request_bytes
+        self._rejection = ServingError(
+            Code.RESOURCE_EXHAUSTED,
+            f"Request body is larger than the limit of {limit} bytes; send fewer instances per request "
+            "(or start the server with a larger --max_request_bytes)",
+        )
+
+    def data_received(self, chunk: bytes):
+        self._seen += len(chunk)
+        if self._rejection is not None:
+            return  # read and drop, so the client still gets the JSON error
+        if self._seen > self.server.options.max_request_bytes:
+            self._too_large()
+            self._body = bytearray()
+            return
+        self._body += chunk
+
+    def reply(self, status: int, payload: bytes):
+        self.set_status(status)
+        self.finish(payload)
+
+    def reject(self):
+        error = self._rejection
+        status = 413 if error.code == Code.RESOURCE_EXHAUSTED else error.http_status
+        if error.code == Code.UNAUTHENTICATED:
+            self.set_header("WWW-Authenticate", "Bearer")
+        self.server.metrics.observe("", None, "unknown", "rest", error.code_name, 0.0)
+        self.reply(status, json_codec.dumps({"error": error.message}))
+
+
+@tornado.web.stream_request_body
+class ApiHandler(_Base):
+    async def _dispatch(self, method: str):
+        if self._rejection is not None:
+            return self.reject()
+        server = self.server
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(server.executor, server.rest_api.handle, method, self.request.path, bytes(self._body))
+        server.track(+1)
+        try:
+            timeout = server.options.rest_api_timeout_in_ms / 1000 if server.options.rest_api_timeout_in_ms > 0 else None
+            status, payload = await asyncio.wait_for(asyncio.shield(call), timeout)
+        except asyncio.TimeoutError:
+            status, payload = 504, json_codec.dumps({"error": "Request timed out (see --rest_api_timeout_in_ms)"})
+        finally:
+            server.track(-1)
+        self.reply(status, payload)
+
+    async def get(self, *_):
+        await self._dispatch("GET")
+
+    async def post(self, *_):
+        await self._dispatch("POST")
+
+
+@tornado.web.stream_request_body
+class MetricsHandler(_Base):
+    def get(self):
+        if self._rejection is not None:
+            return self.reject()
+        self.set_header("Content-Type", metrics_mod.CONTENT_TYPE)
+        self.finish(self.server.metrics.page())
+
+
+@tornado.web.stream_request_body
+class NotFoundHandler(_Base):
+    def prepare(self):
+        super().prepare()
+
+    def _not_found(self, *_):
+        self.reply(404, json_codec.dumps({"error": f"Not found: {self.request.path} (the REST API is under /v1/models/)"}))
+
+    get = post = put = delete = patch = head = _not_found
+
+
+def make_app(server) -> tornado.web.Application:
+    return tornado.web.Application(
+        [
+            (r"/v1/.*", ApiHandler, {"server": server}),
+            (metrics_mod.PATH, MetricsHandler, {"server": server}),
+        ],
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"server": server},
+        compress_response=False,
+    )
