@@ -122,3 +122,88 @@ def custom_property(item, name: str, default=None):
     value = item.custom_properties[name]
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind else default
+
+
+# --- Registry queries (mlpipe runs/models/lineage/rollback); see pipeline/registry.py. ---
+
+ROLLBACK_EXECUTION_TYPE = "mlpipe.Rollback"
+REGISTRY_CONTEXT_TYPE = "mlpipe.Registry"
+
+
+def prop(item, name: str, default=None):
+    """A property's value, looked up in `properties` then `custom_properties`; `default` if unset."""
+    for props in (item.properties, item.custom_properties):
+        if name in props:
+            value = props[name]
+            kind = value.WhichOneof("value")
+            if kind in ("int_value", "double_value", "string_value", "bool_value"):
+                return getattr(value, kind)
+    return default
+
+
+def executions_of_type(store: mlmd.MetadataStore, type_name: str) -> list[metadata_store_pb2.Execution]:
+    """Executions of a type that may not be registered yet (then: none)."""
+    try:
+        return list(store.get_executions_by_type(type_name))
+    except mlmd.errors.NotFoundError:
+        return []
+
+
+def events_of(store: mlmd.MetadataStore, execution_ids: list[int]) -> list[metadata_store_pb2.Event]:
+    return list(store.get_events_by_execution_ids(execution_ids)) if execution_ids else []
+
+
+def artifacts_by_id(store: mlmd.MetadataStore, ids: Iterable[int]) -> dict[int, metadata_store_pb2.Artifact]:
+    ids = sorted(set(ids))
+    return {a.id: a for a in store.get_artifacts_by_id(ids)} if ids else {}
+
+
+def run_names_by_execution(store: mlmd.MetadataStore, pipeline_name: str) -> dict[int, str]:
+    """{execution id: the pipeline_run context name (run id) it belongs to}."""
+    result = {}
+    for run in pipeline_runs(store, pipeline_name):
+        for execution in store.get_executions_by_context(run.id):
+            result[execution.id] = run.name
+    return result
+
+
+def put_registry_execution(
+    store: mlmd.MetadataStore,
+    type_name: str,
+    pipeline_name: str,
+    properties: dict,
+    inputs: list[tuple[str, metadata_store_pb2.Artifact]],
+    outputs: list[tuple[str, metadata_store_pb2.Artifact]],
+) -> int:
+    """Records one completed execution of mlpipe's own `type_name` (store opened READWRITE).
+
+    It is linked to existing artifacts by INPUT events and to new or existing ones by OUTPUT
+    events, each keyed like TFX channels, and associated with an `mlpipe.Registry` context named
+    after the pipeline (not TFX's pipeline context, so TFX's own resolution never sees it).
+    Returns the execution id.
+    """
+    exec_type = metadata_store_pb2.ExecutionType(name=type_name)
+    type_id = store.put_execution_type(exec_type, can_add_fields=True)
+    context_type_id = store.put_context_type(metadata_store_pb2.ContextType(name=REGISTRY_CONTEXT_TYPE))
+    context = store.get_context_by_type_and_name(REGISTRY_CONTEXT_TYPE, pipeline_name)
+    if context is None:
+        context = metadata_store_pb2.Context(type_id=context_type_id, name=pipeline_name)
+    execution = metadata_store_pb2.Execution(type_id=type_id, last_known_state=State.COMPLETE)
+    for key, value in properties.items():
+        target = execution.custom_properties[key]
+        if isinstance(value, bool) or isinstance(value, int):
+            target.int_value = int(value)
+        elif isinstance(value, float):
+            target.double_value = value
+        else:
+            target.string_value = str(value)
+    Event = metadata_store_pb2.Event
+    pairs = []
+    for event_type, items in ((Event.INPUT, inputs), (Event.OUTPUT, outputs)):
+        for key, artifact in items:
+            event = Event(type=event_type)
+            event.path.steps.add().key = key
+            event.path.steps.add().index = 0
+            pairs.append((artifact, event))
+    execution_id, _, _ = store.put_execution(execution, pairs, [context], reuse_context_if_already_exist=True)
+    return execution_id
