@@ -313,7 +313,7 @@ def baseline_version(snap: Snapshot, versions: list[Version], blessing) -> dict 
         return None
     pushed = [v.version for v in versions if v.model is not None and v.model.id == model_id and not v.is_rollback]
     return {"model_id": model_id, "model_uri": metadata.prop(blessing, "baseline_model"),
-            "version": pushed[0] if pushed else None}
+            "version": int(pushed[0]) if pushed else None}
 
 
 def example_artifacts_of_model(snap: Snapshot, model) -> list:
@@ -452,7 +452,10 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
             "spans": [],
             "components": {snap.node(i): states[i] for i in ids},
         }
-        examples = [a for i in ids if snap.node(i) == "CsvExampleGen" for a in snap.output_artifacts(i, "examples")]
+        # Spans used: what Transform read (the span window, when there is one), else what ExampleGen made.
+        examples = [a for i in ids if snap.node(i) == "Transform" for a in snap.input_artifacts(i, "examples")]
+        if not examples:
+            examples = [a for i in ids if snap.node(i) == "CsvExampleGen" for a in snap.output_artifacts(i, "examples")]
         row["spans"] = spans_of(examples)
         failed = [i for i in ids if states[i] == "failed"]
         components = [i for i in ids if not snap.node(i).endswith("_resolver")]
@@ -646,7 +649,14 @@ def lineage(snap: Snapshot, version: int) -> dict:
         "git_commit": custom_config.get("git_commit")
         or (metadata.prop(trainer_exec, "git_commit") if trainer_exec is not None else None),
         "run_fn": metadata.prop(trainer_exec, "run_fn") if trainer_exec is not None else None,
+        "warm_started_from": None,
     }
+    base_models = snap.input_artifacts(trainer, "base_model") if trainer is not None else []
+    if base_models:
+        pushed = [x.version for x in versions if x.model is not None and x.model.id == base_models[0].id
+                  and not x.is_rollback]
+        chain["model"]["warm_started_from"] = {"model_id": base_models[0].id, "uri": base_models[0].uri,
+                                               "version": int(pushed[0]) if pushed else None}
     # Transform.
     graphs = snap.input_artifacts(trainer, "transform_graph") if trainer is not None else []
     transform = snap.producing_execution(graphs[0]) if graphs else None
@@ -788,8 +798,9 @@ def rollback(config: Config, to: int | None, reason: str, dry_run: bool = False)
     }
     if dry_run:
         return result
+    _clean_stale_rollback_dirs(config.serving_model_dir)
     # Copy under a non-integer name (servers ignore it), then one atomic rename into place.
-    tmp = config.serving_model_dir / f".rollback-{plan.target}-{os.getpid()}-{int(time.time())}.tmp"
+    tmp = config.serving_model_dir / f"{ROLLBACK_TMP_PREFIX}{os.getpid()}-{plan.target}"
     shutil.copytree(plan.source_dir, tmp)
     try:
         if plan.new_dir.exists():
@@ -802,6 +813,27 @@ def rollback(config: Config, to: int | None, reason: str, dry_run: bool = False)
     if models_config_path(config).is_file():  # keep the labels config loading the new latest
         result["models_config"] = str(write_models_config(config, read_labels(config)))
     return result
+
+
+ROLLBACK_TMP_PREFIX = ".rollback-"  # + "<pid>-<target version>"; not an integer, so never loaded
+
+
+def _clean_stale_rollback_dirs(base: Path) -> None:
+    """Removes temp copies left by rollbacks that were killed (their pid is gone)."""
+    for path in base.glob(f"{ROLLBACK_TMP_PREFIX}*"):
+        pid = path.name[len(ROLLBACK_TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _user() -> str:
