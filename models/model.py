@@ -130,6 +130,23 @@ def input_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, 
     ).repeat()
 
 
+def warm_start(model, base_model_dir):
+    """Copies the trainable weights of the SavedModel at `base_model_dir` into `model`.
+
+    Only when the architecture matches (same number of weights, same shapes in the same order);
+    otherwise (e.g. a vocabulary grew) the model keeps its fresh initialization. Returns True if copied.
+    """
+    source = list(tf.saved_model.load(base_model_dir).trainable_variables)
+    target = model.trainable_weights
+    if len(source) != len(target) or any(s.shape != t.shape for s, t in zip(source, target)):
+        print(f"warm start skipped: the base model's architecture differs ({base_model_dir})")
+        return False
+    for s, t in zip(source, target):
+        t.assign(s)
+    print(f"warm start: initialized {len(target)} weights from {base_model_dir}")
+    return True
+
+
 def run_fn(fn_args):
     """TFX Trainer entry point: trains on transformed examples and exports the serving model."""
     hp = hparams(fn_args.custom_config)
@@ -138,6 +155,8 @@ def run_fn(fn_args):
     train = input_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, hp["batch_size"], hp["seed"])
     evaluation = input_dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, hp["batch_size"], hp["seed"])
     model = build_model(tf_transform_output, hp["hidden_units"], hp["learning_rate"])
+    if fn_args.base_model:  # the Trainer's optional base_model input (the pipeline's training.warm_start)
+        warm_start(model, fn_args.base_model)
     model.fit(
         train,
         steps_per_epoch=fn_args.train_steps,

@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that each define `add_parser(subparsers)` registering one or more commands.
 COMMAND_MODULES = [
     "pipeline.commands.registry",
+    "pipeline.commands.retrain",
     "serving.cli",
 ]
 

@@ -37,6 +37,7 @@ class DataConfig:
     train_buckets: int = 2  # hash-split ratio train:eval
     eval_buckets: int = 1
     schema: str = ""  # curated schema.pbtxt to pin (ImportSchemaGen); empty = infer with SchemaGen
+    window_spans: int = 3  # span layout only: Transform and Trainer use the latest N spans
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class TrainingConfig:
     learning_rate: float = 0.001
     hidden_units: tuple[int, ...] = (64, 32)
     seed: int = 42
+    warm_start: bool = False  # start from the latest blessed model's weights when its architecture matches
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ def validate(config: Config) -> None:
             raise ConfigError(key, f"must be letters, digits, '-' or '_', got {value!r}")
     positive("data.train_buckets", config.data.train_buckets)
     positive("data.eval_buckets", config.data.eval_buckets)
+    positive("data.window_spans", config.data.window_spans)
     if config.data.schema and not Path(config.data.schema).is_file():
         raise ConfigError("data.schema", f"no schema file at {config.data.schema}")
     t = config.training

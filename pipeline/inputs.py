@@ -19,8 +19,13 @@ def check_csv_dir(root: str | Path, expected_columns: Sequence[str]) -> list[Pat
     if not root.is_dir():
         raise InputDataError(f"data directory {root} does not exist (set --data-root or data.root)")
     files = sorted(root.glob(CSV_PATTERN))
+    if not files:  # span layout (data/spans.py): check the newest span, the one this run ingests
+        from data import spans
+
+        if spans.list_spans(root):
+            files = sorted(spans.span_dir(root, spans.list_spans(root)[-1]).glob(CSV_PATTERN))
     if not files:
-        raise InputDataError(f"data directory {root} has no {CSV_PATTERN} files")
+        raise InputDataError(f"data directory {root} has no {CSV_PATTERN} files (nor span-<N>/*.csv)")
     for path in files:
         check_csv_header(path, expected_columns)
     return files

@@ -8,10 +8,12 @@ from pathlib import Path
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from data import spans
 from models import features
 from pipeline.components import AnomaliesGate, BaselineModelStrategy
 from pipeline.config import Config
 from pipeline.inputs import CSV_PATTERN
+from pipeline.pusher import AtomicPusher
 
 MODELS_DIR = Path(features.__file__).resolve().parent
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
@@ -31,6 +33,39 @@ COMPONENT_ORDER = (
     "CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
     "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher",
 )
+
+
+# Node ids added in the span layout (before Transform) and with training.warm_start (before Trainer).
+WINDOW_RESOLVER = "span_window_resolver"
+WARM_START_RESOLVER = "warm_start_model_resolver"
+
+
+class SpanWindowStrategy(tfx.dsl.experimental.SpanRangeStrategy):
+    """TFX's rolling span range (the latest `num_spans` spans), one artifact per span.
+
+    If a span was ingested more than once (e.g. a run with the cache off), only its newest
+    artifact (highest version, then newest id) is kept, so no span is counted twice.
+    """
+
+    def __init__(self, num_spans: int):
+        super().__init__(
+            range_config=tfx.proto.RangeConfig(rolling_range=tfx.proto.RollingRange(num_spans=num_spans))
+        )
+
+    def resolve_artifacts(self, store, input_dict):
+        resolved = super().resolve_artifacts(store, input_dict)
+        if resolved is None:
+            return None
+        result = {}
+        for key, artifacts in resolved.items():
+            newest = {}
+            for artifact in artifacts:
+                span = artifact.get_int_custom_property("span")
+                rank = (artifact.get_int_custom_property("version"), artifact.id)
+                if span not in newest or rank > newest[span][0]:
+                    newest[span] = (rank, artifact)
+            result[key] = [newest[span][1] for span in sorted(newest, reverse=True)]
+        return result
 
 
 def models_fingerprint(models_dir: Path = MODELS_DIR) -> str:
@@ -79,9 +114,16 @@ def eval_config(config: Config) -> tfma.EvalConfig:
 
 def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
     fingerprint = models_fingerprint()
+    data_root = Path(config.data.root).resolve()
+    # Span layout (data/spans.py): ExampleGen ingests the newest span each run; flat: every *.csv.
+    use_spans = spans.uses_spans(data_root)
     example_gen = tfx.components.CsvExampleGen(
-        input_base=str(Path(config.data.root).resolve()),
-        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="single_split", pattern=CSV_PATTERN)]),
+        input_base=str(data_root),
+        input_config=tfx.proto.Input(
+            splits=[
+                tfx.proto.Input.Split(name="single_split", pattern=spans.SPAN_PATTERN if use_spans else CSV_PATTERN)
+            ]
+        ),
         output_config=tfx.proto.Output(
             split_config=tfx.proto.SplitConfig(
                 splits=[
@@ -102,14 +144,37 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    window_resolver = None
+    training_examples = example_gen.outputs["examples"]
+    if use_spans:
+        # All spans ExampleGen has ingested in earlier runs and this one; keeps the latest N.
+        window_resolver = tfx.dsl.Resolver(
+            strategy_class=SpanWindowStrategy,
+            config={"num_spans": config.data.window_spans},
+            examples=tfx.dsl.Channel(
+                type=tfx.types.standard_artifacts.Examples,
+                producer_component_id=example_gen.id,
+                output_key="examples",
+            ),
+        ).with_id(WINDOW_RESOLVER)
+        training_examples = window_resolver.outputs["examples"]
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"],
+        examples=training_examples,
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"models_fingerprint": fingerprint},
     )
     transform.add_upstream_node(anomalies_gate)
     t = config.training
+    warm_start_resolver = None
+    trainer_inputs = {}
+    if t.warm_start:
+        warm_start_resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id(WARM_START_RESOLVER)
+        trainer_inputs["base_model"] = warm_start_resolver.outputs["model"]
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -124,6 +189,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
             "hidden_units": list(t.hidden_units),
             "seed": t.seed,
         },
+        **trainer_inputs,
     )
     baseline_resolver = tfx.dsl.Resolver(
         strategy_class=BaselineModelStrategy,
@@ -137,19 +203,23 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         baseline_model=baseline_resolver.outputs["model"],
         eval_config=eval_config(config),
     )
-    pusher = tfx.components.Pusher(
+    pusher = AtomicPusher(  # copies to a hidden temp dir, then renames: no partial versions
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(config.serving_model_dir))
         ),
-    )
+    ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=str(config.pipeline_root),
         components=[
-            example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-            transform, trainer, baseline_resolver, evaluator, pusher,
+            c
+            for c in (
+                example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+                window_resolver, transform, warm_start_resolver, trainer, baseline_resolver, evaluator, pusher,
+            )
+            if c is not None
         ],
         enable_cache=config.enable_cache,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(

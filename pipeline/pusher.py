@@ -1,0 +1,86 @@
+"""A Pusher whose filesystem push is atomic: a model version appears whole or not at all.
+
+TFX's Pusher copies the model file by file straight into ``<base>/<version>/``; a process killed
+mid-copy leaves a partial version that TF Serving (or mlpipe serve) would try to load. This
+executor copies into a hidden ``<base>/.tmp-<version>-<pid>/`` and renames it to
+``<base>/<version>/`` (atomic on one filesystem). Leftover ``.tmp-*`` dirs of dead pushes are
+removed at the start of the next push. Versions are unix seconds, strictly increasing.
+"""
+
+import os
+import shutil
+import time
+from typing import Any, Dict, List
+
+from absl import logging
+from tfx import types
+from tfx.components.pusher import component as pusher_component
+from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
+
+TMP_PREFIX = ".tmp-"
+
+
+def clean_stale_tmp_dirs(base: str) -> List[str]:
+    """Removes `<base>/.tmp-*` left by pushes that were killed; returns the removed names."""
+    removed = []
+    if not os.path.isdir(base):
+        return removed
+    for name in sorted(os.listdir(base)):
+        if name.startswith(TMP_PREFIX):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+def next_version(base: str) -> str:
+    """Unix seconds now, or one more than the newest existing version if that is not later."""
+    existing = [int(n) for n in os.listdir(base) if n.isdigit()] if os.path.isdir(base) else []
+    return str(max([int(time.time())] + [v + 1 for v in existing]))
+
+
+def atomic_push(model_path: str, base: str) -> tuple:
+    """Copies the SavedModel at `model_path` to a new `<base>/<version>`; returns (version, path)."""
+    os.makedirs(base, exist_ok=True)
+    for name in clean_stale_tmp_dirs(base):
+        logging.warning("Removed a partial push left by a killed run: %s", os.path.join(base, name))
+    version = next_version(base)
+    tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
+    shutil.copytree(model_path, tmp)
+    final = os.path.join(base, version)
+    os.rename(tmp, final)  # atomic: the version is either absent or complete
+    return version, final
+
+
+class AtomicPusherExecutor(pusher_executor.Executor):
+    """TFX's Pusher executor with the filesystem copy replaced by :func:`atomic_push`."""
+
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        model_path = self.GetModelPath(input_dict)
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        if destination.WhichOneof("destination") != "filesystem":
+            raise NotImplementedError("AtomicPusherExecutor pushes to a filesystem destination only")
+        version, serving_path = atomic_push(model_path, destination.filesystem.base_directory)
+        logging.info("Model written to serving path %s.", serving_path)
+        io_utils.copy_dir(model_path, model_push.uri)
+        self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
+
+
+class AtomicPusher(pusher_component.Pusher):
+    """TFX's Pusher component running AtomicPusherExecutor; use `.with_id("Pusher")` to keep its node id."""
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(AtomicPusherExecutor)
