@@ -101,13 +101,12 @@ def _decode_b64(value: Any) -> bytes:
     if not _is_b64(value):
         raise invalid(f"JSON Value: {_short(value)} not formatted correctly for base64 data")
     text = value[B64_KEY]
+    # Standard or web-safe alphabet, padding optional (what absl::Base64Unescape accepts).
+    normalized = text.replace("-", "+").replace("_", "/")
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode(normalized + "=" * (-len(normalized) % 4), validate=True)
     except (binascii.Error, ValueError):
-        try:  # TF Serving also accepts the web-safe alphabet.
-            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            raise invalid("Unable to base64 decode") from None
+        raise invalid("Unable to base64 decode") from None
 
 
 def _type_error(value: Any, dtype: np.dtype) -> Exception:
