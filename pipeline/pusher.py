@@ -49,7 +49,7 @@ def atomic_push(model_path: str, base: str) -> tuple:
         logging.warning("Removed a partial push left by a killed run: %s", os.path.join(base, name))
     version = next_version(base)
     tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
-    shutil.copytree(model_path, tmp)
+    shutil.copytree(model_path, tmp, copy_function=lambda src, dst: shutil.copy2(src, dst))
     final = os.path.join(base, version)
     os.rename(tmp, final)  # atomic: the version is either absent or complete
     return version, final

@@ -1,0 +1,227 @@
+"""Fast tests of the continuous-training pieces that need no pipeline run: spans, ingest, lock, pusher."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from data import spans
+from models import features
+from pipeline import lock as lock_lib
+
+
+def ts(year: int, month: int, day: int = 15) -> int:
+    return int(datetime.datetime(year, month, day, 12, tzinfo=datetime.timezone.utc).timestamp())
+
+
+def write_csv(path: Path, timestamps: list[int]) -> Path:
+    """A CSV with the taxi columns; row i has trip_miles = i so rows can be traced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(features.CSV_COLUMNS)
+        for i, stamp in enumerate(timestamps):
+            row = {c: "1" for c in features.CSV_COLUMNS}
+            row[features.TIMESTAMP_COLUMN] = str(stamp)
+            row["trip_miles"] = str(i)
+            writer.writerow([row[c] for c in features.CSV_COLUMNS])
+    return path
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# Out of order on purpose: spans must come out chronological.
+STAMPS = [ts(2014, 5), ts(2013, 1), ts(2013, 2), ts(2014, 5, 20), ts(2013, 12), ts(2013, 1, 3)]
+
+
+def test_split_by_month_numbers_periods_chronologically(tmp_path):
+    source = write_csv(tmp_path / "all.csv", STAMPS)
+    plan = spans.split_csv(source, tmp_path / "root", by="month", timestamp_column=features.TIMESTAMP_COLUMN,
+                           expected_columns=features.CSV_COLUMNS)
+    assert [(p.span, p.period, p.rows) for p in plan] == [
+        (1, "2013-01", 2), (2, "2013-02", 1), (3, "2013-12", 1), (4, "2014-05", 2)
+    ]
+    assert spans.list_spans(tmp_path / "root") == [1, 2, 3, 4]
+    assert spans.uses_spans(tmp_path / "root")
+    rows = read_rows(tmp_path / "root" / "span-1" / "data.csv")
+    assert sorted(r["trip_miles"] for r in rows) == ["1", "5"]  # every row kept, in its own period
+    assert list(rows[0]) == list(features.CSV_COLUMNS)
+    assert not [p for p in (tmp_path / "root").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_split_by_quarter_and_first_span(tmp_path):
+    source = write_csv(tmp_path / "all.csv", STAMPS)
+    plan = spans.split_csv(source, tmp_path / "root", by="quarter", timestamp_column=features.TIMESTAMP_COLUMN,
+                           expected_columns=features.CSV_COLUMNS, first_span=10)
+    assert [(p.span, p.period, p.rows) for p in plan] == [(10, "2013-Q1", 3), (11, "2013-Q4", 1), (12, "2014-Q2", 2)]
+
+
+def test_limit_next_and_refusal_to_overwrite(tmp_path):
+    source = write_csv(tmp_path / "all.csv", STAMPS)
+    root = tmp_path / "root"
+    kw = dict(by="month", timestamp_column=features.TIMESTAMP_COLUMN, expected_columns=features.CSV_COLUMNS)
+    assert [p.span for p in spans.split_csv(source, root, limit=2, **kw)] == [1, 2]
+    assert spans.list_spans(root) == [1, 2]
+    with pytest.raises(spans.SpanError, match="already exist.*--force"):
+        spans.split_csv(source, root, **kw)
+    assert spans.list_spans(root) == [1, 2]  # the refusal wrote nothing
+    assert [p.span for p in spans.split_csv(source, root, next_spans=1, **kw)] == [3]
+    assert [p.span for p in spans.split_csv(source, root, next_spans=5, **kw)] == [4]
+    assert spans.split_csv(source, root, next_spans=1, **kw) == []
+    (root / "span-1" / "data.csv").write_text("garbage\n")
+    plan = spans.split_csv(source, root, force=True, limit=1, **kw)
+    assert [(p.span, p.action) for p in plan] == [(1, "overwrite")]
+    assert len(read_rows(root / "span-1" / "data.csv")) == 2
+
+
+def test_flat_layout_is_not_spans(tmp_path, taxi_slice):
+    assert not spans.uses_spans(taxi_slice)
+    both = tmp_path / "both"
+    write_csv(both / "span-1" / "data.csv", STAMPS)
+    assert spans.uses_spans(both)
+    shutil.copy(both / "span-1" / "data.csv", both / "flat.csv")
+    assert not spans.uses_spans(both)  # flat files win
+    (tmp_path / "odd" / "span-01").mkdir(parents=True)
+    (tmp_path / "odd" / "span-x").mkdir()
+    assert spans.list_spans(tmp_path / "odd") == []
+
+
+def test_bad_inputs_fail_with_one_line(tmp_path):
+    kw = dict(by="month", timestamp_column=features.TIMESTAMP_COLUMN, expected_columns=features.CSV_COLUMNS)
+    bad_header = tmp_path / "bad.csv"
+    bad_header.write_text("a,b\n1,2\n")
+    code, _, err = run_cli("ingest", str(bad_header), "--data-root", str(tmp_path / "r"))
+    assert code == 2 and "missing column(s)" in err and len(err.strip().splitlines()) == 1
+    bad_stamp = write_csv(tmp_path / "stamp.csv", STAMPS)
+    text = bad_stamp.read_text().replace(str(STAMPS[2]), "yesterday")
+    bad_stamp.write_text(text)
+    with pytest.raises(spans.SpanError, match="line 4: trip_start_timestamp must be unix seconds"):
+        spans.split_csv(bad_stamp, tmp_path / "r", **kw)
+    assert not (tmp_path / "r").exists()
+
+
+def test_ingest_cli_json_and_dry_run(tmp_path):
+    source = write_csv(tmp_path / "all.csv", STAMPS)
+    root = tmp_path / "root"
+    code, out, _ = run_cli("ingest", str(source), "--data-root", str(root), "--by", "quarter", "--dry-run", "--json")
+    assert code == 0 and not root.exists()
+    data = json.loads(out)
+    assert data["dry_run"] and [s["span"] for s in data["spans"]] == [1, 2, 3]
+    code, out, _ = run_cli("ingest", str(source), "--data-root", str(root), "--by", "quarter", "--next", "1")
+    assert code == 0 and "wrote 1 span(s)" in out and spans.list_spans(root) == [1]
+    code, _, err = run_cli("ingest", str(source), "--data-root", str(root), "--by", "quarter")
+    assert code == 2 and "already exist" in err
+
+
+def test_retrain_refuses_flat_layout(tmp_path, taxi_slice):
+    code, _, err = run_cli("retrain", "--workspace", str(tmp_path / "ws"), "--data-root", str(taxi_slice))
+    assert code == 2 and "span layout" in err and "mlpipe ingest" in err
+    assert not (tmp_path / "ws" / "metadata.sqlite").exists()
+
+
+# --- lock ---
+
+
+def _hold_lock(workspace: str, ready, seconds: float) -> None:
+    with lock_lib.workspace_lock(workspace):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_lock_is_exclusive_and_bounded_wait(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready, 2.0))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        with pytest.raises(lock_lib.LockBusy) as busy:
+            lock_lib.acquire(tmp_path, wait_seconds=0)
+        assert busy.value.holder["pid"] == holder.pid
+        started = time.monotonic()
+        with lock_lib.workspace_lock(tmp_path, wait_seconds=30) as held:  # waits for the holder to finish
+            assert time.monotonic() - started > 0.5
+            assert held.stale == {}  # it released cleanly
+            assert lock_lib.read_holder(held.path)["pid"] == os.getpid()
+        assert lock_lib.read_holder(tmp_path / lock_lib.LOCK_FILE) == {}
+    finally:
+        holder.join(10)
+
+
+def test_lock_of_killed_holder_is_recovered(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready, 60.0))
+    holder.start()
+    assert ready.wait(20)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    held = lock_lib.acquire(tmp_path, wait_seconds=5)
+    try:
+        assert held.stale["pid"] == holder.pid and not lock_lib.pid_alive(holder.pid)
+    finally:
+        lock_lib.release(held)
+
+
+def test_retrain_busy_exit_code(tmp_path):
+    root = tmp_path / "root"
+    write_csv(root / "span-1" / "data.csv", STAMPS)
+    held = lock_lib.acquire(tmp_path / "ws")
+    try:
+        code, out, err = run_cli("retrain", "--workspace", str(tmp_path / "ws"), "--data-root", str(root))
+    finally:
+        lock_lib.release(held)
+    assert code == 75 and "busy" in err and f"pid {os.getpid()}" in err and out == ""
+
+
+# --- atomic pusher ---
+
+
+def make_model_dir(path: Path, files: int = 5) -> Path:
+    (path / "variables").mkdir(parents=True)
+    for i in range(files):
+        (path / "variables" / f"part-{i}").write_bytes(os.urandom(1000))
+    (path / "saved_model.pb").write_bytes(b"model")
+    return path
+
+
+def test_atomic_push_never_exposes_a_partial_version(tmp_path, monkeypatch):
+    from pipeline import pusher
+
+    model = make_model_dir(tmp_path / "model")
+    base = tmp_path / "serving"
+    copied = []
+    real_copy = shutil.copy2
+
+    def dying_copy(src, dst, **kw):  # the process "dies" after two files
+        if len(copied) == 2:
+            raise KeyboardInterrupt("killed")
+        copied.append(src)
+        return real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copy2", dying_copy)
+    with pytest.raises(KeyboardInterrupt):
+        pusher.atomic_push(str(model), str(base))
+    monkeypatch.setattr(shutil, "copy2", real_copy)
+    assert [p.name for p in base.iterdir() if not p.name.startswith(".")] == []  # no version visible
+    assert [p.name for p in base.iterdir() if p.name.startswith(".tmp-")]  # the partial copy is hidden
+
+    version, path = pusher.atomic_push(str(model), str(base))
+    assert sorted(p.name for p in base.iterdir()) == [version]  # stale temp dir cleaned
+    assert (Path(path) / "saved_model.pb").read_bytes() == b"model"
+    assert len(list((Path(path) / "variables").iterdir())) == 5
+    version2, _ = pusher.atomic_push(str(model), str(base))
+    assert int(version2) > int(version)  # same second: still a new, higher version
