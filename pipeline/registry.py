@@ -135,6 +135,8 @@ def open_snapshot(config: Config, attempts: int = 5) -> Snapshot | None:
     """
     for attempt in range(attempts):
         try:
+            if not metadata.store_initialized(config.metadata_path):
+                return None
             store = metadata.open_store(config.metadata_path)
             return None if store is None else Snapshot(store, config)
         except Exception as e:  # MLMD raises its own error types for SQLite's "database is locked"
@@ -809,10 +811,27 @@ def rollback(config: Config, to: int | None, reason: str, dry_run: bool = False)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    result["execution_id"] = _record_rollback(snap, plan, reason, result["user"])
+    try:
+        result["execution_id"] = _with_retries(lambda: _record_rollback(snap, plan, reason, result["user"]))
+    except Exception as e:  # no audit record, no rollback: take the directory back out
+        undo = config.serving_model_dir / f"{ROLLBACK_TMP_PREFIX}{os.getpid()}-undo"
+        os.rename(plan.new_dir, undo)
+        shutil.rmtree(undo, ignore_errors=True)
+        raise RegistryError(f"could not record the rollback in MLMD ({e}); nothing was changed, try again") from None
     if models_config_path(config).is_file():  # keep the labels config loading the new latest
         result["models_config"] = str(write_models_config(config, read_labels(config)))
     return result
+
+
+def _with_retries(action, attempts: int = 5):
+    """Runs `action`, retrying while a pipeline run holds SQLite's write lock."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as e:
+            if "lock" not in str(e).lower() and "busy" not in str(e).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(1.0 * (attempt + 1))
 
 
 ROLLBACK_TMP_PREFIX = ".rollback-"  # + "<pid>-<target version>"; not an integer, so never loaded
