@@ -207,3 +207,67 @@ def put_registry_execution(
             pairs.append((artifact, event))
     execution_id, _, _ = store.put_execution(execution, pairs, [context], reuse_context_if_already_exist=True)
     return execution_id
+
+
+def store_initialized(path: str | Path) -> bool:
+    """Whether the SQLite file holds an MLMD schema yet (a first run may have just created it).
+
+    A read-only MLMD connection cannot create the schema, so opening an empty file fails.
+    """
+    import sqlite3
+
+    if not Path(path).is_file():
+        return False
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='MLMDEnv'").fetchone()
+        return row is not None
+    except sqlite3.Error:
+        return False
+
+
+# --- Spans and continuous training (pipeline/commands/retrain.py) ---
+
+
+def producer_execution_id(store: mlmd.MetadataStore, artifact_id: int) -> int | None:
+    """The id of the execution that output the artifact, or None."""
+    Event = metadata_store_pb2.Event
+    for event in store.get_events_by_artifact_ids([artifact_id]):
+        if event.type in (Event.OUTPUT, Event.DECLARED_OUTPUT):
+            return event.execution_id
+    return None
+
+
+def examples_spans(artifacts: Iterable[metadata_store_pb2.Artifact]) -> list[int]:
+    """The `span` custom properties of Examples artifacts (CsvExampleGen sets them), ascending."""
+    return sorted({int(custom_property(a, "span", 0)) for a in artifacts})
+
+
+def trainer_spans(store: mlmd.MetadataStore, trainer_execution_id: int) -> list[int]:
+    """Spans a Trainer execution trained on: the raw Examples behind its transformed examples."""
+    raw = []
+    for transformed in inputs(store, trainer_execution_id).get("examples", []):
+        producer = producer_execution_id(store, transformed.id)
+        if producer is not None:
+            raw.extend(inputs(store, producer).get("examples", []))
+    return examples_spans(raw)
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    run_id: str
+    spans: list[int]  # spans the Trainer trained on
+    executions: list[NodeExecution]
+
+
+def last_trained_run(store: mlmd.MetadataStore, pipeline_name: str) -> TrainedRun | None:
+    """The newest run whose every execution completed (ran or cached) and that has a Trainer.
+
+    A run killed or failed part-way does not count, so a retrain after it trains and pushes again.
+    """
+    for run in pipeline_runs(store, pipeline_name):
+        executions = run_executions(store, pipeline_name, run)
+        trainers = [e for e in executions if e.node_id == "Trainer"]
+        if trainers and all(e.state in ("ran", "cached") for e in executions):
+            return TrainedRun(run.name, trainer_spans(store, trainers[0].execution.id), executions)
+    return None
