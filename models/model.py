@@ -6,7 +6,7 @@ The exported SavedModel carries the tf.Transform graph, so it takes raw features
   TFMA evaluates and what TF Serving's Classify API calls (and Predict with ``{"b64": ...}``).
 - ``serving_raw`` (method ``tensorflow/serving/predict``): one input per raw feature in
   ``features.MODEL_FEATURES``, each shaped [batch]; output ``scores`` [batch, 1]. For JSON
-  ``predict`` requests with plain feature values.
+  ``predict`` requests with plain feature values; "" (strings) or NaN (floats) marks a missing value.
 - ``transform_features``: serialized examples to transformed features (TFMA computes the label).
 """
 
@@ -72,10 +72,21 @@ def build_model(tf_transform_output, hidden_units, learning_rate):
 
 
 def _dense_column_to_sparse(values):
-    """[batch] tensor -> SparseTensor [batch, 1] with every value present (what parse_example gives)."""
+    """[batch] tensor -> SparseTensor [batch, 1], what parse_example gives for a VarLen feature.
+
+    An empty string (string features) or NaN (float features) is a missing value, as in the CSV.
+    """
     n = tf.shape(values, out_type=tf.int64)[0]
     indices = tf.stack([tf.range(n), tf.zeros([n], tf.int64)], axis=1)
-    return tf.SparseTensor(indices, values, tf.stack([n, 1]))
+    if values.dtype == tf.string:
+        present = tf.not_equal(values, "")
+    elif values.dtype.is_floating:
+        present = tf.logical_not(tf.math.is_nan(values))
+    else:
+        present = tf.ones([n], tf.bool)
+    return tf.SparseTensor(
+        tf.boolean_mask(indices, present), tf.boolean_mask(values, present), tf.stack([n, 1])
+    )
 
 
 def export_serving_model(model, tf_transform_output, export_dir):

@@ -59,6 +59,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    help="lower bound of the value-thresholded metric (evaluation.value_lower_bound)")
     g.add_argument("--change-tolerance", type=float, metavar="X",
                    help="how far below the baseline the change-thresholded metric may fall (evaluation.change_tolerance)")
+    g.add_argument("--beam-runner", choices=config_lib.BEAM_RUNNERS, help="Beam runner preset (beam.runner)")
     g.add_argument("--direct-running-mode", choices=config_lib.BEAM_RUNNING_MODES,
                    help="Beam DirectRunner mode (beam.direct_running_mode)")
     g.add_argument("--direct-num-workers", type=int, metavar="N",
@@ -78,6 +79,7 @@ def run_overrides(args: argparse.Namespace) -> dict:
         "training.eval_steps": args.eval_steps,
         "evaluation.value_lower_bound": args.value_threshold,
         "evaluation.change_tolerance": args.change_tolerance,
+        "beam.runner": args.beam_runner,
         "beam.direct_running_mode": args.direct_running_mode,
         "beam.direct_num_workers": args.direct_num_workers,
         "beam.extra_args": args.beam_arg,
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES = [
     "pipeline.commands.registry",
     "pipeline.commands.retrain",
+    "pipeline.commands.compile",
     "serving.cli",
 ]
 

@@ -1,0 +1,52 @@
+"""Shared fixtures: a small slice of the taxi data and one real pipeline run that tests share."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+SLICE_ROWS = 3000
+FAST_FLAGS = ["--train-steps", "100", "--eval-steps", "20"]
+
+
+def write_taxi_slice(dest: Path, rows: int = SLICE_ROWS) -> Path:
+    """The first `rows` data rows of the embedded taxi sample, as dest/data.csv."""
+    from data import taxi_sample
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(taxi_sample.source_csv()) as src, open(dest / "data.csv", "w") as out:
+        out.writelines(itertools.islice(src, rows + 1))
+    return dest
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """Runs `mlpipe ARGV...` in-process; returns (exit code, stdout, stderr)."""
+    from pipeline import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def taxi_slice(tmp_path_factory) -> Path:
+    return write_taxi_slice(tmp_path_factory.mktemp("taxi-slice"))
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory, taxi_slice):
+    """One real `mlpipe run` on the slice with few steps: (workspace Path, exit code, stdout, stderr).
+
+    Tests that read this workspace must not run the pipeline in it again; use a copy or a new one.
+    """
+    workspace = tmp_path_factory.mktemp("workspace")
+    code, out, err = run_cli("run", "--workspace", str(workspace), "--data-root", str(taxi_slice), *FAST_FLAGS)
+    return workspace, code, out, err

@@ -1,0 +1,212 @@
+"""End to end on the real stack: one shared pipeline run (conftest `first_run`) and cheap follow-ups
+in copies of its workspace (MLMD keeps absolute URIs, so cached artifacts are read from the original)."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import FAST_FLAGS, run_cli
+
+from models import features
+from models import model as model_lib
+from pipeline import metadata
+from pipeline import pipeline as pipeline_lib
+from pipeline.config import Config
+
+PIPELINE = Config().pipeline_name
+
+
+def versions(workspace):
+    base = workspace / "serving_model" / "taxi"
+    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+
+
+def copy_workspace(first_run, tmp_path, name):
+    dest = tmp_path / name
+    shutil.copytree(first_run[0], dest)
+    return dest
+
+
+def latest_run_executions(workspace):
+    store = metadata.open_store(workspace / "metadata.sqlite")
+    run = metadata.pipeline_runs(store, PIPELINE)[0]
+    return metadata.run_executions(store, PIPELINE, run)
+
+
+def test_first_run_is_blessed_and_pushed_with_one_execution_per_component(first_run):
+    workspace, code, out, err = first_run
+    assert code == 0, out + err
+    assert "Result: BLESSED and pushed as version" in out
+    pushed = versions(workspace)
+    assert len(pushed) == 1 and pushed[0].isdigit()
+    assert f"serving_model/taxi/{pushed[0]}" in out
+
+    executions = latest_run_executions(workspace)
+    assert [e.node_id for e in executions] == list(pipeline_lib.COMPONENT_ORDER)
+    assert all(e.state == "ran" for e in executions if e.node_id != "latest_blessed_model_resolver")
+    store = metadata.open_store(workspace / "metadata.sqlite")
+    assert len(store.get_executions()) == len(pipeline_lib.COMPONENT_ORDER)
+    assert len(metadata.pipeline_runs(store, PIPELINE)) == 1
+
+
+def test_summary_reports_each_thresholded_metric(first_run):
+    _, _, out, _ = first_run
+    assert "binary_accuracy" in out and ">= 0.6000 (value threshold)" in out
+    assert "no blessed baseline yet" in out  # first run: the change threshold has nothing to compare
+
+
+def test_model_code_fingerprint_is_in_transform_and_trainer_config(first_run):
+    executions = {e.node_id: e.execution for e in latest_run_executions(first_run[0])}
+    fingerprint = pipeline_lib.models_fingerprint()
+    for node in ("Transform", "Trainer"):
+        custom_config = json.loads(metadata.custom_property(executions[node], "custom_config"))
+        assert custom_config["models_fingerprint"] == fingerprint
+
+
+def test_fingerprint_changes_with_model_code(tmp_path):
+    shutil.copytree(pipeline_lib.MODELS_DIR, tmp_path / "models", ignore=shutil.ignore_patterns("__pycache__"))
+    before = pipeline_lib.models_fingerprint(tmp_path / "models")
+    assert before == pipeline_lib.models_fingerprint()
+    with open(tmp_path / "models" / "preprocessing.py", "a") as f:
+        f.write("\n# a change\n")
+    assert pipeline_lib.models_fingerprint(tmp_path / "models") != before
+
+
+def _slice_rows(taxi_slice, n, specs):
+    with open(taxi_slice / "data.csv") as f:
+        rows = list(csv.DictReader(f))
+    # Integer features cannot say "missing" in the raw signature; strings ("") and floats (NaN) can.
+    rows = [r for r in rows if all(r[k] for k, spec in specs.items() if spec.dtype == tf.int64)]
+    with_missing = [r for r in rows if any(not r[k] for k in features.MODEL_FEATURES)]
+    return (with_missing[:2] + rows)[:n]
+
+
+def _typed(value, dtype):
+    if dtype == tf.float32:
+        return float(value) if value else float("nan")
+    return int(value) if dtype == tf.int64 else value
+
+
+def test_pushed_model_signatures_return_probabilities(first_run, taxi_slice):
+    workspace = first_run[0]
+    loaded = tf.saved_model.load(str(workspace / "serving_model" / "taxi" / versions(workspace)[0]))
+    raw = loaded.signatures[model_lib.RAW_SIGNATURE]
+    specs = raw.structured_input_signature[1]
+    rows = _slice_rows(taxi_slice, 5, specs)
+    inputs = {k: tf.constant([_typed(r[k], spec.dtype) for r in rows], spec.dtype) for k, spec in specs.items()}
+    scores = raw(**inputs)[model_lib.OUTPUT_KEY].numpy()
+    assert scores.shape == (5, 1)
+    assert np.all((scores >= 0) & (scores <= 1))
+
+    examples = []
+    for r in rows:
+        example = tf.train.Example()
+        for k, spec in specs.items():
+            value = _typed(r[k], spec.dtype)
+            if not r[k]:
+                continue  # missing: absent from the tf.Example, as ExampleGen writes it
+            if spec.dtype == tf.float32:
+                example.features.feature[k].float_list.value.append(value)
+            elif spec.dtype == tf.int64:
+                example.features.feature[k].int64_list.value.append(value)
+            else:
+                example.features.feature[k].bytes_list.value.append(value.encode())
+        examples.append(example.SerializeToString())
+    by_example = loaded.signatures[model_lib.SERVING_DEFAULT](inputs=tf.constant(examples))
+    np.testing.assert_allclose(by_example[model_lib.OUTPUT_KEY].numpy(), scores, rtol=1e-5)
+
+
+def test_unreachable_threshold_pushes_nothing_and_says_why(first_run, taxi_slice, tmp_path):
+    workspace = copy_workspace(first_run, tmp_path, "ws")
+    before = versions(workspace)
+    code, out, err = run_cli(
+        "run", "--workspace", str(workspace), "--data-root", str(taxi_slice), *FAST_FLAGS,
+        "--value-threshold", "0.999",
+    )
+    assert code == 0, out + err
+    assert "Result: NOT BLESSED, nothing pushed (binary_accuracy" in out
+    assert "< 0.9990" in out
+    assert versions(workspace) == before
+    ran = {e.node_id: e.state for e in latest_run_executions(workspace)}
+    assert ran["Trainer"] == "cached" and ran["Evaluator"] == "ran" and ran["Pusher"] == "ran"
+
+
+def test_rerun_with_unchanged_inputs_is_fully_cached(first_run, taxi_slice, tmp_path):
+    workspace = copy_workspace(first_run, tmp_path, "ws")
+    code, out, err = run_cli(
+        "run", "--workspace", str(workspace), "--data-root", str(taxi_slice), *FAST_FLAGS, "--json"
+    )
+    assert code == 0, out + err
+    summary = json.loads(out)
+    assert summary["fully_cached"] is True
+    assert summary["completed"] is True
+    assert {c["state"] for c in summary["components"]} == {"cached", "ran"}  # "ran": the resolver only
+    assert [c["node_id"] for c in summary["components"] if c["state"] == "ran"] == ["latest_blessed_model_resolver"]
+    assert versions(workspace) == versions(first_run[0])
+
+
+def test_anomalies_stop_the_run_before_training(first_run, taxi_slice, tmp_path):
+    workspace = copy_workspace(first_run, tmp_path, "ws")
+    inferred = next((first_run[0] / "pipeline_root" / "SchemaGen" / "schema").rglob("schema.pbtxt"))
+    curated = tmp_path / "schema.pbtxt"
+    # A curated schema that does not know the payment type "Cash", which the data has.
+    curated.write_text(inferred.read_text().replace('  value: "Cash"\n', "", 1))
+    code, out, err = run_cli(
+        "run", "--workspace", str(workspace), "--data-root", str(taxi_slice), *FAST_FLAGS,
+        "--schema", str(curated),
+    )
+    assert code == 1
+    assert "Result: FAILED at AnomaliesGate" in out
+    assert "feature 'payment_type'" in out and "Cash" in out
+    nodes = {e.node_id: e.state for e in latest_run_executions(workspace)}
+    assert nodes["AnomaliesGate"] == "failed"
+    assert "Transform" not in nodes and "Trainer" not in nodes
+    assert versions(workspace) == versions(first_run[0])
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "has no *.csv files"),
+        (lambda d: (d.mkdir(), (d / "data.csv").write_text("")), "is empty"),
+        (lambda d: (d.mkdir(), (d / "data.csv").write_text("fare,tips\n1.0,2.0\n")), "missing column(s)"),
+    ],
+)
+def test_bad_input_data_fails_with_one_line_and_keeps_state(first_run, tmp_path, setup, message):
+    workspace = copy_workspace(first_run, tmp_path, "ws")
+    data_dir = tmp_path / "data"
+    setup(data_dir)
+    code, out, err = run_cli("run", "--workspace", str(workspace), "--data-root", str(data_dir))
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("mlpipe: input data error:")
+    assert versions(workspace) == versions(first_run[0])
+    store = metadata.open_store(workspace / "metadata.sqlite")
+    assert len(metadata.pipeline_runs(store, PIPELINE)) == 1
+
+
+def test_extra_csv_column_is_rejected(taxi_slice, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with open(taxi_slice / "data.csv") as src, open(data_dir / "data.csv", "w") as out:
+        for i, line in enumerate(src):
+            out.write(line.rstrip("\n") + (",surge\n" if i == 0 else ",1\n"))
+            if i > 5:
+                break
+    code, _, err = run_cli("run", "--workspace", str(tmp_path / "ws"), "--data-root", str(data_dir))
+    assert code == 2
+    assert "unexpected column(s) surge" in err
+    assert not (tmp_path / "ws" / "serving_model").exists()
+
+
+def test_bad_config_file_fails_with_one_line_naming_the_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[training]\ntrain_steps = 0\n")
+    code, _, err = run_cli("run", "--config", str(config), "--workspace", str(tmp_path / "ws"))
+    assert code == 2
+    assert err.strip() == "mlpipe: config error: training.train_steps: must be positive, got 0"
+    assert not (tmp_path / "ws").exists()
