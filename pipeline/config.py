@@ -21,6 +21,8 @@ WORKSPACE_ENV = "MLPIPE_WORKSPACE"
 # Metrics the Evaluator computes (models/ decides how they are configured); thresholds may name these.
 THRESHOLD_METRICS = ("auc", "binary_accuracy", "precision", "recall")
 BEAM_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+BEAM_RUNNERS = ("direct", "dataflow", "flink", "spark")
+BEAM_ENVIRONMENTS = ("DOCKER", "LOOPBACK", "PROCESS", "EXTERNAL")
 
 
 class ConfigError(ValueError):
@@ -63,16 +65,62 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class BeamConfig:
+    runner: str = "direct"  # direct | dataflow | flink | spark (docs/scale-out.md)
+    # runner = "direct" only
     direct_running_mode: str = "in_memory"
     direct_num_workers: int = 1  # 0 = one per core
+    # runner = "dataflow" only (all three required)
+    project: str = ""
+    region: str = ""
+    temp_location: str = ""  # gs:// path for Dataflow's temporary and staging files
+    # runner = "flink": flink_master (host:port of the JobManager) or job_endpoint
+    flink_master: str = ""
+    # runner = "spark": spark_master_url (spark://host:port) or job_endpoint
+    spark_master_url: str = ""
+    job_endpoint: str = ""  # a running Beam job server, host:port (PortableRunner)
+    # non-direct runners: worker image with this repo installed; how workers run Python code
+    sdk_container_image: str = ""
+    environment_type: str = ""  # DOCKER | LOOPBACK | PROCESS | EXTERNAL; empty = runner default
     extra_args: tuple[str, ...] = ()
 
     def pipeline_args(self) -> list[str]:
-        return [
-            f"--direct_running_mode={self.direct_running_mode}",
-            f"--direct_num_workers={self.direct_num_workers}",
-            *self.extra_args,
-        ]
+        """Beam pipeline arguments for this runner preset (validated by `validate`)."""
+        if self.runner == "direct":
+            args = [
+                f"--direct_running_mode={self.direct_running_mode}",
+                f"--direct_num_workers={self.direct_num_workers}",
+            ]
+        elif self.runner == "dataflow":
+            args = [
+                "--runner=DataflowRunner",
+                f"--project={self.project}",
+                f"--region={self.region}",
+                f"--temp_location={self.temp_location}",
+            ]
+        elif self.job_endpoint:  # flink or spark behind a job server
+            args = ["--runner=PortableRunner", f"--job_endpoint={self.job_endpoint}"]
+        elif self.runner == "flink":
+            args = ["--runner=FlinkRunner", f"--flink_master={self.flink_master}"]
+        else:
+            args = ["--runner=SparkRunner", f"--spark_master_url={self.spark_master_url}"]
+        if self.sdk_container_image:
+            args.append(f"--sdk_container_image={self.sdk_container_image}")
+        if self.environment_type:
+            args.append(f"--environment_type={self.environment_type}")
+        return [*args, *self.extra_args]
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Where `mlpipe compile` points the pipeline on Vertex AI or Kubeflow Pipelines."""
+
+    image: str = ""  # container image with this repo installed (see Dockerfile); required to compile
+    pipeline_root: str = ""  # artifact root the cluster can write, e.g. gs://bucket/mlpipe; required
+    data_root: str = ""  # input CSV directory as the cluster sees it; empty = data.root
+    serving_model_dir: str = ""  # where Pusher writes; empty = <pipeline_root>/serving_model/<model_name>
+    schedule: str = ""  # cron, 5 fields (optionally "TZ=America/Chicago " first); empty = none
+    project: str = ""  # GCP project and region of the Vertex AI schedule
+    region: str = "us-central1"
 
 
 @dataclass(frozen=True)
@@ -85,6 +133,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     beam: BeamConfig = field(default_factory=BeamConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     # Paths derived from the workspace: one place for each.
     @property
@@ -129,6 +178,7 @@ _SECTIONS = {
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
     "beam": BeamConfig,
+    "deploy": DeployConfig,
 }
 _TOP_LEVEL = {"workspace", "pipeline_name", "model_name", "enable_cache"}
 
@@ -225,7 +275,14 @@ def validate(config: Config) -> None:
             )
     if e.change_tolerance < 0:
         raise ConfigError("evaluation.change_tolerance", f"must be >= 0, got {e.change_tolerance}")
-    b = config.beam
+    validate_beam(config.beam)
+    validate_deploy(config.deploy)
+
+
+def validate_beam(b: BeamConfig) -> None:
+    """Checks the runner preset: each runner's required keys, and no key of another runner."""
+    if b.runner not in BEAM_RUNNERS:
+        raise ConfigError("beam.runner", f"must be one of {', '.join(BEAM_RUNNERS)}, got {b.runner!r}")
     if b.direct_running_mode not in BEAM_RUNNING_MODES:
         raise ConfigError(
             "beam.direct_running_mode",
@@ -233,9 +290,62 @@ def validate(config: Config) -> None:
         )
     if b.direct_num_workers < 0:
         raise ConfigError("beam.direct_num_workers", f"must be >= 0, got {b.direct_num_workers}")
+    defaults = BeamConfig()
+    owners = {  # key: the runners it applies to
+        "direct_running_mode": ("direct",), "direct_num_workers": ("direct",),
+        "project": ("dataflow",), "region": ("dataflow",), "temp_location": ("dataflow",),
+        "flink_master": ("flink",), "spark_master_url": ("spark",), "job_endpoint": ("flink", "spark"),
+        "sdk_container_image": ("dataflow", "flink", "spark"), "environment_type": ("dataflow", "flink", "spark"),
+    }
+    for key, runners in owners.items():
+        if b.runner not in runners and getattr(b, key) != getattr(defaults, key):
+            applies = " or ".join(f'"{r}"' for r in runners)
+            raise ConfigError(
+                f"beam.{key}",
+                f"only applies to beam.runner = {applies}, but the runner is {b.runner!r}; remove it or change the runner",
+            )
+    if b.runner == "dataflow":
+        for key, example in (("project", "my-gcp-project"), ("region", "us-central1"), ("temp_location", "gs://my-bucket/tmp")):
+            if not getattr(b, key):
+                raise ConfigError(f"beam.{key}", f'required when beam.runner = "dataflow" (e.g. {example!r})')
+        if not b.temp_location.startswith("gs://"):
+            raise ConfigError("beam.temp_location", f"must be a gs:// path for Dataflow, got {b.temp_location!r}")
+    if b.runner in ("flink", "spark"):
+        own = "flink_master" if b.runner == "flink" else "spark_master_url"
+        if bool(getattr(b, own)) == bool(b.job_endpoint):
+            raise ConfigError(
+                f"beam.{own}",
+                f'set exactly one of beam.{own} or beam.job_endpoint when beam.runner = "{b.runner}"',
+            )
+        if b.spark_master_url and not b.spark_master_url.startswith("spark://"):
+            raise ConfigError("beam.spark_master_url", f"must look like spark://host:port, got {b.spark_master_url!r}")
+    if b.environment_type and b.environment_type not in BEAM_ENVIRONMENTS:
+        raise ConfigError(
+            "beam.environment_type", f"must be one of {', '.join(BEAM_ENVIRONMENTS)}, got {b.environment_type!r}"
+        )
     for arg in b.extra_args:
         if not arg.startswith("--"):
             raise ConfigError("beam.extra_args", f"each must look like --name=value, got {arg!r}")
+        if arg.split("=", 1)[0] == "--runner":
+            raise ConfigError("beam.extra_args", f"choose the runner with beam.runner, not {arg!r}")
+
+
+def validate_deploy(d: DeployConfig) -> None:
+    """Format checks only; what `mlpipe compile` requires is checked there (pipeline.deploy)."""
+    if any(c.isspace() for c in d.image):
+        raise ConfigError("deploy.image", f"must be an image reference without spaces, got {d.image!r}")
+    for key in ("pipeline_root", "data_root", "serving_model_dir"):
+        value = getattr(d, key)
+        if value and "://" not in value and not value.startswith("/"):
+            raise ConfigError(f"deploy.{key}", f"must be a URI (gs://...) or an absolute path, got {value!r}")
+    if d.schedule:
+        fields = d.schedule.split()
+        if fields[0].startswith(("TZ=", "CRON_TZ=")):
+            fields = fields[1:]
+        if len(fields) != 5:
+            raise ConfigError(
+                "deploy.schedule", f"must be a 5-field cron expression like '0 3 * * *', got {d.schedule!r}"
+            )
 
 
 def load(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
