@@ -72,12 +72,15 @@ def portable_pipeline(config: Config):
     from tfx import v1 as tfx
     from tfx.dsl.context_managers import dsl_context_registry
 
-    from pipeline.pipeline import create_pipeline
+    from pipeline.pipeline import WINDOW_RESOLVER, create_pipeline
 
     root, data_root, serving = _locations(config)
     local = create_pipeline(config)
     nodes = list(local.components)
     by_id = {n.id: n for n in nodes}
+    if WINDOW_RESOLVER in by_id:
+        raise ConfigError("data.root", f"{config.data.root} has the span layout, whose rolling window "
+                          "(a custom resolver) KFP v2 cannot compile; compile with a flat data directory")
 
     # The new Pipeline prepends the Beam args to each Beam component again: drop the local copy.
     for node in nodes:
