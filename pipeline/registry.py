@@ -418,16 +418,67 @@ def serving_state(config: Config) -> dict:
 # runs
 
 
-def _failure(snap: Snapshot, execution_id: int) -> str:
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\w*)(?::\s?(.*))?$")
+
+
+def run_log(config: Config, run_id: str) -> Path | None:
+    """The `mlpipe run` log (<workspace>/logs/*-YYYYmmdd-HHMMSS.log) that recorded this run id."""
+    try:
+        started = datetime.datetime.fromisoformat(run_id).strftime("%Y%m%d-%H%M%S")
+    except ValueError:
+        started = "99999999-999999"
+    candidates = []
+    for path in config.log_dir.glob("*.log") if config.log_dir.is_dir() else []:
+        stamp = re.search(r"(\d{8}-\d{6})", path.name)
+        if stamp and stamp.group(1) <= started:
+            candidates.append((stamp.group(1), path))
+    needle = f"pipeline_run_id='{run_id}'"
+    for _, path in sorted(candidates, reverse=True)[:5]:  # the run started after its log was opened
+        try:
+            if needle in path.read_text(errors="replace"):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+def _error_in_log(log: Path, execution_id: int) -> str | None:
+    """The exception that failed `execution_id`, as the run's log recorded it (one line)."""
+    lines = log.read_text(errors="replace").splitlines()
+    marker = f"Execution {execution_id} failed."
+    begin = next((i for i, line in enumerate(lines) if line.endswith(marker)), None)
+    if begin is None:
+        return None
+    for i in range(begin, len(lines)):
+        match = _EXCEPTION_LINE.match(lines[i])
+        if match and not lines[i].startswith(("INFO", "WARNING", "ERROR", "DEBUG")):
+            name = match.group(1).rsplit(".", 1)[-1]
+            more = []
+            for line in lines[i + 1:i + 6]:
+                if not line.startswith((" ", "\t")):
+                    break
+                more.append(line.strip())
+            text = f"{name}: {match.group(2) or ''}".rstrip(": ")
+            return " ".join([text, *more])
+    return None
+
+
+def _failure(snap: Snapshot, execution_id: int, run_id: str) -> tuple[str, str | None]:
+    """(error message, log path) of a failed execution: TFX's recorded result, else the run's log."""
+    log = run_log(snap.config, run_id)
     result = metadata.prop(snap.executions[execution_id], "__execution_result__")
     if result:
         try:
             message = json.loads(result).get("resultMessage", "")
         except ValueError:
             message = result
-        if message:
-            return message.strip().splitlines()[-1] if len(message) > 300 else message.strip()
-    return "the component failed (see the run's log in workspace/logs)"
+        if message.strip():
+            return message.strip().splitlines()[-1], str(log) if log else None
+    found = _error_in_log(log, execution_id) if log else None
+    if found:
+        return found, str(log)
+    where = f"see {log}" if log else f"see the run's log in {snap.config.log_dir}"
+    return f"the component failed ({where})", str(log) if log else None
 
 
 def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
@@ -453,6 +504,7 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
             "fully_cached": False,
             "spans": [],
             "components": {snap.node(i): states[i] for i in ids},
+            "log": None,  # set for failed runs: the run's log file, when found
         }
         # Spans used: what Transform read (the span window, when there is one), else what ExampleGen made.
         examples = [a for i in ids if snap.node(i) == "Transform" for a in snap.input_artifacts(i, "examples")]
@@ -472,7 +524,7 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
         if failed:
             row["outcome"] = "failed"
             row["failed_component"] = snap.node(failed[0])
-            row["error"] = _failure(snap, failed[0])
+            row["error"], row["log"] = _failure(snap, failed[0], run.name)
         elif any(s in ("new", "running", "unknown") for s in states.values()) or pusher is None:
             row["outcome"] = "incomplete"  # still running, or the process was killed
         elif pushed is not None:

@@ -16,7 +16,7 @@ from conftest import FAST_FLAGS, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_KEYS = {"run_id", "started", "seconds", "outcome", "pushed_version", "failed_checks", "failed_component",
-            "error", "fully_cached", "spans", "components"}
+            "error", "fully_cached", "spans", "components", "log"}
 VERSION_KEYS = {"version", "pushed", "path", "recorded_destination", "run_id", "model_id", "trainer_run_id",
                 "checks", "baseline", "training_spans", "rollback"}
 CHECK_KEYS = {"metric", "kind", "value", "bound", "baseline_value", "passed"}
@@ -40,6 +40,17 @@ def copy_workspace(first_run, dest: Path) -> Path:
     return dest
 
 
+def run_pipeline_process(ws: Path, data_root: Path, *flags: str) -> subprocess.Popen:
+    """`mlpipe run` in its own process (output piped)."""
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    env.pop("MLPIPE_WORKSPACE", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--workspace", str(ws), "--data-root", str(data_root),
+         *FAST_FLAGS, *flags],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def versions_ws(first_run, taxi_slice, tmp_path_factory):
     """A copy of the first run's workspace with two more runs: one that pushes a second version
@@ -50,13 +61,7 @@ def versions_ws(first_run, taxi_slice, tmp_path_factory):
     """
     assert first_run[1] == 0, first_run[2] + first_run[3]
     ws = copy_workspace(first_run, tmp_path_factory.mktemp("registry") / "ws")
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
-    env.pop("MLPIPE_WORKSPACE", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--workspace", str(ws), "--data-root", str(taxi_slice),
-         *FAST_FLAGS, "--value-threshold", "0.5"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = run_pipeline_process(ws, taxi_slice, "--value-threshold", "0.5")
     polls = []
     while proc.poll() is None:
         code, out, err = run_cli("runs", "--workspace", str(ws), "--json")
@@ -168,13 +173,16 @@ def test_a_run_that_failed_halfway_is_reported_with_its_component_and_error(firs
     curated = head + 'name: "trip_miles"' + rest
     assert curated != schema
     (tmp_path / "schema.pbtxt").write_text(curated)
-    code, out, err = run_cli("run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS,
-                             "--schema", str(tmp_path / "schema.pbtxt"))
-    assert code == 1, out + err
+    # The real CLI in its own process, so the run's log is written as in real use.
+    proc = run_pipeline_process(ws, taxi_slice, "--schema", str(tmp_path / "schema.pbtxt"))
+    output = proc.communicate()[0]
+    assert proc.returncode == 1, output
     runs = cli_json("runs", "--workspace", str(ws))["runs"]
     assert [r["outcome"] for r in runs] == ["failed", "pushed"]
     assert runs[0]["failed_component"] == "AnomaliesGate"
-    assert "trip_miles" in runs[0]["error"]
+    assert runs[0]["error"].startswith("DataAnomaliesError: data anomalies found by ExampleValidator")
+    assert "feature 'trip_miles'" in runs[0]["error"] and "\n" not in runs[0]["error"]
+    assert Path(runs[0]["log"]).parent == ws / "logs"
     assert "Trainer" not in runs[0]["components"]
     code, out, _ = run_cli("runs", "--workspace", str(ws))
     assert "FAILED at AnomaliesGate" in out
