@@ -35,6 +35,8 @@ class _Calls:
     def run(self, api: str, request, context, body):
         start = time.perf_counter()
         name = request.model_spec.name if hasattr(request, "model_spec") else ""
+        if name and self.service.manager.entry(name) is None:
+            name = "<unknown>"  # keep client-chosen values out of metric labels
         version = None
         try:
             version, response = body()

@@ -76,6 +76,9 @@ class RestApi:
             if error.code in (Code.INTERNAL, Code.UNKNOWN):
                 log.exception("REST %s %s failed", http_method, path)
             status, payload, code = error.http_status, json_codec.dumps({"error": error.message}), error.code_name
+            version = None  # keep client-chosen values out of metric labels
+        if model and self.service.manager.entry(model) is None:
+            model = "<unknown>"
         self.metrics.observe(model, version, api, "rest", code, time.perf_counter() - start)
         return status, payload
 

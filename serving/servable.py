@@ -123,11 +123,9 @@ class Servable:
             array = np.asarray(array)
             if spec.dtype.kind == "O":
                 if array.dtype.kind not in "OSU":
-                    raise invalid(f"Input '{key}' expects string values, got {array.dtype}")
-            elif array.dtype != spec.dtype:
-                if array.dtype.kind == "O" or not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
-                    raise invalid(f"Input '{key}' expects dtype {spec.dtype} but got {array.dtype}")
-                array = array.astype(spec.dtype)
+                    raise invalid(f"Input '{key}' expects dtype string but got {array.dtype}")
+            elif array.dtype != spec.dtype:  # no silent casts, as in TF Serving
+                raise invalid(f"Input '{key}' expects dtype {spec.dtype} but got {array.dtype}")
             if spec.shape is not None:
                 ok = len(spec.shape) == array.ndim and all(
                     d < 0 or d == a for d, a in zip(spec.shape, array.shape)

@@ -234,4 +234,5 @@ def test_metrics_count_requests_by_model_version_api_and_status(url):
     assert 'mlpipe_serving_requests_total{api="predict",model="toy",protocol="rest",status="OK",version="1"}' in text
     assert 'api="predict",model="toy",protocol="rest",status="INVALID_ARGUMENT"' in text
     assert "mlpipe_serving_request_latency_seconds_bucket{" in text
+    assert 'model="nope"' not in text and 'model="<unknown>"' in text  # names from URLs stay out of labels
     assert 'mlpipe_serving_model_version_available{model="toy",version="2"} 1.0' in text

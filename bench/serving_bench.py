@@ -1,0 +1,222 @@
+"""Serving benchmark: p50/p99 latency and requests/s over REST and gRPC, batching off and on,
+at concurrency 1, 8 and 32, next to the same signature called in-process (the physical limit).
+
+Usage:
+  python bench/serving_bench.py                       # builds the real taxi model (about a minute)
+  python bench/serving_bench.py --model_base_path workspace/serving_model/taxi
+  python bench/serving_bench.py --seconds 2 --concurrency 1 8
+
+The server runs as a subprocess (`python -m serving`) so it does not share the clients' GIL;
+clients are threads in this process. Every request is one `serving_raw` predict of one row.
+Each cell runs --seconds (after a short warm-up), so the whole run is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+
+SIGNATURE = "serving_raw"
+ROW = {
+    "trip_miles": 2.0, "fare": 10.0, "trip_seconds": 600, "pickup_latitude": 41.9, "pickup_longitude": -87.6,
+    "dropoff_latitude": 41.8, "dropoff_longitude": -87.7, "payment_type": "Credit Card", "company": "Flash Cab",
+    "trip_start_hour": 9, "trip_start_day": 3, "trip_start_month": 5, "pickup_community_area": 8,
+    "dropoff_community_area": 32, "pickup_census_tract": 17031081500, "dropoff_census_tract": 17031320100,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_taxi_model(workdir: str) -> str:
+    sys.path.insert(0, os.path.join(REPO, "tests", "serving"))
+    import taxi_export  # the same export path the tests use
+
+    base = os.path.join(workdir, "taxi")
+    taxi_export.export(os.path.join(base, "1"))
+    return base
+
+
+def run_cell(call, concurrency: int, seconds: float, warmup: float = 0.5) -> dict:
+    """Each thread calls `call(thread_state)` in a loop; returns latency percentiles and throughput."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    start_barrier = threading.Barrier(concurrency + 1)
+    phase = {"measure_from": 0.0, "stop_at": 0.0}
+
+    def worker(i):
+        state = {}
+        start_barrier.wait()
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= phase["stop_at"]:
+                return
+            try:
+                call(state)
+            except Exception:
+                errors[i] += 1
+                continue
+            t1 = time.perf_counter()
+            if t0 >= phase["measure_from"]:
+                latencies[i].append(t1 - t0)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    now = time.perf_counter()
+    phase["measure_from"], phase["stop_at"] = now + warmup, now + warmup + seconds
+    start_barrier.wait()
+    for t in threads:
+        t.join(timeout=seconds + warmup + 60)
+    all_lat = np.array([x for per in latencies for x in per])
+    if all_lat.size == 0:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "rps": 0.0, "errors": sum(errors)}
+    return {
+        "p50_ms": float(np.percentile(all_lat, 50) * 1e3),
+        "p99_ms": float(np.percentile(all_lat, 99) * 1e3),
+        "rps": all_lat.size / seconds,
+        "errors": sum(errors),
+    }
+
+
+def in_process_call(base_path: str):
+    from serving.manager import version_dirs
+    from serving.servable import Servable
+
+    version, path = max(version_dirs(base_path).items())
+    servable = Servable("taxi", version, path)
+    signature = servable.signature(SIGNATURE)
+    inputs = {}
+    for key, spec in signature.inputs.items():
+        value = ROW[key]
+        inputs[key] = np.array([value.encode() if isinstance(value, str) else value], dtype=spec.dtype)
+    servable.call(signature, inputs)
+    return lambda state: servable.call(signature, inputs)
+
+
+def rest_call(port: int):
+    import requests
+
+    body = json.dumps({"signature_name": SIGNATURE, "instances": [ROW]})
+    url = f"http://127.0.0.1:{port}/v1/models/taxi:predict"
+
+    def call(state):
+        session = state.get("s") or state.setdefault("s", requests.Session())
+        r = session.post(url, data=body, timeout=30)
+        if r.status_code != 200:
+            raise RuntimeError(r.text)
+
+    return call
+
+
+def grpc_call(port: int):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "taxi"
+    request.model_spec.signature_name = SIGNATURE
+    for key, value in ROW.items():
+        dtype = tf.string if isinstance(value, str) else tf.float32 if isinstance(value, float) else tf.int64
+        request.inputs[key].CopyFrom(tf.make_tensor_proto([value], dtype=dtype))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    return lambda state: stub.Predict(request, timeout=30)
+
+
+def start_server(base_path: str, batching: bool, workdir: str):
+    rest, grpc_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "serving", "--model_name", "taxi", "--model_base_path", base_path,
+           "--rest_api_port", str(rest), "--port", str(grpc_port), "--log_level", "WARNING",
+           "--workspace", workdir]
+    if batching:
+        params = os.path.join(workdir, "batching.config")
+        with open(params, "w") as f:
+            f.write("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\n"
+                    "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 1000 }\n")
+        cmd += ["--enable_batching", "--batching_parameters_file", params]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import requests
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{rest}/v1/models/taxi", timeout=2).status_code == 200:
+                return proc, rest, grpc_port
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not come up within 180 s")
+
+
+def stop_server(proc) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_base_path", help="taxi model versions to serve (default: build one in a temp dir)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads (default 1 8 32)")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or any(c <= 0 for c in args.concurrency):
+        parser.error("--seconds and --concurrency must be positive")
+
+    workdir = tempfile.mkdtemp(prefix="serving-bench-")
+    try:
+        base = os.path.abspath(args.model_base_path) if args.model_base_path else build_taxi_model(workdir)
+        print(f"model: {base}  signature: {SIGNATURE}  one row per request  {args.seconds:g}s per cell  cores: {os.cpu_count()}")
+        local = in_process_call(base)
+        baseline = {c: run_cell(local, c, args.seconds) for c in args.concurrency}
+        rows = [("in-process", "-", c, baseline[c]) for c in args.concurrency]
+        for batching in (False, True):
+            proc, rest, grpc_port = start_server(base, batching, workdir)
+            try:
+                for name, make in (("REST", lambda: rest_call(rest)), ("gRPC", lambda: grpc_call(grpc_port))):
+                    call = make()
+                    for c in args.concurrency:
+                        rows.append((name, "on" if batching else "off", c, run_cell(call, c, args.seconds)))
+            finally:
+                stop_server(proc)
+        header = f"{'path':<11}{'batching':<10}{'conc':>5}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'req/s vs in-proc':>18}{'p50 vs in-proc':>16}{'errors':>8}"
+        print(header)
+        print("-" * len(header))
+        for name, batching, c, r in rows:
+            base_r = baseline[c]
+            ratio_rps = r["rps"] / base_r["rps"] if base_r["rps"] else float("nan")
+            ratio_p50 = r["p50_ms"] / base_r["p50_ms"] if base_r["p50_ms"] else float("nan")
+            print(f"{name:<11}{batching:<10}{c:>5}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['rps']:>10.0f}"
+                  f"{ratio_rps:>17.2f}x{ratio_p50:>15.2f}x{r['errors']:>8}")
+        return 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
