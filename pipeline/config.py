@@ -124,6 +124,22 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """`mlpipe monitor` (docs/monitoring.md): skew/drift thresholds on logged serving traffic, alerts."""
+
+    # TFDV distances: L-infinity for categorical (string) features, Jensen-Shannon divergence for numeric.
+    skew_categorical: float = 0.1  # training vs serving
+    skew_numeric: float = 0.1
+    drift_categorical: float = 0.1  # previous window vs this window
+    drift_numeric: float = 0.1
+    # Per-feature override of both skew and drift thresholds, e.g. {trip_miles = 0.3}.
+    feature_thresholds: dict[str, float] = field(default_factory=dict)
+    window: str = "24h"  # default --since when none is given
+    alert_command: str = ""  # shell command run with the alert JSON on stdin
+    webhook_url: str = ""  # http(s) URL the alert JSON is POSTed to
+
+
+@dataclass(frozen=True)
 class Config:
     workspace: str = "workspace"
     pipeline_name: str = "mlpipe-taxi"
@@ -134,6 +150,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     beam: BeamConfig = field(default_factory=BeamConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     # Paths derived from the workspace: one place for each.
     @property
@@ -179,6 +196,7 @@ _SECTIONS = {
     "evaluation": EvaluationConfig,
     "beam": BeamConfig,
     "deploy": DeployConfig,
+    "monitoring": MonitoringConfig,
 }
 _TOP_LEVEL = {"workspace", "pipeline_name", "model_name", "enable_cache"}
 
@@ -208,6 +226,12 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
         ):
             raise ConfigError(key, f"must be a list of {item.__name__}s, got {value!r}")
         return tuple(value)
+    if expected == "dict[str, float]":
+        if not isinstance(value, Mapping) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in value.values()
+        ):
+            raise ConfigError(key, f"must be a table of feature = number, got {value!r}")
+        return {str(k): float(v) for k, v in value.items()}
     raise AssertionError(f"unhandled config type {expected} for {key}")
 
 
@@ -277,6 +301,18 @@ def validate(config: Config) -> None:
         raise ConfigError("evaluation.change_tolerance", f"must be >= 0, got {e.change_tolerance}")
     validate_beam(config.beam)
     validate_deploy(config.deploy)
+    validate_monitoring(config.monitoring)
+
+
+def validate_monitoring(m: MonitoringConfig) -> None:
+    for key in ("skew_categorical", "skew_numeric", "drift_categorical", "drift_numeric"):
+        if not 0 < getattr(m, key) <= 1:
+            raise ConfigError(f"monitoring.{key}", f"must be in (0, 1], got {getattr(m, key)!r}")
+    for name, value in m.feature_thresholds.items():
+        if not 0 < value <= 1:
+            raise ConfigError(f"monitoring.feature_thresholds.{name}", f"must be in (0, 1], got {value!r}")
+    if m.webhook_url and not m.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("monitoring.webhook_url", f"must be an http:// or https:// URL, got {m.webhook_url!r}")
 
 
 def validate_beam(b: BeamConfig) -> None:
