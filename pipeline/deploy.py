@@ -134,8 +134,6 @@ def portable_pipeline(config: Config):
 
 def compile_pipeline(config: Config, target: str, output: str | Path) -> Compiled:
     """Writes the PipelineJob JSON to `output` (and schedule files next to it when configured)."""
-    from tfx import v1 as tfx
-
     if target not in TARGETS:
         raise ConfigError("--target", f"must be one of {', '.join(TARGETS)}, got {target!r}")
     output = Path(output)
@@ -145,7 +143,9 @@ def compile_pipeline(config: Config, target: str, output: str | Path) -> Compile
         if output.suffix not in (".yaml", ".yml"):
             raise ConfigError("-o", f"kfp.Client reads .yaml/.yml pipeline packages; name the output "
                               f"e.g. {output.with_suffix('.yaml').name}")
-    root, data_root, serving = _locations(config)
+    root, data_root, serving = _locations(config)  # checked before the slow TFX import
+    from tfx import v1 as tfx
+
     tfx_pipeline = portable_pipeline(config)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
