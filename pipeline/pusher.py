@@ -24,15 +24,32 @@ from tfx.utils import io_utils, proto_utils
 TMP_PREFIX = ".tmp-"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def clean_stale_tmp_dirs(base: str) -> List[str]:
-    """Removes `<base>/.tmp-*` left by pushes that were killed; returns the removed names."""
+    """Removes `<base>/.tmp-<version>-<pid>` left by pushes whose process is gone; returns their names.
+
+    A temp dir of a live process (a push running right now elsewhere) is left alone.
+    """
     removed = []
     if not os.path.isdir(base):
         return removed
     for name in sorted(os.listdir(base)):
-        if name.startswith(TMP_PREFIX):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-            removed.append(name)
+        if not name.startswith(TMP_PREFIX):
+            continue
+        pid = name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        removed.append(name)
     return removed
 
 

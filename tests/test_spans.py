@@ -225,3 +225,15 @@ def test_atomic_push_never_exposes_a_partial_version(tmp_path, monkeypatch):
     assert len(list((Path(path) / "variables").iterdir())) == 5
     version2, _ = pusher.atomic_push(str(model), str(base))
     assert int(version2) > int(version)  # same second: still a new, higher version
+
+
+def test_push_leaves_a_live_process_temp_dir_alone(tmp_path):
+    from pipeline import pusher
+
+    base = tmp_path / "serving"
+    live = base / f".tmp-123-{os.getppid()}"  # our parent is alive: a push in progress elsewhere
+    dead = base / ".tmp-124-999999999"
+    live.mkdir(parents=True)
+    dead.mkdir()
+    assert pusher.clean_stale_tmp_dirs(str(base)) == [dead.name]
+    assert live.is_dir() and not dead.exists()
