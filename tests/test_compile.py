@@ -194,3 +194,14 @@ def test_kubeflow_needs_a_yaml_package(compiled, tmp_path):
                            "--workspace", compiled[4], "--image", IMAGE, "--pipeline-root", ROOT,
                            "--deploy-data-root", DATA)
     assert code == 2 and "-o: kfp.Client reads .yaml" in err and "p.yaml" in err
+
+
+def test_span_layout_is_refused_naming_data_root(compiled, tmp_path):
+    from conftest import write_taxi_slice
+
+    write_taxi_slice(tmp_path / "spans" / "span-1", rows=10)
+    code, _, err = run_cli("compile", "--target", "vertex", "-o", str(tmp_path / "p.json"),
+                           "--workspace", compiled[4], "--image", IMAGE, "--pipeline-root", ROOT,
+                           "--data-root", str(tmp_path / "spans"), "--deploy-data-root", DATA)
+    assert code == 2 and err.startswith("mlpipe: config error: data.root:") and "span layout" in err
+    assert not (tmp_path / "p.json").exists()
