@@ -180,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {rows} rows, {mode}: {result['wall_seconds']} s, peak {result['peak_rss_mb']} MB, "
                   f"{result['outcome']}", file=sys.stderr, flush=True)
             results.append(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+            (args.out / "results.json").write_text(json.dumps(results, indent=2))  # after each run
     if args.json:
         print(json.dumps(results, indent=2))
     else:
