@@ -109,7 +109,8 @@ def portable_pipeline(config: Config):
                 model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
             ).with_id(RESOLVER_ID)
         registry.replace_node(old, new)
-        for upstream in list(old.upstream_nodes):  # keep the local order: resolve after Trainer
+        # Same node order as the local pipeline (in the KFP IR, resolver tasks carry no dependencies).
+        for upstream in list(old.upstream_nodes):
             upstream.remove_downstream_node(old)
             new.add_upstream_node(upstream)
         for node in nodes:
