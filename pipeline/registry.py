@@ -557,7 +557,9 @@ def describe_run(row: dict) -> str:
         text = f"FAILED at {row['failed_component']}: {row['error']}"
     else:
         text = "incomplete (still running, or interrupted)"
-    if row["fully_cached"] and outcome != "failed":
+    if row["fully_cached"] and outcome == "pushed":
+        text = f"fully cached (nothing changed: version {row['pushed_version']} was pushed before)"
+    elif row["fully_cached"] and outcome != "failed":
         text = f"fully cached, {text}"
     return text
 

@@ -335,6 +335,10 @@ def test_labels_write_a_tf_serving_model_config(versions_ws, tmp_path):
     assert model.base_path == str(ws / "serving_model" / "taxi")
     assert list(model.model_version_policy.specific.versions) == [v1, v2]
     assert dict(model.version_labels) == {"stable": v1, "canary": v2}
+    from serving.config import read_model_config_file  # what `mlpipe serve --model_config_file` reads
+
+    (entry,) = read_model_config_file(str(path))
+    assert entry.policy.versions == (v1, v2) and dict(entry.labels) == {"stable": v1, "canary": v2}
 
     code, _, err = run_cli("label", "set", "stable", "99", "--workspace", str(ws))
     assert code == 2 and "version 99 is not in" in err
