@@ -237,3 +237,35 @@ def test_push_leaves_a_live_process_temp_dir_alone(tmp_path):
     dead.mkdir()
     assert pusher.clean_stale_tmp_dirs(str(base)) == [dead.name]
     assert live.is_dir() and not dead.exists()
+
+
+# --- warm start (models/model.py) ---
+
+
+def _tiny_model(units: int, seed: int):
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(3,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(units)(inputs)))
+    return model
+
+
+def test_warm_start_copies_weights_only_when_the_architecture_matches(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from models.model import warm_start
+
+    base = _tiny_model(4, seed=1)
+    tf.saved_model.save(base, str(tmp_path / "base"))
+    same = _tiny_model(4, seed=2)
+    assert not np.allclose(same.trainable_weights[0].numpy(), base.trainable_weights[0].numpy())
+    assert warm_start(same, str(tmp_path / "base"))
+    for mine, theirs in zip(same.trainable_weights, base.trainable_weights):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    other = _tiny_model(5, seed=2)
+    before = [w.numpy().copy() for w in other.trainable_weights]
+    assert not warm_start(other, str(tmp_path / "base"))
+    for w, b in zip(other.trainable_weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
