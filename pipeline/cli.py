@@ -147,6 +147,7 @@ COMMAND_MODULES = [
     "pipeline.commands.registry",
     "pipeline.commands.retrain",
     "pipeline.commands.compile",
+    "pipeline.commands.monitor",
     "serving.cli",
 ]
 

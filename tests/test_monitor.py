@@ -1,0 +1,295 @@
+"""`mlpipe monitor` on synthetic request logs of the version `first_run` pushed (the pipeline is not re-run).
+
+Traffic is drawn from the training split the version was trained on (the Examples artifact in
+first_run's workspace) and written with serving/request_log.py's writer, as `mlpipe serve` does.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+HOUR = 3600
+
+
+# --- Synthetic traffic -------------------------------------------------------------------------
+
+
+def training_rows(workspace: Path) -> list[dict]:
+    """The train split's raw rows, decoded from the Examples artifact of the run (feature -> value or None)."""
+    import tensorflow as tf
+    from tensorflow.core.example import example_pb2
+
+    files = sorted((workspace / "pipeline_root" / "CsvExampleGen" / "examples").glob("*/Split-train/*.gz"))
+    assert files, "first_run produced no train examples"
+    rows = []
+    for raw in tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP").as_numpy_iterator():
+        example = example_pb2.Example.FromString(raw)
+        row = {}
+        for name, feature in example.features.feature.items():
+            kind = feature.WhichOneof("kind")
+            values = list(getattr(feature, kind).value) if kind else []
+            row[name] = (values[0] if values else None, kind)
+        rows.append(row)
+    return rows
+
+
+def _example(row: dict):
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    for name, (value, kind) in row.items():
+        if name == "tips" or value is None:
+            continue  # clients do not send the label; a missing value is an absent feature
+        getattr(example.features.feature[name], kind).value.append(value)
+    return example
+
+
+def _predict_request(rows: list[dict], kinds: dict[str, str]):
+    """A `serving_raw` PredictRequest: one tensor per model feature; '' / NaN mark missing values."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from models import features
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.signature_name = "serving_raw"
+    for name in features.MODEL_FEATURES:
+        kind = kinds.get(name, "bytes_list")  # never present in the data: send missing strings
+        if kind == "bytes_list":
+            values = np.array([r.get(name, (None,))[0] or b"" for r in rows], dtype=object)
+        elif kind == "float_list":
+            values = np.array([np.nan if r.get(name, (None,))[0] is None else r[name][0] for r in rows], np.float32)
+        else:
+            values = np.array([r[name][0] for r in rows], np.int64)  # callers send only complete int rows
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(values))
+    return request
+
+
+def write_traffic(log_dir: Path, rows: list[dict], version: int, start: float, seconds: float, seed: int = 0,
+                  batch: int = 8) -> int:
+    """Logs `rows` as classify and serving_raw predict requests spread over [start, start + seconds)."""
+    from tensorflow_serving.apis import classification_pb2, model_pb2, predict_pb2
+
+    from models import features
+    from serving.request_log import RequestLogger, make_log
+
+    rng = random.Random(seed)
+    kinds = {name: kind for row in rows for name, (value, kind) in row.items() if value is not None}
+    logger = RequestLogger(str(log_dir), sampling_rate=1.0)
+    requests = 0
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        spec = model_pb2.ModelSpec(name="taxi")
+        spec.version.value = version
+        ints_present = all(r.get(n, (None,))[0] is not None for r in chunk for n in features.MODEL_FEATURES
+                           if kinds.get(n) == "int64_list")
+        if ints_present and requests % 2:
+            spec.signature_name = "serving_raw"
+            record = make_log("predict_log", spec, _predict_request(chunk, kinds), predict_pb2.PredictResponse(), 1.0)
+        else:
+            spec.signature_name = "serving_default"
+            request = classification_pb2.ClassificationRequest()
+            request.input.example_list.examples.extend(_example(r) for r in chunk)
+            record = make_log("classify_log", spec, request, classification_pb2.ClassificationResponse(), 1.0)
+        record.log_metadata.timestamp_secs = int(start + rng.random() * seconds)
+        logger.write(record)
+        requests += 1
+    logger.close()
+    return requests
+
+
+def shifted(rows: list[dict], fraction_new_payment: float = 0.4, miles_factor: float = 6.0, seed: int = 1) -> list[dict]:
+    """trip_miles multiplied by `miles_factor`; a share of payment_type set to a value never seen in training."""
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        row = dict(row)
+        miles, kind = row.get("trip_miles", (None, "float_list"))
+        if miles is not None:
+            row["trip_miles"] = (miles * miles_factor + 3.0, kind)
+        if rng.random() < fraction_new_payment:
+            row["payment_type"] = (b"Crypto", "bytes_list")
+        out.append(row)
+    return out
+
+
+# --- Fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(first_run, tmp_path_factory):
+    """(monitor workspace, pushed version, training rows, now): a copy of first_run's MLMD and serving dir.
+
+    The copy keeps first_run read-only; artifact URIs in MLMD still point at first_run's files.
+    """
+    workspace, code, out, err = first_run
+    assert code == 0, err
+    copy = tmp_path_factory.mktemp("monitor-ws")
+    shutil.copy2(workspace / "metadata.sqlite", copy / "metadata.sqlite")
+    shutil.copytree(workspace / "serving_model", copy / "serving_model")
+    versions = sorted(int(p.name) for p in (copy / "serving_model" / "taxi").iterdir() if p.name.isdigit())
+    assert versions, "first_run pushed nothing"
+    rows = training_rows(workspace)
+    random.Random(7).shuffle(rows)
+    return copy, versions[-1], rows, time.time()
+
+
+def _monitor(workspace: Path, *argv: str):
+    code, out, err = run_cli("monitor", "--workspace", str(workspace), *argv)
+    return code, out, err
+
+
+def _window(now: float, hours_ago: float, hours: float = 1.0) -> list[str]:
+    def iso(t):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    return ["--since", iso(now - hours_ago * HOUR), "--until", iso(now - (hours_ago - hours) * HOUR)]
+
+
+# --- Tests -------------------------------------------------------------------------------------
+
+
+def test_training_distribution_raises_no_alert(served, tmp_path):
+    workspace, version, rows, now = served
+    log_dir = workspace / "request_logs" / "taxi"
+    # Two windows (10-9 h ago and 9-8 h ago) of traffic drawn from the training data: no skew, no drift.
+    write_traffic(log_dir, rows[:700], version, now - 10 * HOUR, HOUR, seed=1)
+    write_traffic(log_dir, rows[700:1400], version, now - 9 * HOUR, HOUR, seed=2)
+    code, out, err = _monitor(workspace, *_window(now, 9), "--json")
+    assert code == 0, (out, err)
+    report = json.loads(out)
+    assert report["alert"] is False and report["alerts"] == []
+    assert report["versions"][0]["version"] == version and report["versions"][0]["requests"] > 50
+    assert report["previous_window"]["requests"] > 50
+    checks = {(c["check"], c["feature"]): c for c in report["checks"]}
+    # Both kinds of distance were computed by TFDV for both kinds of check.
+    assert checks[("skew", "payment_type")]["statistic"] == "L_INFTY"
+    assert checks[("skew", "trip_miles")]["statistic"] == "JENSEN_SHANNON_DIVERGENCE"
+    assert ("drift", "company") in checks and ("drift", "fare") in checks
+    assert all(0 <= c["distance"] <= c["threshold"] for c in report["checks"])
+    assert report["anomalies"] == []
+    # The table says so too.
+    code, out, _ = _monitor(workspace, *_window(now, 9))
+    assert code == 0 and out.strip().endswith("no alert")
+
+
+def test_shifted_traffic_alerts_on_exactly_those_features(served, tmp_path):
+    workspace, version, rows, now = served
+    log_dir = workspace / "request_logs" / "taxi"
+    write_traffic(log_dir, rows[:600], version, now - 6 * HOUR, HOUR, seed=3)  # previous window: normal
+    write_traffic(log_dir, shifted(rows[600:1200]), version, now - 5 * HOUR, HOUR, seed=4)
+    page = tmp_path / "report.html"
+    code, out, err = _monitor(workspace, *_window(now, 5), "--json", "--html", str(page))
+    assert code == 3, (out, err)
+    report = json.loads(out)
+    alerting = {(c["check"], c["feature"]) for c in report["checks"] if c["alert"]}
+    assert alerting == {("skew", "trip_miles"), ("skew", "payment_type"),
+                        ("drift", "trip_miles"), ("drift", "payment_type")}
+    # The unseen category is also a schema anomaly of the serving data (the label is not required).
+    assert {a["feature"] for a in report["anomalies"]} == {"payment_type"}
+    assert report["retrain_wanted"] is True
+    html = page.read_text()
+    assert html.count("<svg") == 8 and "Crypto" in html and "trip_miles" in html
+    # Table: the verdicts and distances.
+    code, out, _ = _monitor(workspace, *_window(now, 5))
+    assert code == 3
+    alert_lines = [line for line in out.splitlines() if line.endswith("ALERT")]
+    assert len(alert_lines) == 4 and all(("trip_miles" in x) != ("payment_type" in x) for x in alert_lines)
+
+
+def test_per_feature_threshold_from_config(served, tmp_path):
+    workspace, version, rows, now = served
+    log_dir = workspace / "request_logs" / "taxi"
+    write_traffic(log_dir, rows[:600], version, now - 3 * HOUR, HOUR, seed=5)
+    config = tmp_path / "mlpipe.toml"
+    # An impossibly strict threshold for fare alone: only fare alerts (no previous window: skew only).
+    config.write_text("[monitoring]\nfeature_thresholds = {fare = 0.000001}\n")
+    code, out, err = _monitor(workspace, "--config", str(config), *_window(now, 3), "--json")
+    assert code == 3, err
+    report = json.loads(out)
+    assert report["alerts"] == ["skew:fare"]
+    assert report["notes"] == ["0 example(s) in the previous window, 600 in this one "
+                               "(monitoring.min_examples 100): drift not checked"]
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alert_hooks_receive_the_json_and_retrain_starts(served, tmp_path):
+    workspace, version, rows, now = served
+    log_dir = workspace / "request_logs" / "taxi"
+    write_traffic(log_dir, shifted(rows[:400]), version, now - 14 * HOUR, HOUR, seed=6)
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    captured = tmp_path / "alert.json"
+    config = tmp_path / "mlpipe.toml"
+    config.write_text(f'[monitoring]\nalert_command = "cat > {captured}"\n'
+                      f'webhook_url = "http://127.0.0.1:{server.server_port}/alert"\n')
+    try:
+        code, out, err = _monitor(workspace, "--config", str(config), *_window(now, 14), "--json", "--retrain")
+    finally:
+        server.shutdown()
+    assert code == 3, err
+    report = json.loads(out)
+    assert report["notified"]["command"]["ok"] and report["notified"]["webhook"] == {"status": 204, "ok": True}
+    for received in (json.loads(captured.read_text()), _Hook.received[-1]):
+        assert received["alert"] is True and "skew:trip_miles" in received["alerts"]
+        assert received["window"] == report["window"]
+    # retrain ran as a subprocess on the same workspace and config; the default data root is not a span
+    # layout, so it refuses at once (exit 2) without touching the workspace.
+    assert report["retrain"]["command"][:4] == ["-m", "pipeline", "retrain", "--workspace"]
+    assert report["retrain"]["command"][4] == str(workspace.resolve())
+    assert report["retrain"]["exit_code"] == 2 and "span layout" in err
+
+
+def test_bad_input_is_one_line(served, tmp_path):
+    workspace, version, rows, now = served
+    # No logs at all, and an empty window.
+    empty = tmp_path / "ws"
+    empty.mkdir()
+    code, out, err = _monitor(empty, "--since", "1h")
+    assert code == 2 and err.startswith("mlpipe: no request logs at") and len(err.splitlines()) == 1
+    code, out, err = _monitor(workspace, *_window(now, 100))
+    assert code == 2 and "no logged requests" in err and len(err.splitlines()) == 1
+    code, out, err = _monitor(workspace, "--since", "yesterday")
+    assert code == 2 and "bad time 'yesterday'" in err
+    # A version MLMD has no push of.
+    log_dir = workspace / "request_logs" / "taxi"
+    write_traffic(log_dir, rows[:80], 12345, now - 30 * HOUR, HOUR, seed=8)
+    code, out, err = _monitor(workspace, *_window(now, 30))
+    assert code == 2 and "version 12345, which MLMD has no push of" in err and len(err.splitlines()) == 1
+    # Corrupted files next to good ones: skipped and listed; the good traffic is still checked.
+    write_traffic(log_dir, rows[:200], version, now - 40 * HOUR, HOUR, seed=9)
+    (log_dir / "requests-20000101T000000000000Z-1-00001.tfrecord").write_bytes(b"\x00garbage" * 50)
+    code, out, err = _monitor(workspace, *_window(now, 40), "--json")
+    assert code in (0, 3), err
+    report = json.loads(out)
+    assert report["requests"] > 10
+    assert [s["path"] for s in report["skipped_logs"] if "corrupted" in s["reason"]] == [
+        str(log_dir / "requests-20000101T000000000000Z-1-00001.tfrecord")]
+    # Only corrupted data in a window's directory: a clear message, not a traceback.
+    only_bad = tmp_path / "bad" / "taxi"
+    only_bad.mkdir(parents=True)
+    (only_bad / "requests-20000101T000000000000Z-1-00001.tfrecord").write_bytes(b"\x00garbage" * 50)
+    code, out, err = _monitor(workspace, "--log-dir", str(tmp_path / "bad"), "--since", "1h")
+    assert code == 2 and "1 unreadable file(s) skipped" in err and "Traceback" not in err
