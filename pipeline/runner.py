@@ -113,7 +113,11 @@ def run(config: Config, say: Print = print) -> RunSummary:
     check_csv_dir(config.data.root, features.CSV_COLUMNS)
     config.workspace_path.mkdir(parents=True, exist_ok=True)
 
+    from absl import flags
     from tfx import v1 as tfx  # heavy; imported only when a run really starts
+
+    if not flags.FLAGS.is_parsed():  # else absl would parse the host program's argv (e.g. pytest -v)
+        flags.FLAGS.mark_as_parsed()
 
     from pipeline.pipeline import create_pipeline
 
