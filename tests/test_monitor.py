@@ -293,3 +293,25 @@ def test_bad_input_is_one_line(served, tmp_path):
     (only_bad / "requests-20000101T000000000000Z-1-00001.tfrecord").write_bytes(b"\x00garbage" * 50)
     code, out, err = _monitor(workspace, "--log-dir", str(tmp_path / "bad"), "--since", "1h")
     assert code == 2 and "1 unreadable file(s) skipped" in err and "Traceback" not in err
+
+
+def test_evaluate_scores_the_served_model_and_alerts_below_the_value_threshold(served, tmp_path):
+    from conftest import write_taxi_slice
+
+    workspace, version, rows, now = served
+    # 300 labelled rows of the taxi data; an unreachable value threshold makes TFMA's value alert.
+    labelled = write_taxi_slice(tmp_path / "labelled", rows=300) / "data.csv"
+    config = tmp_path / "strict.toml"
+    config.write_text("[evaluation]\nvalue_lower_bound = 0.999\n")
+    code, out, err = _monitor(workspace, "--config", str(config), "--evaluate", str(labelled), "--json")
+    assert code == 3, err
+    report = json.loads(out)
+    assert report["version"] == version and report["examples"] == 300
+    assert report["metrics"]["example_count"] == 300
+    value = report["threshold"]["value"]
+    assert report["threshold"]["metric"] == "binary_accuracy" and value == report["metrics"]["binary_accuracy"]
+    assert 0.5 < value < 0.999 and report["threshold"]["passed"] is False
+    assert report["alerts"] == ["evaluation:binary_accuracy"] and report["retrain_wanted"] is True
+    # Bad input: a path with no CSV.
+    code, out, err = _monitor(workspace, "--evaluate", str(tmp_path / "nothing-here"))
+    assert code == 2 and err.startswith("mlpipe: no CSV data at") and len(err.splitlines()) == 1

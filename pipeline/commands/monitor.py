@@ -41,8 +41,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--html", metavar="FILE", help="also write an HTML page of each alerting feature's two distributions")
     p.add_argument("--all", action="store_true", help="list every check in the table, not only the alerts")
     p.add_argument("--no-notify", action="store_true", help="do not run the alert command or call the webhook")
+    p.add_argument("--evaluate", metavar="CSV_OR_DIR",
+                   help="instead of the traffic checks: score the served version (or --version) with TFMA on labelled "
+                   "CSV data (a file or a span directory) and alert below evaluation.value_lower_bound")
     p.add_argument("--retrain", action="store_true",
-                   help="on a skew or drift alert, run `mlpipe retrain` on the same workspace and config")
+                   help="on a skew, drift or --evaluate alert, run `mlpipe retrain` on the same workspace and config")
     p.set_defaults(func=_monitor)
 
 
@@ -50,6 +53,8 @@ def _monitor(args: argparse.Namespace) -> int:
     config = cli.load_config(args)
     from pipeline import monitoring  # imports TFDV: only when the command runs
 
+    if args.evaluate:
+        return _evaluate(args, config)
     now = time.time()
     try:
         until = monitoring.parse_time(args.until, now) if args.until else now
@@ -60,9 +65,40 @@ def _monitor(args: argparse.Namespace) -> int:
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
     data = report.data
-    if args.html:
+    return _act(args, config, data, lambda: monitoring.table(report, show_all=args.all),
+                html=lambda path: monitoring.write_html(report, path))
+
+
+def _evaluate(args: argparse.Namespace, config) -> int:
+    import tempfile
+
+    from pipeline import monitoring
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlpipe-evaluate-") as workdir:
+            data = monitoring.evaluate(config, Path(args.evaluate), args.version, Path(workdir))
+    except monitoring.MonitorError as e:
+        raise cli.CommandError(str(e), e.code) from None
+
+    def lines() -> list[str]:
+        t = data["threshold"]
+        value = "n/a" if t["value"] is None else f"{t['value']:.4f}"
+        out = [f"mlpipe monitor --evaluate: version {data['version']} on {data['examples']} labelled example(s)"]
+        out += [f"  {name:<20} {value_:.4f}" for name, value_ in data["metrics"].items()]
+        out.append(f"{t['metric']} {value} >= {t['lower_bound']:.4f}: " + ("ok" if t["passed"] else "ALERT"))
+        out.append(f"ALERT: {', '.join(data['alerts'])}" if data["alert"] else "no alert")
+        return out
+
+    return _act(args, config, data, lines, html=None)
+
+
+def _act(args: argparse.Namespace, config, data: dict, lines, html) -> int:
+    """Writes the HTML page, notifies, retrains, prints; returns the exit code."""
+    from pipeline import monitoring
+
+    if args.html and html is not None:
         try:
-            monitoring.write_html(report, Path(args.html))
+            html(Path(args.html))
         except OSError as e:
             raise cli.CommandError(f"cannot write {args.html}: {e.strerror}", cli.EXIT_USAGE) from None
         data["html"] = str(Path(args.html).resolve())
@@ -76,12 +112,12 @@ def _monitor(args: argparse.Namespace) -> int:
     data["retrain"] = None
     if args.retrain and data["retrain_wanted"]:
         if not args.json:
-            print("mlpipe: skew/drift alert: starting `mlpipe retrain`", flush=True)
+            print("mlpipe: alert: starting `mlpipe retrain`", flush=True)
         data["retrain"] = monitoring.start_retrain(config, args.config)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
     else:
-        for line in monitoring.table(report, show_all=args.all):
+        for line in lines():
             print(line)
         if data.get("html"):
             print(f"HTML report: {data['html']}")
