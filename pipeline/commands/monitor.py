@@ -58,8 +58,13 @@ def _monitor(args: argparse.Namespace) -> int:
     now = time.time()
     try:
         until = monitoring.parse_time(args.until, now) if args.until else now
-        since = (monitoring.parse_time(args.since, now) if args.since
-                 else until - monitoring.parse_duration(config.monitoring.window))
+        if args.since:
+            since = monitoring.parse_time(args.since, now)
+        else:
+            try:
+                since = until - monitoring.parse_duration(config.monitoring.window)
+            except monitoring.MonitorError as e:
+                raise monitoring.MonitorError(f"config error: monitoring.window: {e}") from None
         log_root = Path(args.log_dir) if args.log_dir else config.workspace_path / "request_logs"
         report = monitoring.monitor(config, since, until, log_root / config.model_name, args.version)
     except monitoring.MonitorError as e:
