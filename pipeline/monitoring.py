@@ -169,7 +169,7 @@ def read_traffic(log_dir: Path, since: float | None, until: float | None) -> Tra
                     continue
                 try:
                     rows = decode_request(kind[:-4], getattr(record, kind).request)
-                except Exception:  # a request the server rejected as malformed is still logged only if valid
+                except Exception:  # tensors or examples this decoder cannot read: count, go on
                     bad_records += 1
                     continue
                 version = int(record.log_metadata.model_spec.version.value)
@@ -555,9 +555,9 @@ def _distribution(feature_stats) -> list[tuple[str, float]]:
     if kind == "string_stats":
         s = feature_stats.string_stats
         total = s.common_stats.num_non_missing or 1
-        values = s.top_values or [type("V", (), {"value": b.label, "frequency": b.sample_count})()
-                                  for b in s.rank_histogram.buckets]
-        return [(v.value, v.frequency / total) for v in list(values)[:20]]
+        if s.top_values:
+            return [(v.value, v.frequency / total) for v in list(s.top_values)[:20]]
+        return [(b.label, b.sample_count / total) for b in list(s.rank_histogram.buckets)[:20]]
     if kind == "num_stats":
         for histogram in feature_stats.num_stats.histograms:
             if histogram.type == histogram.STANDARD:
