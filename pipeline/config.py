@@ -135,7 +135,7 @@ class MonitoringConfig:
     drift_categorical: float = 0.15  # previous window vs this window
     drift_numeric: float = 0.25
     # Per-feature override of both skew and drift thresholds, e.g. {trip_miles = 0.3}.
-    feature_thresholds: dict[str, float] = field(default_factory=dict)
+    feature_thresholds: dict[str, float] = field(default_factory=dict, hash=False)  # keeps Config hashable
     window: str = "24h"  # default --since when none is given
     min_examples: int = 100  # fewer logged examples than this in a window: its skew/drift is not checked
     alert_command: str = ""  # shell command run with the alert JSON on stdin
