@@ -138,6 +138,9 @@ class MonitoringConfig:
     feature_thresholds: dict[str, float] = field(default_factory=dict, hash=False)  # keeps Config hashable
     window: str = "24h"  # default --since when none is given
     min_examples: int = 100  # fewer logged examples than this in a window: its skew/drift is not checked
+    # Span layout: drift of the newest span from the previous one before training (DriftCheck):
+    # "off" (no check), "warn" (recorded in MLMD), "block" (the run fails before Transform).
+    pipeline_drift: str = "off"
     alert_command: str = ""  # shell command run with the alert JSON on stdin
     webhook_url: str = ""  # http(s) URL the alert JSON is POSTed to
 
@@ -314,6 +317,8 @@ def validate_monitoring(m: MonitoringConfig) -> None:
     for name, value in m.feature_thresholds.items():
         if not 0 < value <= 1:
             raise ConfigError(f"monitoring.feature_thresholds.{name}", f"must be in (0, 1], got {value!r}")
+    if m.pipeline_drift not in ("off", "warn", "block"):
+        raise ConfigError("monitoring.pipeline_drift", f"must be off, warn or block, got {m.pipeline_drift!r}")
     if m.min_examples < 1:
         raise ConfigError("monitoring.min_examples", f"must be at least 1, got {m.min_examples}")
     if m.webhook_url and not m.webhook_url.startswith(("http://", "https://")):

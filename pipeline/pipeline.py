@@ -11,6 +11,7 @@ from tfx import v1 as tfx
 from data import spans
 from models import features
 from pipeline.components import AnomaliesGate, BaselineModelStrategy
+from pipeline.components_drift import drift_gate
 from pipeline.config import Config
 from pipeline.inputs import CSV_PATTERN
 from pipeline.pusher import AtomicPusher
@@ -165,6 +166,9 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         custom_config={"models_fingerprint": fingerprint},
     )
     transform.add_upstream_node(anomalies_gate)
+    drift_resolver, drift_check = (None, None) if not use_spans else drift_gate(config, statistics_gen, schema_gen)
+    if drift_check is not None:  # monitoring.pipeline_drift: nothing is trained on a drifted span
+        transform.add_upstream_node(drift_check)
     t = config.training
     warm_start_resolver = None
     trainer_inputs = {}
@@ -217,7 +221,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
             c
             for c in (
                 example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                window_resolver, transform, warm_start_resolver, trainer, baseline_resolver, evaluator, pusher,
+                drift_resolver, drift_check, window_resolver, transform, warm_start_resolver, trainer, baseline_resolver, evaluator, pusher,
             )
             if c is not None
         ],

@@ -315,3 +315,73 @@ def test_evaluate_scores_the_served_model_and_alerts_below_the_value_threshold(s
     # Bad input: a path with no CSV.
     code, out, err = _monitor(workspace, "--evaluate", str(tmp_path / "nothing-here"))
     assert code == 2 and err.startswith("mlpipe: no CSV data at") and len(err.splitlines()) == 1
+
+
+# --- The pipeline's drift gate (monitoring.pipeline_drift) -------------------------------------
+
+
+def test_drift_gate_compares_spans_with_tfdv(served, first_run):
+    """DriftCheck's comparison: the training statistics against a span with shifted trip_miles."""
+    import tensorflow_data_validation as tfdv
+
+    from pipeline import monitoring
+    from pipeline.components_drift import drift_checks
+    from pipeline.config import MonitoringConfig
+
+    workspace, version, rows, now = served
+    previous = tfdv.load_stats_binary(str(next(
+        (first_run[0] / "pipeline_root" / "StatisticsGen" / "statistics").glob("*/Split-train/FeatureStats.pb"))))
+    schema = tfdv.load_schema_text(str(next((first_run[0] / "pipeline_root" / "SchemaGen" / "schema").glob("*/schema.pbtxt"))))
+
+    def decoded(sample):
+        return [{name: value for name, (value, kind) in row.items()} for row in sample]
+
+    same = monitoring.statistics_of(decoded(rows[:800]))
+    _, checks = drift_checks(same, previous, schema, MonitoringConfig())
+    assert checks and not [c for c in checks if c["alert"]]
+    moved = monitoring.statistics_of(decoded(shifted(rows[:800], fraction_new_payment=0.0)))
+    _, checks = drift_checks(moved, previous, schema, MonitoringConfig())
+    assert {c["feature"] for c in checks if c["alert"]} == {"trip_miles"}
+    _, checks = drift_checks(moved, previous, schema, MonitoringConfig(feature_thresholds={"trip_miles": 1.0}))
+    assert not [c for c in checks if c["alert"]]
+
+
+def test_previous_span_statistics_strategy():
+    from tfx.types import standard_artifacts
+
+    from pipeline.components_drift import PreviousSpanStatisticsStrategy
+
+    def stats(id_, span):
+        artifact = standard_artifacts.ExampleStatistics()
+        artifact.id, artifact.span = id_, span
+        return artifact
+
+    current = stats(9, 3)
+    every = [stats(1, 1), stats(2, 2), stats(5, 2), stats(7, 4), current]
+    resolved = PreviousSpanStatisticsStrategy().resolve_artifacts(None, {"current": [current], "statistics": every})
+    assert [a.id for a in resolved["statistics"]] == [5]  # newest artifact of span 2, not span 4 (later)
+    first = stats(3, 1)
+    resolved = PreviousSpanStatisticsStrategy().resolve_artifacts(None, {"current": [first], "statistics": [first]})
+    assert resolved["statistics"] == []
+
+
+def test_drift_gate_is_wired_before_transform_only_when_configured(tmp_path):
+    from pipeline import config as config_lib
+    from pipeline.pipeline import create_pipeline
+
+    root = tmp_path / "spans"
+    (root / "span-1").mkdir(parents=True)
+    (root / "span-1" / "data.csv").write_text("a\n1\n")
+    base = config_lib.Config(workspace=str(tmp_path / "ws"))
+    for mode in ("off", "warn", "block"):
+        config = base.replace({"data.root": str(root), "monitoring.pipeline_drift": mode})
+        nodes = {c.id: c for c in create_pipeline(config).components}
+        if mode == "off":
+            assert "DriftCheck" not in nodes
+            continue
+        assert "DriftCheck" in {n.id for n in nodes["Transform"].upstream_nodes}
+        assert nodes["DriftCheck"].exec_properties["mode"] == mode
+        assert "drift_baseline_resolver" in {n.id for n in nodes["DriftCheck"].upstream_nodes}
+    # A flat data root has no previous span: no gate even when configured.
+    flat = base.replace({"monitoring.pipeline_drift": "block"})
+    assert "DriftCheck" not in {c.id for c in create_pipeline(flat).components}
