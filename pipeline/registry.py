@@ -653,6 +653,24 @@ def _anomalies(artifact) -> dict[str, list[str]]:
     return found
 
 
+def _drift_check(snap: Snapshot, statistics) -> dict | None:
+    """The DriftCheck (pipeline/components_drift.py) of these statistics against the previous span's, if any ran."""
+    if statistics is None:
+        return None
+    for execution in _consumers_of_node(snap, statistics, "DriftCheck"):
+        for artifact in snap.output_artifacts(execution, "drift"):
+            try:
+                checks = json.loads(metadata.prop(artifact, "checks", "[]"))
+            except ValueError:
+                checks = []
+            previous = metadata.prop(artifact, "previous_span", -1)
+            return {"uri": artifact.uri, "mode": metadata.prop(artifact, "mode"), "state": snap.state(execution),
+                    "previous_span": None if previous in (None, -1) else int(previous),
+                    "alert": metadata.prop(artifact, "drift_alert") == 1,
+                    "alerts": [c for c in checks if c.get("alert")]}
+    return None
+
+
 def _consumers_of_node(snap: Snapshot, artifact, node_id: str) -> list[int]:
     return [i for i in snap.consumers.get(artifact.id, []) if snap.node(i) == node_id]
 
@@ -747,6 +765,7 @@ def lineage(snap: Snapshot, version: int) -> dict:
             "input_fingerprint": metadata.prop(gen_exec, "input_fingerprint") if gen_exec is not None else None,
             "example_gen": snap.execution_summary(gen),
             "statistics_uri": statistics.uri if statistics is not None else None,
+            "drift_check": _drift_check(snap, statistics),
         })
     chain["examples"] = examples
     schemas = snap.input_artifacts(trainer, "schema") if trainer is not None else []

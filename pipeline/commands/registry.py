@@ -159,6 +159,11 @@ def _lineage(args: argparse.Namespace) -> int:
         print(f"  <- Examples {ex['uri']}: span {ex['span']}, version {ex['version']}, rows {counts}")
         print(f"     from {ex['input_base']} ({ex['input_fingerprint']})")
         print(f"     statistics {ex['statistics_uri']}")
+        drift = ex.get("drift_check")
+        if drift is not None:  # monitoring.pipeline_drift (docs/monitoring.md)
+            against = f"span {drift['previous_span']}" if drift["previous_span"] is not None else "no previous span"
+            found = ", ".join(f"{c['feature']} {c['distance']:.4f} > {c['threshold']:.4f}" for c in drift["alerts"])
+            print(f"     drift check ({drift['mode']}) against {against}: {found or 'no drift'}")
     print(f"  <- Schema {chain['schema']['uri']}")
     for a in chain["anomalies"]:
         found = sum(len(v) for v in a["by_split"].values())
