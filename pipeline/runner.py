@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Callable
 
@@ -15,29 +16,57 @@ from pipeline.inputs import check_csv_dir
 Print = Callable[[str], None]
 
 
-class ProgressHandler(logging.Handler):
-    """Turns the local runner's absl log records into one line per component start and end."""
+class ProgressWatcher(threading.Thread):
+    """Prints one line as each component of the current run starts and one as it ends, read from MLMD.
 
-    def __init__(self, say: Print):
-        super().__init__(level=logging.INFO)
-        self.say = say
-        self.current: str | None = None
-        self.started = 0.0
-        self.outcome = "done"
+    MLMD rather than the runner's log records: TF and tf.Transform lower absl's verbosity mid-run
+    (through TF's logger, which absl shares), which silences INFO records; the watcher also puts
+    absl back to INFO so the run's log file stays complete.
+    """
 
-    def emit(self, record: logging.LogRecord) -> None:
-        message, args = record.msg, record.args
-        if message == "Component %s is running.":
-            self.current, self.started, self.outcome = args[0], time.monotonic(), "resolved"
-            self.say(f"  {self.current:<32} started")
-        elif message == "A cached execution %d is used.":
-            self.outcome = "cached"
-        elif message == "Going to run a new execution %d":
-            self.outcome = "ran"
-        elif message == "Component %s is finished.":
-            seconds = time.monotonic() - self.started
-            self.say(f"  {args[0]:<32} {self.outcome:<8} {seconds:6.1f} s")
-            self.current = None
+    TERMINAL = ("ran", "cached", "failed", "canceled")
+
+    def __init__(self, config: Config, started: float, say: Print, interval: float = 0.5):
+        super().__init__(name="mlpipe-progress", daemon=True)
+        self.config, self.started_ms, self.say, self.interval = config, int(started * 1000) - 1000, say, interval
+        self.done = threading.Event()
+        self.announced: dict[int, str] = {}  # execution id -> "started" | "ended"
+        self.current: str | None = None  # node id of the last component started and not ended
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.poll()
+        self.poll()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=30)
+
+    def poll(self) -> None:
+        absl_logger = logging.getLogger("absl")
+        if absl_logger.getEffectiveLevel() > logging.INFO:
+            absl_logger.setLevel(logging.INFO)
+        try:
+            if not metadata.store_initialized(self.config.metadata_path):
+                return
+            store = metadata.open_store(self.config.metadata_path)
+            runs = [r for r in metadata.pipeline_runs(store, self.config.pipeline_name)
+                    if r.create_time_since_epoch >= self.started_ms]
+            executions = metadata.run_executions(store, self.config.pipeline_name, runs[0]) if runs else []
+        except Exception:  # the writer holds the database right now: look again next time
+            return
+        for e in executions:
+            key = e.execution.id
+            if key not in self.announced:
+                self.say(f"  {e.node_id:<32} started")
+                self.announced[key] = "started"
+                self.current = e.node_id
+            if e.state in self.TERMINAL and self.announced[key] != "ended":
+                state = "resolved" if e.node_id.endswith("_resolver") and e.state == "ran" else e.state
+                self.say(f"  {e.node_id:<32} {state:<8} {e.seconds:6.1f} s")
+                self.announced[key] = "ended"
+                if self.current == e.node_id and e.state != "failed":
+                    self.current = None
 
 
 @dataclasses.dataclass
@@ -121,10 +150,9 @@ def run(config: Config, say: Print = print) -> RunSummary:
 
     from pipeline.pipeline import create_pipeline
 
-    handler = ProgressHandler(say)
-    absl_logger = logging.getLogger("absl")
-    absl_logger.addHandler(handler)
     started = time.time()
+    watcher = ProgressWatcher(config, started, say)
+    watcher.start()
     error: BaseException | None = None
     try:
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
@@ -132,11 +160,11 @@ def run(config: Config, say: Print = print) -> RunSummary:
         error = e
         logging.getLogger(__name__).exception("pipeline run failed")
     finally:
-        absl_logger.removeHandler(handler)
+        watcher.stop()
     summary = summarize(config, started, time.time() - started)
     if error is not None:
         summary.completed = False
-        summary.failed_component = handler.current or summary.failed_component
+        summary.failed_component = summary.failed_component or watcher.current
         summary.error = str(error).strip() or type(error).__name__
     return summary
 
