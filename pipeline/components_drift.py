@@ -24,24 +24,59 @@ class DataDriftError(RuntimeError):
     """The newest span drifted from the previous one beyond a threshold (pipeline_drift = "block")."""
 
 
+def _span(examples) -> int:
+    return examples.get_int_custom_property("span")  # CsvExampleGen records it as a custom property
+
+
+def _examples_of_statistics(store, statistics, examples) -> dict:
+    """{statistics artifact id: the Examples its StatisticsGen execution read}, through MLMD events.
+
+    (StatisticsGen copies `examples.span` onto its output, but the span lives in a custom
+    property of Examples, so ExampleStatistics.span is always 0: the span is looked up instead.)
+    """
+    from ml_metadata.proto import metadata_store_pb2
+
+    Event = metadata_store_pb2.Event
+    by_id = {a.id: a for a in examples}
+    producers = {}
+    for event in store.get_events_by_artifact_ids([a.id for a in statistics]):
+        if event.type in (Event.OUTPUT, Event.DECLARED_OUTPUT):
+            producers[event.artifact_id] = event.execution_id
+    # Only StatisticsGen's: Transform's pre/post_transform_stats are ExampleStatistics too.
+    executions = store.get_executions_by_id(sorted(set(producers.values())))
+    type_names = {t.id: t.name for t in store.get_execution_types_by_id(sorted({e.type_id for e in executions}))}
+    stats_gens = {e.id for e in executions if type_names.get(e.type_id, "").endswith("StatisticsGen")}
+    producers = {a: e for a, e in producers.items() if e in stats_gens}
+    read = {}
+    for event in store.get_events_by_execution_ids(sorted(set(producers.values()))):
+        if event.type in (Event.INPUT, Event.DECLARED_INPUT) and event.artifact_id in by_id:
+            read[event.execution_id] = by_id[event.artifact_id]
+    return {stats_id: read[execution] for stats_id, execution in producers.items() if execution in read}
+
+
 class PreviousSpanStatisticsStrategy(tfx.dsl.experimental.ResolverStrategy):
     """The newest StatisticsGen output of the latest span before the current run's span.
 
-    Channels: `current` (this run's StatisticsGen output) and `statistics` (every ExampleStatistics
-    of the pipeline). Resolves `statistics` to [] when there is no earlier span (the first run).
+    Channels: `current` (this run's StatisticsGen output), `statistics` (every ExampleStatistics of
+    the pipeline) and `examples` (every Examples of ExampleGen). Resolves `statistics` and `examples`
+    to the previous span's, or to [] when there is no earlier span (the first run).
     """
 
     def resolve_artifacts(self, store, input_dict):
         current = input_dict.get("current", [])
+        nothing = {"statistics": [], "examples": [], "current": current}
+        statistics = input_dict.get("statistics", [])
         if not current:
-            return {"statistics": [], "current": current}
-        span = current[0].span
-        earlier = [a for a in input_dict.get("statistics", []) if a.span < span and a.id != current[0].id]
+            return nothing
+        source = _examples_of_statistics(store, statistics + current, input_dict.get("examples", []))
+        if current[0].id not in source:
+            return nothing
+        span = _span(source[current[0].id])
+        earlier = [a for a in statistics if a.id in source and _span(source[a.id]) < span]
         if not earlier:
-            return {"statistics": [], "current": current}
-        previous = max(a.span for a in earlier)
-        newest = max((a for a in earlier if a.span == previous), key=lambda a: a.id)
-        return {"statistics": [newest], "current": current}
+            return nothing
+        newest = max(earlier, key=lambda a: (_span(source[a.id]), a.id))
+        return {"statistics": [newest], "examples": [source[newest.id]], "current": current}
 
 
 def _load_split(statistics_artifact):
@@ -76,7 +111,9 @@ def DriftCheck(
     drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     mode: tfx.dsl.components.Parameter[str],
     monitoring_json: tfx.dsl.components.Parameter[str],
+    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
     previous_statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics] = None,
+    previous_examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples] = None,
 ) -> None:
     """Drift of this span's train statistics from the previous span's; fails the run in "block" mode."""
     import tensorflow_data_validation as tfdv
@@ -89,16 +126,17 @@ def DriftCheck(
     out_dir = artifact_utils.get_split_uri([drift], SPLIT)
     os.makedirs(out_dir, exist_ok=True)
     drift.set_string_custom_property("mode", mode)
-    drift.set_int_custom_property("span", statistics.span)
+    span = _span(examples)
+    previous_span = _span(previous_examples) if previous_examples is not None else -1
+    drift.set_int_custom_property("span", span)
+    drift.set_int_custom_property("previous_span", previous_span)
     if previous_statistics is None:
         from tensorflow_metadata.proto.v0 import anomalies_pb2
 
         anomalies, checks = anomalies_pb2.Anomalies(), []
-        drift.set_int_custom_property("previous_span", -1)
     else:
         anomalies, checks = drift_checks(
             _load_split(statistics), _load_split(previous_statistics), schema_proto, monitoring_config)
-        drift.set_int_custom_property("previous_span", previous_statistics.span)
     with open(os.path.join(out_dir, "SchemaDiff.pb"), "wb") as f:
         f.write(anomalies.SerializeToString())
     alerts = [c for c in checks if c["alert"]]
@@ -108,11 +146,11 @@ def DriftCheck(
         described = ", ".join(f"{c['feature']} {c['statistic']} {c['distance']:.4f} > {c['threshold']:.4f}"
                               for c in alerts)
         raise DataDriftError(
-            f"span {statistics.span} drifted from span {previous_statistics.span}: {described} "
+            f"span {span} drifted from span {previous_span}: {described} "
             "(monitoring.pipeline_drift = \"block\"; raise the thresholds or set it to \"warn\" to train anyway)")
 
 
-def drift_gate(config, statistics_gen, schema_gen):
+def drift_gate(config, example_gen, statistics_gen, schema_gen):
     """(resolver, DriftCheck) nodes for `create_pipeline`, or (None, None) when monitoring.pipeline_drift is "off"."""
     m = config.monitoring
     if m.pipeline_drift == "off":
@@ -120,13 +158,18 @@ def drift_gate(config, statistics_gen, schema_gen):
     resolver = tfx.dsl.Resolver(
         strategy_class=PreviousSpanStatisticsStrategy,
         current=statistics_gen.outputs["statistics"],
+        # Every ExampleStatistics of the pipeline (a channel spec unlike `current`'s, which TFX would merge).
         statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
+        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples,
+                                 producer_component_id=example_gen.id, output_key="examples"),
     ).with_id(PREVIOUS_STATISTICS_RESOLVER)
     thresholds = {"drift_categorical": m.drift_categorical, "drift_numeric": m.drift_numeric,
                   "feature_thresholds": dict(m.feature_thresholds)}
     check = DriftCheck(
         statistics=statistics_gen.outputs["statistics"],
+        examples=example_gen.outputs["examples"],
         previous_statistics=resolver.outputs["statistics"],
+        previous_examples=resolver.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         mode=m.pipeline_drift,
         monitoring_json=json.dumps(thresholds, sort_keys=True),

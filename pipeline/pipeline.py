@@ -166,7 +166,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         custom_config={"models_fingerprint": fingerprint},
     )
     transform.add_upstream_node(anomalies_gate)
-    drift_resolver, drift_check = (None, None) if not use_spans else drift_gate(config, statistics_gen, schema_gen)
+    drift_resolver, drift_check = (None, None) if not use_spans else drift_gate(config, example_gen, statistics_gen, schema_gen)
     if drift_check is not None:  # monitoring.pipeline_drift: nothing is trained on a drifted span
         transform.add_upstream_node(drift_check)
     t = config.training

@@ -657,7 +657,9 @@ def _drift_check(snap: Snapshot, statistics) -> dict | None:
     """The DriftCheck (pipeline/components_drift.py) of these statistics against the previous span's, if any ran."""
     if statistics is None:
         return None
-    for execution in _consumers_of_node(snap, statistics, "DriftCheck"):
+    for execution in sorted(_consumers_of_node(snap, statistics, "DriftCheck"), reverse=True):  # newest first
+        if statistics.id not in snap.inputs.get(execution, {}).get("statistics", []):
+            continue  # these statistics were that check's previous span
         for artifact in snap.output_artifacts(execution, "drift"):
             try:
                 checks = json.loads(metadata.prop(artifact, "checks", "[]"))

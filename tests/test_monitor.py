@@ -347,22 +347,46 @@ def test_drift_gate_compares_spans_with_tfdv(served, first_run):
 
 
 def test_previous_span_statistics_strategy():
-    from tfx.types import standard_artifacts
+    """Spans come from the Examples each StatisticsGen execution read (events in a real, in-memory MLMD)."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2 as pb
+    from tfx.types import artifact_utils
 
     from pipeline.components_drift import PreviousSpanStatisticsStrategy
 
-    def stats(id_, span):
-        artifact = standard_artifacts.ExampleStatistics()
-        artifact.id, artifact.span = id_, span
-        return artifact
+    config = pb.ConnectionConfig()
+    config.fake_database.SetInParent()
+    store = mlmd.MetadataStore(config)
+    examples_type = store.put_artifact_type(pb.ArtifactType(name="Examples"))
+    stats_type = store.put_artifact_type(pb.ArtifactType(name="ExampleStatistics"))
+    exec_type = store.put_execution_type(pb.ExecutionType(name="StatisticsGen"))
 
-    current = stats(9, 3)
-    every = [stats(1, 1), stats(2, 2), stats(5, 2), stats(7, 4), current]
-    resolved = PreviousSpanStatisticsStrategy().resolve_artifacts(None, {"current": [current], "statistics": every})
-    assert [a.id for a in resolved["statistics"]] == [5]  # newest artifact of span 2, not span 4 (later)
-    first = stats(3, 1)
-    resolved = PreviousSpanStatisticsStrategy().resolve_artifacts(None, {"current": [first], "statistics": [first]})
-    assert resolved["statistics"] == []
+    def ingest(span):
+        """One Examples artifact of `span` and the statistics a StatisticsGen execution made of it."""
+        examples = pb.Artifact(type_id=examples_type)
+        examples.custom_properties["span"].int_value = span
+        [examples_id] = store.put_artifacts([examples])
+        [stats_id] = store.put_artifacts([pb.Artifact(type_id=stats_type)])
+        [execution_id] = store.put_executions([pb.Execution(type_id=exec_type)])
+        store.put_events([pb.Event(artifact_id=examples_id, execution_id=execution_id, type=pb.Event.INPUT),
+                          pb.Event(artifact_id=stats_id, execution_id=execution_id, type=pb.Event.OUTPUT)])
+        wrap = [artifact_utils.deserialize_artifact(t, a) for t, a in (
+            (store.get_artifact_types_by_id([examples_type])[0], store.get_artifacts_by_id([examples_id])[0]),
+            (store.get_artifact_types_by_id([stats_type])[0], store.get_artifacts_by_id([stats_id])[0]))]
+        return wrap[0], wrap[1]
+
+    made = [ingest(span) for span in (1, 2, 2, 4, 3)]  # span 2 ingested twice; span 4 before 3
+    examples = [e for e, _ in made]
+    statistics = [s for _, s in made]
+    strategy = PreviousSpanStatisticsStrategy()
+    resolved = strategy.resolve_artifacts(store, {"current": [statistics[4]], "statistics": statistics,
+                                                  "examples": examples})
+    # The current span is 3: the newest statistics of span 2 (not span 4, which is later).
+    assert [a.id for a in resolved["statistics"]] == [statistics[2].id]
+    assert [a.get_int_custom_property("span") for a in resolved["examples"]] == [2]
+    resolved = strategy.resolve_artifacts(store, {"current": [statistics[0]], "statistics": statistics,
+                                                  "examples": examples})
+    assert resolved["statistics"] == [] and resolved["examples"] == []  # span 1 is the first
 
 
 def test_drift_gate_is_wired_before_transform_only_when_configured(tmp_path):
