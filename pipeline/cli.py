@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlpipe",
         description="TFX pipeline for the taxi model: train, evaluate, bless, push, serve.",
-        epilog="Exit codes: 0 success, 1 failure, 2 bad usage/config/input. `mlpipe COMMAND --help` for details.",
+        epilog="Exit codes: 0 success, 1 failure, 2 bad usage/config/input; some commands add their own "
+        "(retrain: 75 busy; monitor: alerts). `mlpipe COMMAND --help` for details.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
