@@ -21,17 +21,9 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from pipeline.lock import pid_alive
+
 TMP_PREFIX = ".tmp-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def clean_stale_tmp_dirs(base: str) -> List[str]:
@@ -46,7 +38,7 @@ def clean_stale_tmp_dirs(base: str) -> List[str]:
         if not name.startswith(TMP_PREFIX):
             continue
         pid = name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         shutil.rmtree(os.path.join(base, name), ignore_errors=True)
         removed.append(name)

@@ -22,6 +22,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from pipeline import metadata
 from pipeline.config import THRESHOLD_METRICS, Config
+from pipeline.lock import pid_alive
 
 Event = metadata_store_pb2.Event
 INPUT_EVENTS = (Event.INPUT, Event.DECLARED_INPUT)
@@ -916,18 +917,8 @@ def _clean_stale_rollback_dirs(base: Path) -> None:
     """Removes temp copies left by rollbacks that were killed (their pid is gone)."""
     for path in base.glob(f"{ROLLBACK_TMP_PREFIX}*"):
         pid = path.name[len(ROLLBACK_TMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _user() -> str:
