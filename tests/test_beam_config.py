@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from pipeline import config as config_lib
 
 

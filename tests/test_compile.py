@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from conftest import run_cli
+from tests.conftest import run_cli
 
 IMAGE = "us-docker.pkg.dev/my-project/mlpipe/mlpipe:test-1"
 ROOT = "gs://my-bucket/mlpipe/root"
@@ -197,7 +197,7 @@ def test_kubeflow_needs_a_yaml_package(compiled, tmp_path):
 
 
 def test_span_layout_is_refused_naming_data_root(compiled, tmp_path):
-    from conftest import write_taxi_slice
+    from tests.conftest import write_taxi_slice
 
     write_taxi_slice(tmp_path / "spans" / "span-1", rows=10)
     code, _, err = run_cli("compile", "--target", "vertex", "-o", str(tmp_path / "p.json"),

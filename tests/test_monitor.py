@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from tests.conftest import run_cli
 
 HOUR = 3600
 
@@ -296,7 +296,7 @@ def test_bad_input_is_one_line(served, tmp_path):
 
 
 def test_evaluate_scores_the_served_model_and_alerts_below_the_value_threshold(served, tmp_path):
-    from conftest import write_taxi_slice
+    from tests.conftest import write_taxi_slice
 
     workspace, version, rows, now = served
     # 300 labelled rows of the taxi data; an unreachable value threshold makes TFMA's value alert.

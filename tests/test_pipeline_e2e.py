@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FAST_FLAGS, run_cli
+from tests.conftest import FAST_FLAGS, run_cli
 
 from models import features
 from models import model as model_lib

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_FLAGS, run_cli
+from tests.conftest import FAST_FLAGS, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_KEYS = {"run_id", "started", "seconds", "outcome", "pushed_version", "failed_checks", "failed_component",

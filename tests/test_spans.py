@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from data import spans
 from models import features
 from pipeline import lock as lock_lib

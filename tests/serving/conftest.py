@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import toy_model  # noqa: E402  (tests/serving is on sys.path under pytest)
+from tests.serving import toy_model  # noqa: E402
 
 from serving.config import ModelEntry, VersionPolicy  # noqa: E402
 from serving.server import ModelServer, ServerOptions  # noqa: E402

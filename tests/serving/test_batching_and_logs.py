@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from conftest import entry, start_server
+from tests.serving.conftest import entry, start_server
 
 from serving.batching import BatchingParameters, BatchScheduler, parse_batching_parameters
 from serving.errors import ServingError

@@ -208,7 +208,7 @@ def test_unknown_paths_outside_the_api_are_json_404(url):
 
 
 def test_oversized_body_is_413_with_a_hint(tmp_path, toy_versions):
-    from conftest import entry, start_server
+    from tests.serving.conftest import entry, start_server
 
     server = start_server([entry("toy", toy_versions([1]))], max_request_bytes=1000)
     try:

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import requests
-import taxi_export
-from conftest import entry, start_server
+from tests.serving import taxi_export
+from tests.serving.conftest import entry, start_server
 
 
 @pytest.fixture(scope="session")
