@@ -95,7 +95,6 @@ def run_and_report(config: config_lib.Config, args: argparse.Namespace) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_path = config.log_dir / f"run-{stamp}.log"
     _exit_log = log_path
-    say = print
     if not args.json:
         print(f"mlpipe: running pipeline '{config.pipeline_name}' on {config.data.root}", flush=True)
         print(f"mlpipe: full logs in {log_path}", flush=True)
