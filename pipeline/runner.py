@@ -115,8 +115,10 @@ class RunSummary:
             where = f" at {self.failed_component}" if self.failed_component else ""
             return [f"Result: FAILED{where}: {self.error}", "Nothing was pushed."]
         cached = " (fully cached: nothing changed since the last run)" if self.fully_cached else ""
-        if self.pushed_version:
-            head = f"Result: BLESSED and pushed as version {self.pushed_version}{cached}"
+        if self.pushed_version and self.fully_cached:
+            head = f"Result: BLESSED, already pushed as version {self.pushed_version}{cached}"
+        elif self.pushed_version:
+            head = f"Result: BLESSED and pushed as version {self.pushed_version}"
         elif self.blessed:
             head = f"Result: BLESSED, but nothing was pushed{cached}"
         else:
