@@ -1,7 +1,4 @@
-"""Feature names and roles of the taxi data: the one place that lists them.
-
-Types (int, float, string) come from the inferred or curated schema, not from here.
-"""
+"""Feature names, column types and roles of the taxi data: the one place that lists them."""
 
 # Every column of the input CSV, in file order. A CSV whose header differs is rejected before the run.
 CSV_COLUMNS = (
@@ -10,6 +7,18 @@ CSV_COLUMNS = (
     "dropoff_longitude", "trip_miles", "pickup_census_tract", "dropoff_census_tract",
     "payment_type", "company", "trip_seconds", "dropoff_community_area", "tips",
 )
+
+# How ExampleGen encodes each CSV column (instead of inferring types per run, which drifts between
+# spans: a column that is empty in one span and has values in another). Categorical codes are
+# strings, so that "" can stand for a missing value everywhere, the raw serving signature included.
+COLUMN_TYPES = {
+    "pickup_community_area": "string", "fare": "float", "trip_start_month": "int",
+    "trip_start_hour": "int", "trip_start_day": "int", "trip_start_timestamp": "int",
+    "pickup_latitude": "float", "pickup_longitude": "float", "dropoff_latitude": "float",
+    "dropoff_longitude": "float", "trip_miles": "float", "pickup_census_tract": "string",
+    "dropoff_census_tract": "string", "payment_type": "string", "company": "string",
+    "trip_seconds": "int", "dropoff_community_area": "string", "tips": "float",
+}
 
 # Numeric features: missing values are filled with the training mean, then z-scored.
 NUMERIC_FEATURES = ("trip_miles", "fare", "trip_seconds")

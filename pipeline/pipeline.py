@@ -15,6 +15,7 @@ from pipeline.components_drift import drift_gate
 from pipeline.config import Config
 from pipeline.inputs import CSV_PATTERN
 from pipeline.pusher import AtomicPusher
+from pipeline.typed_csv import TypedCsvExampleGen
 
 MODELS_DIR = Path(features.__file__).resolve().parent
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
@@ -118,7 +119,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
     data_root = Path(config.data.root).resolve()
     # Span layout (data/spans.py): ExampleGen ingests the newest span each run; flat: every *.csv.
     use_spans = spans.uses_spans(data_root)
-    example_gen = tfx.components.CsvExampleGen(
+    example_gen = TypedCsvExampleGen(  # CsvExampleGen with declared column types
         input_base=str(data_root),
         input_config=tfx.proto.Input(
             splits=[
@@ -133,7 +134,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
                 ]
             )
         ),
-    )
+    ).with_id("CsvExampleGen")
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if config.data.schema:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=str(Path(config.data.schema).resolve()))
