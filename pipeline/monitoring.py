@@ -196,20 +196,15 @@ def statistics_of(rows: list[dict[str, Any]]):
 
     from models import features as model_features
 
+    # Declared column types (as ExampleGen encodes them), so that a feature missing from every
+    # request is still an (empty) column of its type, as it is in the training data.
+    kinds = {"string": (pa.binary(), lambda v: v if isinstance(v, bytes) else str(v).encode()),
+             "float": (pa.float32(), float), "int": (pa.int64(), int)}
     arrays, fields = [], []
     for name in model_features.MODEL_FEATURES:
+        kind, convert = kinds[model_features.COLUMN_TYPES[name]]
         values = [row.get(name) for row in rows]
-        present = [v for v in values if v is not None]
-        if not present:
-            continue  # no value at all: nothing to compare (its type is unknown)
-        if any(isinstance(v, (bytes, str)) for v in present):
-            kind = pa.binary()
-            values = [None if v is None else (v if isinstance(v, bytes) else str(v).encode()) for v in values]
-        elif any(isinstance(v, float) for v in present):
-            kind = pa.float32()
-        else:
-            kind = pa.int64()
-        arrays.append(pa.array([[] if v is None else [v] for v in values], type=pa.list_(kind)))
+        arrays.append(pa.array([[] if v is None else [convert(v)] for v in values], type=pa.list_(kind)))
         fields.append(name)
     batch = pa.RecordBatch.from_arrays(arrays, fields)
     return stats_impl.generate_statistics_in_memory(batch, stats_options.StatsOptions())
