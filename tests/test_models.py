@@ -15,14 +15,12 @@ from tensorflow_transform.tf_metadata import schema_utils  # noqa: E402
 
 from models import features, model, preprocessing  # noqa: E402
 
-# Column types as CsvExampleGen infers them from the taxi CSV.
-FLOAT_COLUMNS = {"fare", "tips", "trip_miles", "pickup_latitude", "pickup_longitude",
-                 "dropoff_latitude", "dropoff_longitude"}
-STRING_COLUMNS = {"payment_type", "company"}
+# Column types as ExampleGen encodes them (models/features.py COLUMN_TYPES).
+DTYPES = {"int": tf.int64, "float": tf.float32, "string": tf.string}
 
 
 def _dtype(column):
-    return tf.float32 if column in FLOAT_COLUMNS else tf.string if column in STRING_COLUMNS else tf.int64
+    return DTYPES[features.COLUMN_TYPES[column]]
 
 
 RAW_SPEC = {c: tf.io.VarLenFeature(_dtype(c)) for c in features.CSV_COLUMNS}
@@ -31,12 +29,12 @@ RAW_SPEC = {c: tf.io.VarLenFeature(_dtype(c)) for c in features.CSV_COLUMNS}
 def _row(**values):
     """A raw instance: every column, [] where missing, as tft's instance dict format wants."""
     base = {
-        "pickup_community_area": 8, "fare": 10.0, "trip_start_month": 5, "trip_start_hour": 9,
+        "pickup_community_area": "8", "fare": 10.0, "trip_start_month": 5, "trip_start_hour": 9,
         "trip_start_day": 3, "trip_start_timestamp": 1400269500, "pickup_latitude": 41.9,
         "pickup_longitude": -87.6, "dropoff_latitude": 41.8, "dropoff_longitude": -87.7,
-        "trip_miles": 2.0, "pickup_census_tract": 17031081500, "dropoff_census_tract": 17031320100,
+        "trip_miles": 2.0, "pickup_census_tract": "17031081500", "dropoff_census_tract": "17031320100",
         "payment_type": "Credit Card", "company": "Flash Cab", "trip_seconds": 600,
-        "dropoff_community_area": 32, "tips": 3.0,
+        "dropoff_community_area": "32", "tips": 3.0,
     }
     base.update(values)
     return {k: ([] if v is None else [v.encode() if isinstance(v, str) else v]) for k, v in base.items()}
@@ -98,8 +96,9 @@ def test_categoricals_get_vocabulary_indices(transformed):
     assert vocab[rows[1]["payment_type_xf"]] == "Cash"
     companies = [v.decode() for v in output.vocabulary_by_name("company")]
     assert companies[rows[2]["company_xf"]] == features.MISSING_CATEGORY
-    # Integer codes are categories too.
     assert "17031081500" in [v.decode() for v in output.vocabulary_by_name("pickup_census_tract")]
+    # Integer categoricals get a vocabulary of their values as strings.
+    assert [v.decode() for v in output.vocabulary_by_name("trip_start_hour")] == ["9"]
 
 
 def _example(row):
