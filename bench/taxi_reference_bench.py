@@ -3,8 +3,8 @@
 The reference is `tfx/examples/chicago_taxi_pipeline/taxi_pipeline_native_keras.py` from the
 installed tfx package (its own `_create_pipeline` and module file), run under the same
 LocalDagRunner and Beam arguments as mlpipe, each in a fresh workspace and its own process.
-Both models are then scored on the same eval split (mlpipe's ExampleGen hash split, the same
-2:1 split the reference uses) with the same label (tip > 20% of fare): AUC and accuracy.
+Both models are then scored on the same eval rows (each pipeline's own 2:1 hash split of the
+same CSV) with the same label (tip > 20% of fare): AUC and accuracy.
 
 Usage: python bench/taxi_reference_bench.py [--train-steps 1000] [--eval-steps 150] [--out DIR]
 """
@@ -93,11 +93,15 @@ def main() -> int:
     mlpipe_s = timed(mlpipe, out / "mlpipe.log")
     ref_s = timed(reference, out / "reference.log")
 
-    eval_files = glob.glob(str(mlpipe_ws / "pipeline_root" / "CsvExampleGen" / "examples" / "*" / "Split-eval" / "*"))
-    mlpipe_model = glob.glob(str(mlpipe_ws / "pipeline_root" / "Trainer" / "model" / "*" / "Format-Serving"))[0]
-    ref_model = glob.glob(str(ref_ws / "pipeline_root" / "Trainer" / "model" / "*" / "Format-Serving"))[0]
-    mlpipe_q = score(mlpipe_model, "serving_default", "inputs", "scores", eval_files)
-    ref_q = score(ref_model, "serving_default", "examples", "outputs", eval_files)
+    def artifacts(ws, pattern):
+        return glob.glob(str(ws / "pipeline_root" / pattern))
+
+    # Each model on its own pipeline's eval split: the same rows (the same hash split of the same
+    # CSV), encoded with that pipeline's column types (mlpipe declares codes as strings).
+    mlpipe_q = score(artifacts(mlpipe_ws, "Trainer/model/*/Format-Serving")[0], "serving_default", "inputs",
+                     "scores", artifacts(mlpipe_ws, "CsvExampleGen/examples/*/Split-eval/*"))
+    ref_q = score(artifacts(ref_ws, "Trainer/model/*/Format-Serving")[0], "serving_default", "examples",
+                  "outputs", artifacts(ref_ws, "CsvExampleGen/examples/*/Split-eval/*"))
 
     rows = [("mlpipe run", mlpipe_s, mlpipe_q), ("TFX taxi_pipeline_native_keras", ref_s, ref_q)]
     print(f"{'pipeline':<32} {'wall s':>8} {'eval AUC':>9} {'eval acc':>9}")
