@@ -32,7 +32,8 @@ class _Calls:
         self.service = service
         self.metrics = metrics
 
-    def run(self, api: str, request, context, body):
+    def run(self, api: str, request, context, body, tfs_api: str | None = None):
+        """`tfs_api`: TF Serving's API label, set for the calls it records (prediction_service_impl.cc:53)."""
         start = time.perf_counter()
         name = request.model_spec.name if hasattr(request, "model_spec") else ""
         if name and self.service.manager.entry(name) is None:
@@ -45,9 +46,9 @@ class _Calls:
             error = from_exception(e)
             if error.code in (Code.INTERNAL, Code.UNKNOWN):
                 log.exception("gRPC %s failed", api)
-            self.metrics.observe(name, version, api, "grpc", error.code_name, time.perf_counter() - start)
+            self.metrics.observe(name, version, api, "grpc", error.code_name, time.perf_counter() - start, tfs_api)
             context.abort(error.code, error.message)
-        self.metrics.observe(name, version, api, "grpc", code, time.perf_counter() - start)
+        self.metrics.observe(name, version, api, "grpc", code, time.perf_counter() - start, tfs_api)
         return response
 
 
@@ -65,17 +66,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         return self._calls.run(
-            "predict", request, context, lambda: self._with_servable(request, inference.predict_from_proto, "predict_log")
+            "predict", request, context, lambda: self._with_servable(request, inference.predict_from_proto, "predict_log"),
+            "Predict",
         )
 
     def Classify(self, request, context):
         return self._calls.run(
-            "classify", request, context, lambda: self._with_servable(request, inference.classify_from_proto, "classify_log")
+            "classify", request, context, lambda: self._with_servable(request, inference.classify_from_proto, "classify_log"),
+            "Classify",
         )
 
     def Regress(self, request, context):
         return self._calls.run(
-            "regress", request, context, lambda: self._with_servable(request, inference.regress_from_proto, "regress_log")
+            "regress", request, context, lambda: self._with_servable(request, inference.regress_from_proto, "regress_log"),
+            "Regress",
         )
 
     def GetModelMetadata(self, request, context):
@@ -86,7 +90,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._calls.run("metadata", request, context, body)
 
     def MultiInference(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported; call Classify or Regress")
+        def body():
+            if not request.tasks:
+                raise invalid("MultiInferenceRequest has no tasks; add one classify or regress task per signature")
+            name, version, label = _spec_args(request.tasks[0].model_spec)
+            with self._service.manager.acquire(name, version, label) as servable:
+                return servable.version, inference.multi_inference(servable, request)
+
+        return self._calls.run("multi_inference", request, context, body)
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

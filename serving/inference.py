@@ -5,6 +5,7 @@ REST and gRPC both end here; warm-up replays logged requests through the same fu
 
 from __future__ import annotations
 
+import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ def predict(
                 f"output tensor alias not found in signature: {key} Outputs expected to be in the set "
                 f"{{{','.join(sorted(signature.outputs))}}}."
             )
-    outputs = servable.run(signature, inputs)
+    outputs = _run(servable, "Predict", signature, inputs)
     if wanted:
         outputs = {k: outputs[k] for k in wanted}
     return signature, outputs
@@ -74,11 +75,20 @@ def _example_signature(servable: Servable, signature_name: str, method: str, kin
     return signature
 
 
-def _run_examples(servable: Servable, signature: Signature, examples: list[bytes]) -> dict[str, np.ndarray]:
+def _run(servable: Servable, api: str, signature: Signature, inputs) -> dict[str, np.ndarray]:
+    """The model call, timed into TF Serving's runtime_latency when it succeeds (predict_util.cc:113)."""
+    start = time.perf_counter()
+    outputs = servable.run(signature, inputs)
+    if servable.metrics is not None:
+        servable.metrics.tf_serving.runtime(servable.model_name, api, time.perf_counter() - start)
+    return outputs
+
+
+def _run_examples(servable: Servable, api: str, signature: Signature, examples: list[bytes]) -> dict[str, np.ndarray]:
     key = next(iter(signature.inputs))
     batch = np.empty(len(examples), dtype=object)
     batch[:] = examples
-    return servable.run(signature, {key: batch})
+    return _run(servable, api, signature, {key: batch})
 
 
 def classify(servable: Servable, signature_name: str, request_input):
@@ -94,7 +104,7 @@ def classify(servable: Servable, signature_name: str, request_input):
             f'"{CLASSIFY_SCORES}". Signature was: {sorted(signature.outputs)}'
         )
     examples = serialized_examples(request_input)
-    outputs = _run_examples(servable, signature, examples)
+    outputs = _run_examples(servable, "Classify", signature, examples)
     classes, scores = outputs.get(CLASSIFY_CLASSES), outputs.get(CLASSIFY_SCORES)
     n = len(examples)
     for name, value in ((CLASSIFY_CLASSES, classes), (CLASSIFY_SCORES, scores)):
@@ -128,7 +138,7 @@ def regress(servable: Servable, signature_name: str, request_input):
     if REGRESS_OUTPUTS not in signature.outputs or len(signature.outputs) != 1:
         raise invalid(f'Expected one output Tensor named "{REGRESS_OUTPUTS}", found {sorted(signature.outputs)}')
     examples = serialized_examples(request_input)
-    values = _run_examples(servable, signature, examples)[REGRESS_OUTPUTS]
+    values = _run_examples(servable, "Regress", signature, examples)[REGRESS_OUTPUTS]
     n = len(examples)
     if not (values.shape == (n,) or values.shape == (n, 1)):
         raise invalid(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}")
@@ -196,6 +206,44 @@ def regress_from_proto(servable: Servable, request):
     response = regression_pb2.RegressionResponse()
     fill_model_spec(response.model_spec, servable, signature.name)
     response.result.CopyFrom(result)
+    return response
+
+
+def multi_inference(servable: Servable, request):
+    """A MultiInferenceRequest: classify/regress tasks over one Input, on one model (multi_inference.cc Infer).
+
+    The checks and their wording follow TF Serving; each task is one model call here (TF Serving runs
+    the union of their outputs in one Session::Run), which gives the same results.
+    """
+    from tensorflow_serving.apis import inference_pb2
+
+    from serving.errors import Code, ServingError
+    from serving.servable import DEFAULT_SIGNATURE
+
+    seen = set()
+    for task in request.tasks:
+        if not task.model_spec.name:
+            raise invalid("Found ModelSpec with an empty model name.")
+        if task.model_spec.name != servable.model_name:
+            raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+        if signature_name in seen:
+            raise invalid(f"Duplicate evaluation of signature: {signature_name}")
+        seen.add(signature_name)
+        if signature_name not in servable.signatures:
+            raise invalid(f"Requested signature not found in model graph: {signature_name}")
+        if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+            raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}")
+    response = inference_pb2.MultiInferenceResponse()
+    for task in request.tasks:
+        result = response.results.add()
+        if task.method_name == CLASSIFY_METHOD:
+            signature, classification = classify(servable, task.model_spec.signature_name, request.input)
+            result.classification_result.CopyFrom(classification)
+        else:
+            signature, regression = regress(servable, task.model_spec.signature_name, request.input)
+            result.regression_result.CopyFrom(regression)
+        fill_model_spec(result.model_spec, servable, signature.name)
     return response
 
 

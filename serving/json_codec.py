@@ -19,8 +19,6 @@ from serving.errors import invalid
 B64_KEY = "b64"
 BYTES_SUFFIX = "_bytes"
 
-_FLOAT32_MAX_INT = (1 << 24) - 1
-_FLOAT64_MAX_INT = (1 << 53) - 1
 _INT_RANGES = {
     "int8": (-(2**7), 2**7 - 1),
     "uint8": (0, 2**8 - 1),
@@ -115,10 +113,11 @@ def _type_error(value: Any, dtype: np.dtype) -> Exception:
     )
 
 
-def _lossless(value: float | int, max_int: int, max_float: float) -> bool:
-    if isinstance(value, int):
-        return abs(value) <= max_int
-    return not math.isfinite(value) or -max_float <= value <= max_float
+def _to_float(value: float | int) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer past the double range: rapidjson reads it as +/-inf
+        return math.inf if value > 0 else -math.inf
 
 
 def _convert_scalar(value: Any, dtype: np.dtype) -> Any:
@@ -126,14 +125,9 @@ def _convert_scalar(value: Any, dtype: np.dtype) -> Any:
     if kind == "f":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _type_error(value, dtype)
-        bits = dtype.itemsize * 8
-        max_int = _FLOAT32_MAX_INT if bits <= 32 else _FLOAT64_MAX_INT
-        max_float = float(np.finfo(dtype).max)
-        if not _lossless(value, max_int, max_float):
-            raise invalid(
-                f"Cannot convert JSON value: {_short(value)} to {tf_type_name(dtype)} without loss of precision."
-            )
-        return float(value)
+        # Any JSON number is accepted and rounded to the dtype (json_tensor.cc AddValueToTensor, DT_FLOAT:
+        # val.GetFloat()); TF Serving dropped its "without loss of precision" check in commit 57dac6cd.
+        return _to_float(value)
     if kind in "iu":
         if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(value, dtype)
@@ -199,7 +193,8 @@ def to_array(value: Any, dtype: np.dtype) -> np.ndarray:
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
     else:
-        array = np.array(flat, dtype=dtype)
+        with np.errstate(over="ignore"):  # numbers past float32's range become +/-inf, as in TF Serving
+            array = np.array(flat, dtype=dtype)
     return array.reshape(shape)
 
 
@@ -386,10 +381,7 @@ def _add_to_feature(value: Any, name: str, lists: dict[str, list]) -> None:
     elif isinstance(value, str):
         kind("bytes").append(value.encode("utf-8", "surrogatepass"))
     elif isinstance(value, float):
-        target = kind("float")
-        if not _lossless(value, _FLOAT32_MAX_INT, float(np.finfo(np.float32).max)):
-            raise invalid(f"Cannot convert JSON value: {_short(value)} to float without loss of precision.")
-        target.append(value)
+        kind("float").append(value)  # rounded to float32 by the proto, as val.GetFloat() does (57dac6cd)
     else:
         target = kind("int64")
         if value > 2**63 - 1:

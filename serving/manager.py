@@ -200,6 +200,7 @@ class ModelManager:
         try:
             servable = Servable(name, version, path, self.tags)
             servable.runner = self.runner
+            servable.metrics = self.metrics
             warmed = inference.warm_up(servable, self.warmup_iterations) if self.warmup else 0
         except Exception as e:
             error = from_exception(e)
@@ -318,11 +319,11 @@ class ModelManager:
                     self._released.notify_all()
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[tuple[int, str, ServingError | None]]:
-        """(version, state, error) newest first, as GetModelStatus reports them."""
-        if version is not None and label:
-            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
-        if label:
-            version = self.resolve_label(name, label)
+        """(version, state, error) newest first, as GetModelStatus reports them.
+
+        `label` is ignored, as in TF Serving: GetModelStatusWithModelSpec only looks at the version
+        (get_model_status_impl.cc:82), so a label, known or not, lists every version.
+        """
         with self._lock:
             model = self._models.get(name)
             slots = dict(model.slots) if model else {}

@@ -1,6 +1,25 @@
-"""Prometheus metrics of one server (its own registry, so several servers can run in one process)."""
+"""Prometheus metrics of one server (its own registry, so several servers can run in one process).
+
+Two families on one page: mlpipe's own (`mlpipe_serving_*`, through prometheus_client) and TF Serving's
+(`:tensorflow:serving:*`), written the way TF Serving's PrometheusExporter writes them so that an
+operator's existing dashboards and alerts keep working:
+
+* `:tensorflow:serving:request_count{model_name,status}`, a counter
+  (servables/tensorflow/util.cc `model_request_status_count_total`; status is the canonical code name);
+* `:tensorflow:serving:request_latency{model_name,API,entrypoint}`, a histogram in microseconds, only for
+  requests that succeeded (http_server.cc `ProcessRequest`, prediction_service_impl.cc);
+* `:tensorflow:serving:runtime_latency{model_name,API,runtime}`, a histogram in microseconds of the model
+  call alone (predict_util.cc, classifier.cc, regressor.cc).
+
+Both histograms use `monitoring::Buckets::Exponential(10, 1.8, 33)`; the exporter prints `# TYPE` lines
+(no `# HELP`), bucket limits and sums with absl::StrCat's six significant digits, and `+Inf` last
+(util/prometheus_exporter.cc `SerializeHistogram`, `SerializeScalar`).
+"""
 
 from __future__ import annotations
+
+import bisect
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -10,6 +29,83 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _REQUEST_LABELS = ("model", "version", "api", "protocol", "status")
+
+# TF Serving's names: the exporter turns "/tensorflow/serving/request_count" into ":tensorflow:serving:request_count".
+TFS_REQUEST_COUNT = ":tensorflow:serving:request_count"
+TFS_REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+TFS_RUNTIME_LATENCY = ":tensorflow:serving:runtime_latency"
+# monitoring::Buckets::Exponential(10, 1.8, 33): limits 10 * 1.8**i, then DBL_MAX (printed as +Inf).
+TFS_LATENCY_LIMITS = tuple(10 * 1.8**i for i in range(33))
+# The runtime label of the classic (SavedModelBundle) path; TF Serving's TFRT path says "TFRT".
+TFS_RUNTIME = "TF1"
+
+
+def _six_digits(value: float) -> str:
+    """absl::StrCat(double): six significant digits, no trailing zeros (10, 18, 32.4, 188.957, 1.23457e+06)."""
+    return f"{value:.6g}"
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class _TfsHistogram:
+    def __init__(self, name: str, label_names: tuple[str, ...]):
+        self.name, self.label_names = name, label_names
+        self.cells: dict[tuple, list] = {}  # labels -> [bucket counts..., sum]
+
+    def add(self, labels: tuple, micros: float) -> None:
+        cell = self.cells.get(labels)
+        if cell is None:
+            cell = self.cells.setdefault(labels, [0] * (len(TFS_LATENCY_LIMITS) + 1) + [0.0])
+        cell[bisect.bisect_right(TFS_LATENCY_LIMITS, micros)] += 1  # TF's Histogram: bucket i holds v < limit[i]
+        cell[-1] += micros
+
+    def lines(self) -> list[str]:
+        out = [f"# TYPE {self.name} histogram"]
+        for labels, cell in sorted(self.cells.items()):
+            pairs = ",".join(f'{k}="{_label_value(v)}"' for k, v in zip(self.label_names, labels))
+            prefix = f"{self.name}_bucket{{{pairs}{',' if pairs else ''}"
+            total = 0
+            for i, count in enumerate(cell[:-1]):
+                total += count
+                limit = _six_digits(TFS_LATENCY_LIMITS[i]) if i < len(TFS_LATENCY_LIMITS) else "+Inf"
+                out.append(f'{prefix}le="{limit}"}} {total}')
+            out.append(f"{self.name}_sum{{{pairs}}} {_six_digits(cell[-1])}")
+            out.append(f"{self.name}_count{{{pairs}}} {total}")
+        return out
+
+
+class TfServingMetrics:
+    """TF Serving's request_count, request_latency and runtime_latency, thread-safe, in its exposition format."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+        self._request = _TfsHistogram(TFS_REQUEST_LATENCY, ("model_name", "API", "entrypoint"))
+        self._runtime = _TfsHistogram(TFS_RUNTIME_LATENCY, ("model_name", "API", "runtime"))
+
+    def request(self, model_name: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
+        """One finished request: counted always, its latency recorded only when it succeeded."""
+        with self._lock:
+            key = (model_name, status)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            if status == "OK":
+                self._request.add((model_name, api, entrypoint), seconds * 1e6)
+
+    def runtime(self, model_name: str, api: str, seconds: float) -> None:
+        with self._lock:
+            self._runtime.add((model_name, api, TFS_RUNTIME), seconds * 1e6)
+
+    def page(self) -> str:
+        with self._lock:
+            lines = [f"# TYPE {TFS_REQUEST_COUNT} counter"]
+            lines += [
+                f'{TFS_REQUEST_COUNT}{{model_name="{_label_value(m)}",status="{_label_value(s)}"}} {n}'
+                for (m, s), n in sorted(self._counts.items())
+            ]
+            lines += self._request.lines() + self._runtime.lines()
+        return "\n".join(lines) + "\n"
 
 
 class Metrics:
@@ -54,6 +150,7 @@ class Metrics:
             ("model", "version"),
             registry=self.registry,
         )
+        self.tf_serving = TfServingMetrics()
         self.logged_requests = Counter(
             "mlpipe_serving_logged_requests",
             "Requests written to the request log.",
@@ -61,10 +158,15 @@ class Metrics:
             registry=self.registry,
         )
 
-    def observe(self, model: str, version, api: str, protocol: str, status: str, seconds: float) -> None:
+    def observe(
+        self, model: str, version, api: str, protocol: str, status: str, seconds: float, tfs_api: str | None = None
+    ) -> None:
+        """mlpipe's request metrics; with `tfs_api` (TF Serving's API label) also TF Serving's."""
         labels = (model or "", "" if version is None else str(version), api, protocol, status)
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
+        if tfs_api is not None:
+            self.tf_serving.request(model or "", tfs_api, "REST" if protocol == "rest" else "GRPC", status, seconds)
 
     def page(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.tf_serving.page().encode()

@@ -44,28 +44,34 @@ class RestApi:
 
     def handle(self, http_method: str, path: str, body: bytes) -> tuple[int, bytes]:
         start = time.perf_counter()
-        api, model, version = "unknown", "", None
+        api, model, version, tfs_api = "unknown", "", None, ""
         try:
-            name = version_str = label = method = None
+            name = version_str = label = method = sub = None
             match = None
+            # Any other method, like PUT or DELETE, is a 400 "Malformed request" (http_rest_api_util.cc
+            # ParseModelInfo only parses POST and GET; http_rest_api_handler.cc:74 is the default status).
             if http_method == "POST":
                 match = PREDICTION_RE.fullmatch(path)
                 if match:
                     name, version_str, label, method = match.groups()
-                    api = method.lower()
             elif http_method == "GET":
                 match = STATUS_RE.fullmatch(path)
                 if match:
                     name, version_str, label, sub = match.groups()
-                    api = "metadata" if sub else "status"
-            if not match:
-                raise invalid(f"Malformed request: {http_method} {path}")
             model = unquote(name or "")
             label = unquote(label) if label else None
             if version_str:
                 version = int(version_str)
                 if version >= 2**63:
                     raise invalid(f"Failed to convert version: {version_str} to numeric.")
+            # The regexes ignore case, but the dispatch compares the verb exactly (http_rest_api_handler.cc:86):
+            # ":PREDICT" is malformed, and a subresource other than "metadata" (even "METADATA") asks for status.
+            if http_method == "POST" and match and method in ("classify", "regress", "predict"):
+                api = tfs_api = method
+            elif http_method == "GET" and match:
+                api = "metadata" if sub == "metadata" else "status"
+            else:
+                raise invalid(f"Malformed request: {http_method} {path}")
             if api in ("status", "metadata") and not model:
                 raise invalid("Missing model name in request.")
             served_version, doc = getattr(self, "_" + api)(model, version, label, body)
@@ -79,11 +85,13 @@ class RestApi:
             version = None  # keep client-chosen values out of metric labels
         if model and self.service.manager.entry(model) is None:
             model = "<unknown>"
-        self.metrics.observe(model, version, api, "rest", code, time.perf_counter() - start)
+        self.metrics.observe(model, version, api, "rest", code, time.perf_counter() - start, tfs_api=tfs_api)
         return status, payload
 
     def _status(self, name, version, label, body):
-        return None, _json_message(self.service.status(name, version, label))
+        # The label is parsed but not used: GetModelStatusImpl only looks at the version
+        # (get_model_status_impl.cc:82), so /labels/L lists every version, even for an unknown label.
+        return None, _json_message(self.service.status(name, version, None))
 
     def _metadata(self, name, version, label, body):
         from google.protobuf import json_format
@@ -213,7 +221,7 @@ class _Base(tornado.web.RequestHandler):
         status = 413 if error.code == Code.RESOURCE_EXHAUSTED else error.http_status
         if error.code == Code.UNAUTHENTICATED:
             self.set_header("WWW-Authenticate", "Bearer")
-        self.server.metrics.observe("", None, "unknown", "rest", error.code_name, 0.0)
+        self.server.metrics.observe("", None, "unknown", "rest", error.code_name, 0.0, tfs_api="")
         self.reply(status, json_codec.dumps({"error": error.message}))
 
 
@@ -241,6 +249,32 @@ class ApiHandler(_Base):
     async def post(self, *_):
         await self._dispatch("POST")
 
+    # TF Serving hands every method on /v1/... to its handler, which answers 400 "Malformed request".
+    async def put(self, *_):
+        await self._dispatch("PUT")
+
+    async def delete(self, *_):
+        await self._dispatch("DELETE")
+
+    async def patch(self, *_):
+        await self._dispatch("PATCH")
+
+    def options(self, *_):
+        """A CORS preflight (http_server.cc:170): OK with an http(s):// Origin, else FAILED_PRECONDITION (400).
+
+        TF Serving sends the 400 with an empty body; here it carries the usual {"error": ...} so the
+        client sees why. No CORS headers: mlpipe has no --rest_api_enable_cors_support.
+        """
+        if self._rejection is not None:
+            return self.reject()
+        if re.search(r"https?://", self.request.headers.get("Origin", "")):
+            code, status, payload = "OK", 200, b""
+        else:
+            code, status = "FAILED_PRECONDITION", 400
+            payload = json_codec.dumps({"error": "Origin header is missing in CORS preflight"})
+        self.server.metrics.observe("", None, "options", "rest", code, 0.0, tfs_api="")
+        self.reply(status, payload)
+
 
 @tornado.web.stream_request_body
 class MetricsHandler(_Base):
@@ -265,7 +299,8 @@ class NotFoundHandler(_Base):
 def make_app(server) -> tornado.web.Application:
     return tornado.web.Application(
         [
-            (r"/v1/.*", ApiHandler, {"server": server}),
+            # http_rest_api_util.h kHTTPRestApiHandlerPathRegex "(?i)/v1/.*"
+            (r"(?i)/v1/.*", ApiHandler, {"server": server}),
             (metrics_mod.PATH, MetricsHandler, {"server": server}),
         ],
         default_handler_class=NotFoundHandler,

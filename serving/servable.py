@@ -97,6 +97,7 @@ class Servable:
             )
         self._lock = threading.Lock()
         self.runner: Callable | None = None  # set by the batching layer to route calls through it
+        self.metrics = None  # the server's Metrics, for TF Serving's runtime_latency
 
     def signature(self, name: str) -> Signature:
         key = name or DEFAULT_SIGNATURE

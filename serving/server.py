@@ -174,6 +174,12 @@ class ModelServer:
             self._loop.call_soon_threadsafe(self._http.stop)
             with self._inflight_cond:
                 self._inflight_cond.wait_for(lambda: self._inflight == 0, timeout=grace)
+            # Then close idle keep-alive connections, so neither they nor their clients wait out the grace.
+            closing = asyncio.run_coroutine_threadsafe(self._http.close_all_connections(), self._loop)
+            try:
+                closing.result(timeout=5)
+            except Exception:  # a stuck connection must not stop the shutdown
+                log.warning("some REST connections did not close cleanly")
         if self._grpc is not None:
             self._grpc.stop(grace).wait(grace + 1)
         if self._loop is not None:

@@ -44,7 +44,7 @@ def test_status_of_one_version_and_of_a_label(url):
     by_version = requests.get(url + "/v1/models/toy/versions/1").json()
     by_label = requests.get(url + "/v1/models/toy/labels/stable").json()
     assert [s["version"] for s in by_version["model_version_status"]] == ["1"]
-    assert by_label == by_version
+    assert by_label == requests.get(url + "/v1/models/toy").json()  # TF Serving ignores the label (test_conformance)
 
 
 def test_metadata_has_model_spec_and_signature_defs_in_json_proto_form(url):
@@ -157,7 +157,6 @@ def test_regress_returns_values_under_results(url):
         ("POST", "/v1/models/toy/labels/nope:predict", {"instances": [1.0]}, 400, "Unrecognized servable version label: nope"),
         ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
         ("GET", "/v1/models/toy/versions/9", None, 404, "Could not find version 9 of model toy"),
-        ("GET", "/v1/models/toy/labels/nope", None, 400, "Unrecognized servable version label"),
         ("GET", "/v1/models/nope/metadata", None, 404, "Servable not found"),
         ("GET", "/v1/models", None, 400, "Missing model name in request."),
         ("POST", "/v1/models/toy:explain", {"instances": [1.0]}, 400, "Malformed request: POST /v1/models/toy:explain"),
@@ -173,7 +172,6 @@ def test_regress_returns_values_under_results(url):
         ("POST", "/v1/models/toy:predict", {"instances": ["a"]}, 400, "is not of expected type: float"),
         ("POST", "/v1/models/toy:predict", {"instances": [[1.0]]}, 400, "expects [?]"),
         ("POST", "/v1/models/toy:predict", {"inputs": [[1.0], [2.0, 3.0]]}, 400, "Encountered list at unexpected size"),
-        ("POST", "/v1/models/toy:predict", {"instances": [16777217]}, 400, "without loss of precision"),
         ("POST", "/v1/models/toy:predict", {"signature_name": "nope", "instances": [1.0]}, 400, 'Serving signature name: "nope" not found'),
         ("POST", "/v1/models/toy:predict", {"signature_name": "multi", "instances": [1.0]}, 400, "instances is a plain list"),
         ("POST", "/v1/models/toy:predict", {"signature_name": "multi", "instances": [{"a": [1, 2], "tag": "x"}]}, 400, "keys must be equal to: a,n,tag"),
