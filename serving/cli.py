@@ -9,8 +9,11 @@ import sys
 
 from serving.batching import BatchingParameters, parse_batching_parameters
 from serving.config import (
+    MODEL_CONFIG_FILE,
     ModelEntry,
+    ModelRoot,
     ServingConfigError,
+    is_serving_root,
     parse_labels,
     parse_version_policy,
     read_model_config_file,
@@ -73,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model_name", help="name to serve the model under (default: the workspace's model_name, taxi)")
     g.add_argument(
         "--model_base_path",
-        help="directory holding integer version subdirectories (default: <workspace>/serving_model/<model_name>)",
+        help="directory holding integer version subdirectories (default: <workspace>/serving_model/<model_name>); "
+        "without --model_name it may be a serving root of model directories, all served and new ones picked up, "
+        "each with an optional <model>/model.config (ModelConfig text: model_version_policy, version_labels)",
     )
     g.add_argument(
         "--model_config_file",
@@ -156,6 +161,7 @@ def build_options(args: argparse.Namespace):
     from serving.service import LogOptions
 
     cfg = pipeline_config.load(getattr(args, "config", None), {"workspace": getattr(args, "workspace", None)})
+    roots: list[ModelRoot] = []
     if args.model_config_file:
         if args.model_name or args.model_base_path:
             logging.getLogger("serving").warning("--model_config_file is set: ignoring --model_name/--model_base_path")
@@ -175,6 +181,14 @@ def build_options(args: argparse.Namespace):
                 labels=tuple(sorted(parse_labels(args.version_labels).items())),
             )
         ]
+        if not args.model_name and args.model_base_path and is_serving_root(args.model_base_path):
+            # A serving root (model directories, no version directories): serve every model under it.
+            if args.version_labels:
+                raise ServingConfigError(
+                    f"--version_labels applies to one model, but {args.model_base_path} holds several: put "
+                    f"version_labels in <model>/{MODEL_CONFIG_FILE} instead"
+                )
+            models, roots = [], [ModelRoot(os.path.abspath(base), parse_version_policy(args.version_policy))]
     batching = None
     if args.enable_batching:
         if args.batching_parameters_file:
@@ -225,6 +239,7 @@ def build_options(args: argparse.Namespace):
             max_file_bytes=args.request_log_max_file_bytes,
             max_file_seconds=args.request_log_max_file_seconds,
         ),
+        model_roots=roots,
     )
 
 
@@ -244,6 +259,9 @@ def run(args: argparse.Namespace) -> int:
 
     for model in options.models:
         print(f"serving model {model.name!r} from {model.base_path} ({model.policy.describe()})", file=sys.stderr)
+    for root in options.model_roots:
+        print(f"serving every model directory under {root.path} ({root.policy.describe()} unless its "
+              f"{MODEL_CONFIG_FILE} says otherwise)", file=sys.stderr)
     try:
         return ModelServer(options).serve()
     except OSError as e:

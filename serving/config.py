@@ -159,3 +159,87 @@ def read_model_config_file(path: str) -> list[ModelEntry]:
     if not entries:
         raise ServingConfigError(f"--model_config_file {path} lists no models")
     return entries
+
+
+# ---- many models under one serving root, no hand-edited config ------------------------------------
+
+MODEL_CONFIG_FILE = "model.config"  # optional, in a discovered model's directory: a ModelConfig text proto
+
+
+def _is_version_name(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    return sorted(n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(path, n)))
+
+
+def is_serving_root(path: str) -> bool:
+    """A directory of model directories: it has subdirectories and none of them is an integer version."""
+    names = _subdirs(path)
+    return bool(names) and not any(_is_version_name(n) for n in names)
+
+
+@dataclass(frozen=True)
+class ModelRoot:
+    """A serving root: every model directory under `path` is served; `policy` unless its model.config says otherwise."""
+
+    path: str
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+
+
+def read_discovered_model(root: ModelRoot, name: str) -> ModelEntry:
+    """The entry for `<root>/<name>`: its model.config (model_version_policy, version_labels, logging_config)
+    if there is one, else the root's default policy. Raises ServingConfigError for a bad model.config."""
+    base_path = os.path.join(root.path, name)
+    config_path = os.path.join(base_path, MODEL_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        return ModelEntry(name=name, base_path=base_path, policy=root.policy)
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    try:
+        with open(config_path) as f:
+            text_format.Parse(f.read(), model)
+    except OSError as e:
+        raise ServingConfigError(f"{config_path}: cannot read it: {e.strerror}") from None
+    except text_format.ParseError as e:
+        raise ServingConfigError(
+            f"{config_path} is not a valid ModelConfig text proto: {e} "
+            "(expected e.g. model_version_policy { latest { num_versions: 2 } } version_labels { key: \"stable\" value: 1 })"
+        ) from None
+    if model.name and model.name != name:
+        raise ServingConfigError(f"{config_path}: name {model.name!r} differs from its directory name {name!r}; drop it")
+    if model.base_path and os.path.abspath(os.path.join(base_path, model.base_path)) != os.path.abspath(base_path):
+        raise ServingConfigError(f"{config_path}: base_path is its own directory; drop it")
+    model.name, model.base_path = name, base_path
+    entry = entries_from_proto(config, base_path)[0]
+    if not model.model_version_policy.WhichOneof("policy_choice"):
+        entry = ModelEntry(entry.name, entry.base_path, root.policy, entry.labels, entry.log_sampling_rate, entry.log_dir)
+    return entry
+
+
+def discover_models(root: ModelRoot, previous: dict[str, ModelEntry] | None = None) -> tuple[dict[str, ModelEntry], list[str]]:
+    """Model directories under `root` -> ({name: entry}, problems). A model whose model.config is bad keeps
+    its `previous` entry (if it had one) and is reported in problems."""
+    entries, problems = {}, []
+    for name in _subdirs(root.path):
+        if _is_version_name(name):
+            problems.append(f"{os.path.join(root.path, name)} looks like a version directory, not a model; skipped")
+            continue
+        if ":" in name:
+            problems.append(f"{os.path.join(root.path, name)}: a model name cannot contain ':'; skipped")
+            continue
+        try:
+            entries[name] = read_discovered_model(root, name)
+        except ServingConfigError as e:
+            problems.append(f"{e}; " + ("keeping its previous settings" if previous and name in previous else "not serving it until fixed"))
+            if previous and name in previous:
+                entries[name] = previous[name]
+    return entries, problems

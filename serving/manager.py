@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from serving import inference
-from serving.config import ModelEntry
+from serving.config import ModelEntry, ModelRoot, discover_models
 from serving.errors import Code, ServingError, from_exception, invalid, not_found
 from serving.servable import Servable, is_complete
 
@@ -87,6 +87,7 @@ class ModelManager:
         max_load_retries: int = 5,
         runner=None,
         metrics=None,
+        roots: list[ModelRoot] | None = None,
     ):
         self.poll_seconds = poll_seconds
         self.tags = tags
@@ -99,6 +100,10 @@ class ModelManager:
         self._released = threading.Condition(self._lock)
         self._poll_lock = threading.Lock()
         self._models: dict[str, _Model] = {e.name: _Model(e) for e in entries}
+        self._explicit = list(entries)  # from flags, the config file or a reload request
+        self.roots = list(roots or [])  # serving roots whose model directories are discovered on each poll
+        self._discovered: dict[str, ModelEntry] = {}
+        self._problems: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unloaders: list[threading.Thread] = []
@@ -143,6 +148,8 @@ class ModelManager:
 
     def poll_once(self, names: list[str] | None = None) -> None:
         with self._poll_lock:
+            if self.roots and names is None:
+                self._discover()
             with self._lock:
                 models = [m for n, m in self._models.items() if names is None or n in names]
             for model in models:
@@ -248,26 +255,61 @@ class ModelManager:
 
     # ---- config reload ----------------------------------------------------------------------
 
+    def _discover(self) -> None:
+        """Under the poll lock: the model directories of every root, applied when they changed."""
+        found: dict[str, ModelEntry] = {}
+        problems = []
+        for root in self.roots:
+            entries, issues = discover_models(root, self._discovered)
+            problems += issues
+            for name, entry in entries.items():
+                found.setdefault(name, entry)
+        for problem in problems:
+            if problem not in self._problems:
+                log.warning("model discovery: %s", problem)
+        self._problems = set(problems)
+        if found != self._discovered:
+            added = sorted(set(found) - set(self._discovered))
+            removed = sorted(set(self._discovered) - set(found))
+            if added or removed:
+                log.info("model discovery: %s", "; ".join(
+                    ([f"new model(s) {', '.join(added)}"] if added else []) + ([f"gone: {', '.join(removed)}"] if removed else [])
+                ))
+            self._discovered = found
+            self._apply(self._effective())
+
+    def _effective(self) -> list[ModelEntry]:
+        """Explicit models, then discovered ones whose names are not taken."""
+        names = {e.name for e in self._explicit}
+        return self._explicit + [e for n, e in sorted(self._discovered.items()) if n not in names]
+
     def reload(self, entries: list[ModelEntry]) -> None:
-        """Applies a new model list: new models load now, dropped ones unload, changed ones re-sync."""
+        """Applies a new model list: new models load now, dropped ones unload, changed ones re-sync.
+
+        Models discovered under a serving root stay (a config naming one of them takes precedence)."""
         with self._poll_lock:
-            with self._lock:
-                wanted = {e.name: e for e in entries}
-                for name in list(self._models):
-                    old = self._models[name]
-                    if name not in wanted or wanted[name].base_path != old.entry.base_path:
-                        for slot in old.slots.values():
-                            if slot.state == AVAILABLE:
-                                self._begin_unload(old, slot)
-                        del self._models[name]
-                for name, entry in wanted.items():
-                    if name in self._models:
-                        self._models[name].entry = entry
-                    else:
-                        self._models[name] = _Model(entry)
-                models = list(self._models.values())
+            self._explicit = list(entries)
+            models = self._apply(self._effective())
             for model in models:
                 self._sync(model)
+
+    def _apply(self, entries: list[ModelEntry]) -> list[_Model]:
+        """Under the poll lock: makes `entries` the model list (unloading dropped models); returns the models."""
+        with self._lock:
+            wanted = {e.name: e for e in entries}
+            for name in list(self._models):
+                old = self._models[name]
+                if name not in wanted or wanted[name].base_path != old.entry.base_path:
+                    for slot in old.slots.values():
+                        if slot.state == AVAILABLE:
+                            self._begin_unload(old, slot)
+                    del self._models[name]
+            for name, entry in wanted.items():
+                if name in self._models:
+                    self._models[name].entry = entry
+                else:
+                    self._models[name] = _Model(entry)
+            return list(self._models.values())
 
     # ---- requests ---------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from serving.batching import BatchingParameters, BatchScheduler
-from serving.config import ModelEntry, read_model_config_file
+from serving.config import ModelEntry, ModelRoot, read_model_config_file
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.rest import RestApi, make_app
@@ -44,6 +44,7 @@ class ServerOptions:
     auth_token: str | None = None
     log_options: LogOptions = field(default_factory=LogOptions)
     shutdown_grace_seconds: float = 10.0
+    model_roots: list[ModelRoot] = field(default_factory=list)  # serving roots: each model directory is served
 
 
 class ModelServer:
@@ -66,6 +67,7 @@ class ModelServer:
             max_load_retries=options.max_num_load_retries,
             runner=self.batcher,
             metrics=self.metrics,
+            roots=options.model_roots,
         )
         self.service = Service(self.manager, options.log_options)
         self.rest_api = RestApi(self.service, self.metrics)
