@@ -31,13 +31,17 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
+from models.features import COLUMN_TYPES  # noqa: E402
+
 SIGNATURE = "serving_raw"
-ROW = {
+_VALUES = {
     "trip_miles": 2.0, "fare": 10.0, "trip_seconds": 600, "pickup_latitude": 41.9, "pickup_longitude": -87.6,
     "dropoff_latitude": 41.8, "dropoff_longitude": -87.7, "payment_type": "Credit Card", "company": "Flash Cab",
     "trip_start_hour": 9, "trip_start_day": 3, "trip_start_month": 5, "pickup_community_area": 8,
     "dropoff_community_area": 32, "pickup_census_tract": 17031081500, "dropoff_census_tract": 17031320100,
 }
+# Each raw column in the type the pushed model's serving_raw signature declares (codes are strings).
+ROW = {k: {"string": str, "float": float, "int": int}[COLUMN_TYPES[k]](v) for k, v in _VALUES.items()}
 
 
 def free_port() -> int:
@@ -97,7 +101,7 @@ def run_cell(call, concurrency: int, seconds: float, warmup: float = 0.5) -> dic
     }
 
 
-def in_process_call(base_path: str):
+def _loaded(base_path: str):
     from serving.manager import version_dirs
     from serving.servable import Servable
 
@@ -108,29 +112,60 @@ def in_process_call(base_path: str):
     for key, spec in signature.inputs.items():
         value = ROW[key]
         inputs[key] = np.array([value.encode() if isinstance(value, str) else value], dtype=spec.dtype)
+    return servable, signature, inputs
+
+
+def in_process_call(base_path: str):
+    """The reference: the SavedModel's signature called the ordinary way, tensors in, numpy out."""
+    import tensorflow as tf
+
+    servable, signature, inputs = _loaded(base_path)
+    function = signature.function
+
+    def call(state):
+        outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    call(None)
+    return call
+
+
+def in_process_prebound_call(base_path: str):
+    """What the server runs per request after decoding: the same signature through Servable.call."""
+    servable, signature, inputs = _loaded(base_path)
     servable.call(signature, inputs)
     return lambda state: servable.call(signature, inputs)
 
 
 def rest_call(port: int):
-    import requests
+    """A thin client (one keep-alive http.client connection per thread), so the numbers are the server's."""
+    import http.client
 
-    body = json.dumps({"signature_name": SIGNATURE, "instances": [ROW]})
-    url = f"http://127.0.0.1:{port}/v1/models/taxi:predict"
+    body = json.dumps({"signature_name": SIGNATURE, "instances": [ROW]}).encode()
+    headers = {"Content-Type": "application/json"}
 
     def call(state):
-        session = state.get("s") or state.setdefault("s", requests.Session())
-        r = session.post(url, data=body, timeout=30)
-        if r.status_code != 200:
-            raise RuntimeError(r.text)
+        conn = state.get("c")
+        if conn is None:
+            conn = state["c"] = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", "/v1/models/taxi:predict", body, headers)
+            r = conn.getresponse()
+            payload = r.read()
+        except (OSError, http.client.HTTPException):
+            state.pop("c").close()
+            raise
+        if r.status != 200:
+            raise RuntimeError(payload.decode())
 
     return call
 
 
 def grpc_call(port: int):
+    """The real PredictRequest, serialized once; the response bytes are read but not parsed."""
     import grpc
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "taxi"
@@ -138,9 +173,10 @@ def grpc_call(port: int):
     for key, value in ROW.items():
         dtype = tf.string if isinstance(value, str) else tf.float32 if isinstance(value, float) else tf.int64
         request.inputs[key].CopyFrom(tf.make_tensor_proto([value], dtype=dtype))
+    payload = request.SerializeToString()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    return lambda state: stub.Predict(request, timeout=30)
+    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+    return lambda state: predict(payload, timeout=30)
 
 
 def start_server(base_path: str, batching: bool, workdir: str):
@@ -184,35 +220,53 @@ def main(argv=None) -> int:
     parser.add_argument("--model_base_path", help="taxi model versions to serve (default: build one in a temp dir)")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads (default 1 8 32)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all cells, interleaved (default 3)")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or any(c <= 0 for c in args.concurrency):
-        parser.error("--seconds and --concurrency must be positive")
+    if args.seconds <= 0 or args.rounds <= 0 or any(c <= 0 for c in args.concurrency):
+        parser.error("--seconds, --rounds and --concurrency must be positive")
 
     workdir = tempfile.mkdtemp(prefix="serving-bench-")
     try:
         base = os.path.abspath(args.model_base_path) if args.model_base_path else build_taxi_model(workdir)
         print(f"model: {base}  signature: {SIGNATURE}  one row per request  {args.seconds:g}s per cell  cores: {os.cpu_count()}")
-        local = in_process_call(base)
-        baseline = {c: run_cell(local, c, args.seconds) for c in args.concurrency}
-        rows = [("in-process", "-", c, baseline[c]) for c in args.concurrency]
-        for batching in (False, True):
-            proc, rest, grpc_port = start_server(base, batching, workdir)
-            try:
-                for name, make in (("REST", lambda: rest_call(rest)), ("gRPC", lambda: grpc_call(grpc_port))):
-                    call = make()
-                    for c in args.concurrency:
-                        rows.append((name, "on" if batching else "off", c, run_cell(call, c, args.seconds)))
-            finally:
+        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  load average at start: "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        paths = {("in-process", "-"): in_process_call(base), ("prebound", "-"): in_process_prebound_call(base)}
+        servers = []
+        try:
+            for batching in (False, True):
+                proc, rest, grpc_port = start_server(base, batching, workdir)
+                servers.append(proc)
+                mode = "on" if batching else "off"
+                paths[("REST", mode)] = rest_call(rest)
+                paths[("gRPC", mode)] = grpc_call(grpc_port)
+            for call in paths.values():  # first requests pay one-time costs (connections, lazy imports)
+                run_cell(call, max(args.concurrency), 1.0, warmup=0.0)
+            # Rounds of every path side by side, so a change in the machine's load hits all of them alike.
+            cells: dict[tuple, list[dict]] = {}
+            for _ in range(args.rounds):
+                for c in args.concurrency:
+                    for key, call in paths.items():
+                        cells.setdefault((*key, c), []).append(run_cell(call, c, args.seconds))
+        finally:
+            for proc in servers:
                 stop_server(proc)
-        header = f"{'path':<11}{'batching':<10}{'conc':>5}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'req/s vs in-proc':>18}{'p50 vs in-proc':>16}{'errors':>8}"
+        header = (f"{'path':<11}{'batching':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}"
+                  f"{'req/s vs in-process':>21}{'p50 - in-process':>18}{'errors':>8}")
         print(header)
         print("-" * len(header))
-        for name, batching, c, r in rows:
-            base_r = baseline[c]
-            ratio_rps = r["rps"] / base_r["rps"] if base_r["rps"] else float("nan")
-            ratio_p50 = r["p50_ms"] / base_r["p50_ms"] if base_r["p50_ms"] else float("nan")
-            print(f"{name:<11}{batching:<10}{c:>5}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['rps']:>10.0f}"
-                  f"{ratio_rps:>17.2f}x{ratio_p50:>15.2f}x{r['errors']:>8}")
+        for c in args.concurrency:
+            for name, mode in paths:
+                runs, base_runs = cells[(name, mode, c)], cells[("in-process", "-", c)]
+                ratios = [r["rps"] / b["rps"] if b["rps"] else float("nan") for r, b in zip(runs, base_runs)]
+                extra = [r["p50_ms"] - b["p50_ms"] for r, b in zip(runs, base_runs)]
+                med = lambda xs: float(np.median(xs))  # noqa: E731
+                print(f"{name:<11}{mode:<10}{c:>5}{med([r['p50_ms'] for r in runs]):>9.2f}"
+                      f"{med([r['p99_ms'] for r in runs]):>9.2f}{med([r['rps'] for r in runs]):>8.0f}"
+                      f"{med(ratios):>20.2f}x{med(extra):>+15.2f} ms{sum(r['errors'] for r in runs):>8}")
+        print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print("in-process: the signature called with tf.constant inputs (the reference); prebound: Servable.call, "
+              f"the server's model call. Medians over {args.rounds} rounds; each ratio is taken within a round.")
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -110,8 +110,7 @@ class RestApi:
         signature_name = json_codec.signature_name(doc)
         with self.service.manager.acquire(name, version, label) as servable:
             signature = servable.signature(signature_name)
-            dtypes = {k: spec.dtype for k, spec in signature.inputs.items()}
-            fmt, inputs = json_codec.predict_inputs(doc, dtypes)
+            fmt, inputs = json_codec.predict_inputs(doc, signature.input_dtypes)
             signature, outputs = inference.predict(servable, signature.name, inputs)
             response = json_codec.predict_response(outputs, fmt)
             self.service.maybe_log("predict_log", name, lambda: _predict_log(servable, signature.name, inputs, outputs))

@@ -59,6 +59,11 @@ class Signature:
     outputs: dict[str, TensorSpecInfo]
     proto: object  # tensorflow.SignatureDef
     function: Callable
+    prebound: Callable | None = None  # the same function without per-call argument binding
+    input_dtypes: dict | None = None  # {input key: numpy dtype}, resolved once per version
+
+    def __post_init__(self):
+        self.input_dtypes = {k: spec.dtype for k, spec in self.inputs.items()}
 
 
 def _spec(key: str, tensor_info) -> TensorSpecInfo:
@@ -69,6 +74,56 @@ def _spec(key: str, tensor_info) -> TensorSpecInfo:
     shape_proto = tensor_info.tensor_shape
     shape = None if shape_proto.unknown_rank else tuple(d.size for d in shape_proto.dim)
     return TensorSpecInfo(key, np_dtype, shape)
+
+
+class _PreboundCall:
+    """A signature's concrete function called with flat tensors in its own argument order.
+
+    `function(**tensors)` binds the keyword arguments against the signature, casts and checks each
+    tensor, and resolves the captured variable handles on every call; for a one-row request that is
+    more Python time than the model. Here the order, the dtypes and the captured inputs are resolved
+    once per loaded version, and a call goes straight to the function's graph (the path
+    ConcreteFunction._call_flat takes when no gradient tape is recording). Inputs have been checked
+    against the signature already (Servable.check_inputs).
+    """
+
+    def __init__(self, function, specs: Mapping[str, TensorSpecInfo]):
+        import tensorflow as tf
+        from tensorflow.python.eager import context, record
+        from tensorflow.python.framework import ops
+
+        self._function = function
+        self._atomic = function._inference_function
+        self._order = list(function._arg_keywords)
+        self._captured = list(function.captured_inputs)
+        expected = len(self._atomic.cached_definition.signature.input_arg)
+        if sorted(self._order) != sorted(specs) or len(self._order) + len(self._captured) != expected:
+            raise ValueError("signature arguments do not match its function's flat inputs")
+        self._dtypes = [
+            tf.string.as_datatype_enum if specs[k].dtype.kind == "O" else tf.as_dtype(specs[k].dtype).as_datatype_enum
+            for k in self._order
+        ]
+        self._ctx = context.context()
+        self._ctx.ensure_initialized()
+        self._record = record
+        self._eager_tensor = ops.EagerTensor
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]):
+        if self._record.could_possibly_record():  # a gradient tape is watching: the ordinary call
+            import tensorflow as tf
+
+            return self._function(**{k: tf.constant(v, dtype=tf.string if v.dtype.kind in "OSU" else None) for k, v in inputs.items()})
+        device = self._ctx.device_name
+        tensor = self._eager_tensor
+        args = [tensor(inputs[k], device, d) for k, d in zip(self._order, self._dtypes)]
+        return self._atomic.call_preflattened(args + self._captured)
+
+
+def _prebind(function, specs):
+    try:
+        return _PreboundCall(function, specs)
+    except Exception:  # a function this TF version lays out differently: keep the ordinary call
+        return None
 
 
 class Servable:
@@ -95,6 +150,7 @@ class Servable:
                 proto=sig_def,
                 function=self._loaded.signatures[name],
             )
+            self.signatures[name].prebound = _prebind(self.signatures[name].function, self.signatures[name].inputs)
         self._lock = threading.Lock()
         self.runner: Callable | None = None  # set by the batching layer to route calls through it
         self.metrics = None  # the server's Metrics, for TF Serving's runtime_latency
@@ -145,8 +201,11 @@ class Servable:
         import tensorflow as tf
 
         try:
-            tensors = {k: tf.constant(v, dtype=tf.string if v.dtype.kind in "OSU" else None) for k, v in inputs.items()}
-            result = signature.function(**tensors)
+            if signature.prebound is not None:
+                result = signature.prebound(inputs)
+            else:
+                tensors = {k: tf.constant(v, dtype=tf.string if v.dtype.kind in "OSU" else None) for k, v in inputs.items()}
+                result = signature.function(**tensors)
             return {k: v.numpy() for k, v in result.items()}
         except ServingError:
             raise

@@ -66,9 +66,12 @@ def test_serving_root_serves_each_model_with_its_own_policy_and_labels_and_picks
         assert _predict(rest, "alpha").json() == {"predictions": [3.0]}
         assert _predict(rest, "beta/labels/stable").status_code == 400  # labels are per model
 
-        toy_model.copy_version(toy_cache, str(root / "gamma"), 1)  # a new model directory, no restart
-        (root / "broken").mkdir()
-        (root / "broken" / "model.config").write_text("model_version_policy { nonsense {} }")
+        staging = tmp_path / "staging"  # new model directories appear whole (renamed in), as a push does
+        toy_model.copy_version(toy_cache, str(staging / "gamma"), 1)
+        (staging / "broken").mkdir()
+        (staging / "broken" / "model.config").write_text("model_version_policy { nonsense {} }")
+        os.rename(staging / "broken", root / "broken")
+        os.rename(staging / "gamma", root / "gamma")  # no restart
         wait_until(lambda: _versions(rest, "gamma") == ["1"], timeout=60, interval=0.2)
         assert _predict(rest, "gamma").json() == {"predictions": [2.0]}
         assert _predict(rest, "broken").status_code == 404
