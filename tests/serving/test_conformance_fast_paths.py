@@ -1,0 +1,76 @@
+"""The speed paths give exactly the answers and errors of the checked paths they shortcut."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+
+from serving import json_codec
+from serving.errors import ServingError
+from serving.servable import Servable
+from tests.serving import toy_model
+
+DTYPES = {"fare": np.dtype(np.float32), "hour": np.dtype(np.int32), "company": np.dtype(object)}
+
+
+def test_row_format_of_scalars_becomes_typed_columns():
+    fmt, arrays = json_codec.predict_inputs(
+        {"instances": [{"fare": 16777217, "hour": 9, "company": "Flash Cab"}, {"fare": 1.5, "hour": -1, "company": "é"}]},
+        DTYPES,
+    )
+    assert fmt == "row"
+    assert arrays["fare"].dtype == np.float32 and arrays["fare"].tolist() == [16777216.0, 1.5]
+    assert arrays["hour"].dtype == np.int32 and arrays["hour"].tolist() == [9, -1]
+    assert arrays["company"].tolist() == [b"Flash Cab", "é".encode()]
+
+
+@pytest.mark.parametrize(
+    "instance,message",
+    [
+        ({"fare": "x", "hour": 9, "company": "c"}, 'key: fare of \'instances\' list. Error: JSON Value: "x" Type: String is not of expected type: float'),
+        ({"fare": 1.0, "hour": True, "company": "c"}, "Type: True is not of expected type: int32"),
+        ({"fare": 1.0, "hour": 2**31, "company": "c"}, "is not of expected type: int32"),
+        ({"fare": 1.0, "hour": 9, "company": 3}, "Type: Number is not of expected type: string"),
+        ({"fare": 1.0, "hour": 9}, "keys must be equal to: company,fare,hour"),
+        ({"fare": 1.0, "hour": 9, "company": "c", "x": 1}, "does not have named input: x"),
+    ],
+)
+def test_row_format_errors_are_the_checked_paths_errors(instance, message):
+    with pytest.raises(ServingError) as e:
+        json_codec.predict_inputs({"instances": [instance]}, DTYPES)
+    assert message in e.value.message
+
+
+def test_json_tokens_orjson_does_not_take_still_work():
+    doc = json_codec.parse_body(b'{"instances": [NaN, Infinity, -Infinity]}')
+    assert np.isnan(doc["instances"][0]) and doc["instances"][1:] == [float("inf"), float("-inf")]
+    assert json_codec.dumps({"outputs": [float("nan"), 1.5]}) == b'{"outputs": [NaN, 1.5]}'
+    assert json.loads(json_codec.dumps({"predictions": [[0.25]], "s": "null"})) == {"predictions": [[0.25]], "s": "null"}
+    with pytest.raises(ServingError, match="JSON Parse error"):
+        json_codec.parse_body(b'{"instances": [1,]}')
+
+
+def test_prebound_signature_call_answers_like_the_signature_function(tmp_path):
+    servable = Servable("toy", 1, toy_model.export(str(tmp_path / "1"), 1))
+    signature = servable.signature("multi")
+    assert signature.prebound is not None  # the fast path is the one in use
+    inputs = {
+        "a": np.array([[1.0, 2.0], [3.0, 4.0]], np.float32),
+        "tag": np.array([b"x", b"y"], dtype=object),
+        "n": np.array([5, 6], np.int64),
+    }
+    expected = {k: v.numpy() for k, v in signature.function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+    got = servable.call(signature, inputs)
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_nan_in_a_request_over_rest(toy_module_server):
+    url = f"http://127.0.0.1:{toy_module_server.rest_port}/v1/models/toy:predict"
+    r = requests.post(url, data=b'{"instances": [NaN, 2.0]}', timeout=30)
+    assert r.status_code == 200 and r.text == '{"predictions": [NaN, 3.0]}'
