@@ -158,9 +158,51 @@ def signature_def_map(servable: Servable):
     return message
 
 
+# DataType -> (TensorProto value field, numpy dtype) for the common input types (types.proto numbers).
+_VALUE_FIELDS = {
+    1: ("float_val", np.dtype(np.float32)),  # DT_FLOAT
+    2: ("double_val", np.dtype(np.float64)),  # DT_DOUBLE
+    3: ("int_val", np.dtype(np.int32)),  # DT_INT32
+    9: ("int64_val", np.dtype(np.int64)),  # DT_INT64
+    7: ("string_val", np.dtype(object)),  # DT_STRING
+    10: ("bool_val", np.dtype(bool)),  # DT_BOOL
+}
+
+
+def _fast_tensor_to_array(tensor_proto) -> np.ndarray | None:
+    """tf.make_ndarray's answer for a fully given tensor of a common type, without its per-call overhead;
+    None for anything else (repeated-last-value fill, unknown rank, other types)."""
+    spec = _VALUE_FIELDS.get(tensor_proto.dtype)
+    shape_proto = tensor_proto.tensor_shape
+    if spec is None or shape_proto.unknown_rank:
+        return None
+    field, dtype = spec
+    shape = [d.size for d in shape_proto.dim]
+    if any(d < 0 for d in shape):
+        return None
+    n = 1
+    for d in shape:
+        n *= d
+    if tensor_proto.tensor_content:
+        if dtype.kind == "O" or len(tensor_proto.tensor_content) != n * dtype.itemsize:
+            return None
+        return np.frombuffer(tensor_proto.tensor_content, dtype=dtype).copy().reshape(shape)
+    values = getattr(tensor_proto, field)
+    if len(values) != n:
+        return None
+    if dtype.kind == "O":
+        array = np.empty(n, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
 def tensor_to_array(tensor_proto) -> np.ndarray:
     import tensorflow as tf
 
+    fast = _fast_tensor_to_array(tensor_proto)
+    if fast is not None:
+        return fast
     try:
         return tf.make_ndarray(tensor_proto)
     except Exception as e:  # a TensorProto whose content does not match its shape or dtype

@@ -74,3 +74,34 @@ def test_nan_in_a_request_over_rest(toy_module_server):
     url = f"http://127.0.0.1:{toy_module_server.rest_port}/v1/models/toy:predict"
     r = requests.post(url, data=b'{"instances": [NaN, 2.0]}', timeout=30)
     assert r.status_code == 200 and r.text == '{"predictions": [NaN, 3.0]}'
+
+
+@pytest.mark.parametrize(
+    "value,dtype",
+    [
+        ([1.5], tf.float32), ([[1.0, 2.0], [3.0, 4.0]], tf.float64), ([7], tf.int32), ([[2**40]], tf.int64),
+        ([b"a", b"\xff"], tf.string), ([True, False], tf.bool), (np.arange(6, dtype=np.float32).reshape(2, 3), tf.float32),
+        (3.0, tf.float32), ([], tf.int64),
+    ],
+)
+def test_tensor_protos_convert_like_make_ndarray(value, dtype):
+    from serving.inference import tensor_to_array
+
+    proto = tf.make_tensor_proto(value, dtype=dtype)  # tensor_content for numpy input, typed fields otherwise
+    expected = tf.make_ndarray(proto)
+    got = tensor_to_array(proto)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_tensor_proto_with_one_value_for_many_is_filled_like_make_ndarray():
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    from serving.inference import tensor_to_array
+
+    proto = tensor_pb2.TensorProto(
+        dtype=tf.float32.as_datatype_enum,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=3)]),
+        float_val=[2.5],
+    )
+    np.testing.assert_array_equal(tensor_to_array(proto), tf.make_ndarray(proto))
