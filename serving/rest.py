@@ -211,6 +211,11 @@ class _Base(tornado.web.RequestHandler):
             return
         self._body += chunk
 
+    def write_error(self, status_code: int, **kwargs):
+        """Errors tornado raises itself (e.g. 405 for an unknown method) in JSON too, not HTML."""
+        self.set_header("Content-Type", "application/json")
+        self.finish(json_codec.dumps({"error": f"{status_code} {self._reason}: {self.request.method} {self.request.path}"}))
+
     def reply(self, status: int, payload: bytes):
         self.set_status(status)
         self.finish(payload)
@@ -257,6 +262,9 @@ class ApiHandler(_Base):
 
     async def patch(self, *_):
         await self._dispatch("PATCH")
+
+    async def head(self, *_):
+        await self._dispatch("HEAD")  # 400 as well; tornado sends no body for HEAD
 
     def options(self, *_):
         """A CORS preflight (http_server.cc:170): OK with an http(s):// Origin, else FAILED_PRECONDITION (400).

@@ -165,6 +165,13 @@ def test_other_methods_are_a_json_400_malformed_request(url, method):
     assert r.json() == {"error": f"Malformed request: {method} /v1/models/toy"}
 
 
+def test_head_and_unknown_methods_are_not_html(url):
+    r = requests.head(url + "/v1/models/toy", timeout=30)
+    assert r.status_code == 400 and r.headers["Content-Type"] == "application/json"
+    r = requests.request("PROPFIND", url + "/v1/models/toy", timeout=30)  # tornado's own 405
+    assert r.status_code == 405 and r.json()["error"].startswith("405 Method Not Allowed")
+
+
 def test_options_is_a_cors_preflight(url):
     # http_server.cc:170-177: OK with an http(s):// Origin, else FAILED_PRECONDITION (400).
     r = requests.options(url + "/v1/models/toy:predict", timeout=30)
