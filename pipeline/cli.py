@@ -7,7 +7,6 @@ Exit codes of every command: 0 success (for `run`: the run completed, pushed or 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -87,26 +86,43 @@ def run_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def run_and_report(config: config_lib.Config, args: argparse.Namespace) -> int:
+def check_data(config: config_lib.Config, args: argparse.Namespace):
+    """Before anything runs or is written: copies the embedded taxi sample on first use of the default
+    data root, then checks the input CSVs (pipeline/inputs.py). Bad data: CommandError, exit 2."""
+    from pipeline import inputs, runner
+
+    try:
+        copied = runner.ensure_default_data(config)
+        checked = inputs.check_csv_dir(config.data.root, inputs.column_types(), config.data.max_bad_row_fraction)
+    except inputs.InputDataError as e:
+        raise CommandError(f"input data error: {e}", EXIT_USAGE) from None
+    if copied and not args.json:
+        print(f"mlpipe: first use: copied the taxi sample shipped with tfx to {copied}", flush=True)
+    if checked.bad_rows:
+        print(f"mlpipe: warning: ExampleGen will skip {checked.bad_rows} of {checked.rows} rows whose values do not "
+              f"parse (first: {checked.first_bad.describe()}); data.max_bad_row_fraction = "
+              f"{config.data.max_bad_row_fraction:g}", file=sys.stderr, flush=True)
+    return checked
+
+
+def run_and_report(config: config_lib.Config, args: argparse.Namespace, checked=None) -> int:
     """Runs the pipeline with logs in the workspace and prints progress and the summary."""
     global _exit_log
-    from pipeline import inputs, logs, runner
+    from pipeline import logs, runner
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_path = config.log_dir / f"run-{stamp}.log"
+    checked = checked or check_data(config, args)
+    log_path = logs.new_log(config.log_dir, "run", f"mlpipe {args.command}: pipeline '{config.pipeline_name}' "
+                            f"on {config.data.root}")
     _exit_log = log_path
     if not args.json:
         print(f"mlpipe: running pipeline '{config.pipeline_name}' on {config.data.root}", flush=True)
         print(f"mlpipe: full logs in {log_path}", flush=True)
-    try:
-        with logs.capture_output(log_path, verbose=args.verbose) as console:
-            def say(line: str) -> None:
-                if not args.json:
-                    console.write(line + "\n")
+    with logs.capture_output(log_path, verbose=args.verbose) as console:
+        def say(line: str) -> None:
+            if not args.json:
+                console.write(line + "\n")
 
-            summary = runner.run(config, say)
-    except inputs.InputDataError as e:
-        raise CommandError(f"input data error: {e}", EXIT_USAGE) from None
+        summary = runner.run(config, say, checked=checked)
     if args.json:
         print(json.dumps({"log": str(log_path), **summary.to_dict()}, indent=2, default=str))
     else:
@@ -158,17 +174,31 @@ def _command_registrars():
     return [importlib.import_module(name).add_parser for name in COMMAND_MODULES]
 
 
+def _command_log(args: argparse.Namespace) -> Path | None:
+    """Where a command's third-party noise goes: <workspace>/logs/<command>.log when the workspace
+    exists (None: nowhere). A bad config is reported by the command itself."""
+    try:
+        config = config_lib.load(getattr(args, "config", None), {"workspace": getattr(args, "workspace", None)})
+    except config_lib.ConfigError:
+        return None
+    return config.log_dir / f"{args.command}.log" if config.workspace_path.is_dir() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from pipeline.logs import quiet_stderr
+
     try:
-        return args.func(args)
-    except CommandError as e:
-        print(f"mlpipe: {e}", file=sys.stderr)
-        return e.code
+        with quiet_stderr(_command_log(args)):
+            try:
+                return args.func(args)
+            except CommandError as e:
+                print(f"mlpipe: {e}", file=sys.stderr)
+                return e.code
     except KeyboardInterrupt:
         print("mlpipe: interrupted", file=sys.stderr)
         return 130
@@ -181,3 +211,7 @@ def entry() -> None:
 
     silence_exit_noise(_exit_log)
     sys.exit(code)
+
+
+if __name__ == "__main__":  # `python -m pipeline.cli` is `mlpipe`, like `python -m pipeline`
+    entry()

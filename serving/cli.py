@@ -69,6 +69,9 @@ def _port(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     flag = dict(nargs="?", const=True, type=_bool, metavar="BOOL")
+    p.add_argument("--config", metavar="FILE", help="mlpipe TOML config file (read for workspace and model_name)")
+    p.add_argument("--workspace", metavar="DIR",
+                   help="workspace whose pushed model is served (default ./workspace, or $MLPIPE_WORKSPACE)")
     g = p.add_argument_group("models (TF Serving flags)")
     g.add_argument("--model_name", help="name to serve the model under (default: the workspace's model_name, taxi)")
     g.add_argument(
@@ -256,8 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m serving", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workspace", help="workspace directory (default ./workspace or $MLPIPE_WORKSPACE)")
-    parser.add_argument("--config", help="mlpipe TOML config file (for workspace and model_name)")
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run(args)
