@@ -31,13 +31,17 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
+from models.features import COLUMN_TYPES  # noqa: E402
+
 SIGNATURE = "serving_raw"
-ROW = {
+# One raw row, each value of its column's declared type (categorical codes are strings).
+_CAST = {"int": int, "float": float, "string": str}
+ROW = {key: _CAST[COLUMN_TYPES[key]](value) for key, value in {
     "trip_miles": 2.0, "fare": 10.0, "trip_seconds": 600, "pickup_latitude": 41.9, "pickup_longitude": -87.6,
     "dropoff_latitude": 41.8, "dropoff_longitude": -87.7, "payment_type": "Credit Card", "company": "Flash Cab",
     "trip_start_hour": 9, "trip_start_day": 3, "trip_start_month": 5, "pickup_community_area": 8,
     "dropoff_community_area": 32, "pickup_census_tract": 17031081500, "dropoff_census_tract": 17031320100,
-}
+}.items()}
 
 
 def free_port() -> int:
