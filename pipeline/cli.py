@@ -89,7 +89,7 @@ def run_overrides(args: argparse.Namespace) -> dict:
 def check_data(config: config_lib.Config, args: argparse.Namespace):
     """Before anything runs or is written: copies the embedded taxi sample on first use of the default
     data root, then checks the input CSVs (pipeline/inputs.py). Bad data: CommandError, exit 2."""
-    from pipeline import inputs, runner
+    from pipeline import inputs, logs, runner
 
     try:
         copied = runner.ensure_default_data(config)
@@ -101,7 +101,7 @@ def check_data(config: config_lib.Config, args: argparse.Namespace):
     if checked.bad_rows:
         print(f"mlpipe: warning: ExampleGen will skip {checked.bad_rows} of {checked.rows} rows whose values do not "
               f"parse (first: {checked.first_bad.describe()}); data.max_bad_row_fraction = "
-              f"{config.data.max_bad_row_fraction:g}", file=sys.stderr, flush=True)
+              f"{config.data.max_bad_row_fraction:g}", file=logs.terminal(), flush=True)
     return checked
 
 
@@ -190,18 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    from pipeline.logs import quiet_stderr
+    from pipeline.logs import quiet_stderr, terminal
 
-    try:
-        with quiet_stderr(_command_log(args)):
-            try:
-                return args.func(args)
-            except CommandError as e:
-                print(f"mlpipe: {e}", file=sys.stderr)
-                return e.code
-    except KeyboardInterrupt:
-        print("mlpipe: interrupted", file=sys.stderr)
-        return 130
+    with quiet_stderr(_command_log(args)):
+        try:
+            return args.func(args)
+        except CommandError as e:
+            print(f"mlpipe: {e}", file=terminal())
+            return e.code
+        except KeyboardInterrupt:
+            print("mlpipe: interrupted", file=terminal())
+            return 130
 
 
 def entry() -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
-# The terminal's stderr while quiet_stderr() sends file descriptor 2 to a log (None otherwise).
+# The terminal's stderr (a stream and its fd) while quiet_stderr() sends file descriptor 2 to a log.
+_terminal: IO[str] | None = None
 _terminal_fd: int | None = None
 
 
@@ -98,46 +99,42 @@ def silence_exit_noise(log_path: Path | None = None) -> None:
     os.dup2(target.fileno(), 2)
 
 
+def terminal() -> IO[str]:
+    """Where mlpipe's own stderr lines go: the user's terminal, also while quiet_stderr() sends file
+    descriptor 2 (and so sys.stderr) to a log."""
+    return _terminal if _terminal is not None else sys.stderr
+
+
 @contextlib.contextmanager
 def quiet_stderr(log_path: Path | None) -> Iterator[None]:
-    """Third-party noise off the terminal: whatever is written to file descriptor 2 (TF's C++ logs,
-    CUDA probes) and Python warnings go to `log_path` (appended; /dev/null if None), while
-    `sys.stderr` (mlpipe's own messages) still reaches the terminal."""
-    import warnings
-
+    """Third-party noise off the terminal: file descriptor 2 (TF's C++ logs, CUDA probes, and through
+    sys.stderr Python warnings and absl/logging handlers) goes to `log_path` (appended; /dev/null if
+    None, removed again if nothing was written). mlpipe's own lines go to `terminal()`."""
+    global _terminal, _terminal_fd
     _flush_all()
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab", buffering=0) if log_path is not None else open(os.devnull, "wb")
-    global _terminal_fd
     saved = os.dup(2)
     try:
         to_fd2 = sys.stderr.fileno() == 2
     except (AttributeError, OSError, ValueError):  # e.g. a StringIO a caller redirected stderr to
         to_fd2 = False
-    terminal = os.fdopen(os.dup(saved), "w", buffering=1) if to_fd2 else sys.stderr
-    previous_stderr, previous_showwarning, previous_terminal = sys.stderr, warnings.showwarning, _terminal_fd
-    log_text = open(log.fileno(), "w", buffering=1, closefd=False)
-
-    def showwarning(message, category, filename, lineno, file=None, line=None):
-        log_text.write(warnings.formatwarning(message, category, filename, lineno, line))
-
+    previous = _terminal, _terminal_fd
+    console = os.fdopen(os.dup(saved), "w", buffering=1) if to_fd2 else None
     os.dup2(log.fileno(), 2)
-    sys.stderr = terminal
-    _terminal_fd = saved
-    warnings.showwarning = showwarning
+    _terminal, _terminal_fd = (console if console is not None else previous[0]), saved
     try:
         yield
     finally:
         _flush_all()
-        warnings.showwarning = previous_showwarning
-        sys.stderr = previous_stderr
-        _terminal_fd = previous_terminal
+        if console is not None:
+            console.flush()
+        _terminal, _terminal_fd = previous
         os.dup2(saved, 2)
         os.close(saved)
-        if terminal is not previous_stderr:
-            terminal.close()
-        log_text.close()
+        if console is not None:
+            console.close()
         log.close()
         if log_path is not None and log_path.is_file() and log_path.stat().st_size == 0:
             log_path.unlink()  # nothing to keep

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from serving.batching import BatchingParameters, parse_batching_parameters
 from serving.config import (
@@ -233,24 +232,27 @@ def build_options(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """The `serve` command: returns 0 after a clean shutdown, 2 for bad flags, 1 if a port is taken."""
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     from pipeline.config import ConfigError
+    from pipeline.logs import terminal  # the terminal, also while `mlpipe` sends third-party noise to a log
+
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=terminal(),
+    )
 
     try:
         options = build_options(args)
     except (ServingConfigError, ConfigError) as e:
-        print(f"mlpipe serve: error: {e}", file=sys.stderr)
+        print(f"mlpipe serve: error: {e}", file=terminal())
         return 2
     from serving.server import ModelServer
 
     for model in options.models:
-        print(f"serving model {model.name!r} from {model.base_path} ({model.policy.describe()})", file=sys.stderr)
+        print(f"serving model {model.name!r} from {model.base_path} ({model.policy.describe()})", file=terminal())
     try:
         return ModelServer(options).serve()
     except OSError as e:
-        print(f"mlpipe serve: error: {e}", file=sys.stderr)
+        print(f"mlpipe serve: error: {e}", file=terminal())
         return 1
 
 

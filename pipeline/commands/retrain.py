@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from pipeline import cli
 
@@ -64,7 +63,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     from data import spans
     from models import features
-    from pipeline import inputs
+    from pipeline import inputs, logs
     from pipeline.inputs import InputDataError
 
     config = cli.load_config(args)
@@ -75,7 +74,7 @@ def _ingest(args: argparse.Namespace) -> int:
             if checked.bad_rows:
                 print(f"mlpipe: warning: {checked.bad_rows} of {checked.rows} rows have values that do not parse "
                       f"(first: {checked.first_bad.describe()}); they are written, and ExampleGen will skip them "
-                      f"(data.max_bad_row_fraction = {config.data.max_bad_row_fraction:g})", file=sys.stderr)
+                      f"(data.max_bad_row_fraction = {config.data.max_bad_row_fraction:g})", file=logs.terminal())
         plan = spans.split_csv(
             args.csv, args.data_root, by=args.by, timestamp_column=features.TIMESTAMP_COLUMN,
             expected_columns=list(types), first_span=args.first_span, limit=args.limit,
@@ -103,7 +102,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _retrain(args: argparse.Namespace) -> int:
     from data import spans
-    from pipeline import lock as lock_lib
+    from pipeline import lock as lock_lib, logs
 
     overrides = cli.run_overrides(args)
     overrides.update({"data.window_spans": args.window_spans, "training.warm_start": args.warm_start})
@@ -119,17 +118,17 @@ def _retrain(args: argparse.Namespace) -> int:
     def waiting(holder: dict) -> None:
         who = lock_lib.describe(holder) if holder else "another process"
         print(f"mlpipe: waiting up to {args.wait:g} s for the workspace lock, held by {who}",
-              file=sys.stderr, flush=True)
+              file=logs.terminal(), flush=True)
 
     try:
         held = lock_lib.acquire(config.workspace_path, args.wait, on_wait=waiting)
     except lock_lib.LockBusy as e:
-        print(f"mlpipe: {e}; try again later (exit {EXIT_BUSY})", file=sys.stderr)
+        print(f"mlpipe: {e}; try again later (exit {EXIT_BUSY})", file=logs.terminal())
         return EXIT_BUSY
     try:
         if held.stale:
             print(f"mlpipe: recovered a stale lock left by {lock_lib.describe(held.stale)} (it did not finish)",
-                  file=sys.stderr)
+                  file=logs.terminal())
         newest = spans.list_spans(root)[-1]
         last = _last_trained(config)
         if last is not None and last.spans and newest <= max(last.spans):
