@@ -64,7 +64,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--direct-num-workers", type=int, metavar="N",
                    help="Beam DirectRunner workers, 0 = one per core (beam.direct_num_workers)")
     g.add_argument("--beam-arg", action="append", metavar="--NAME=VALUE", default=None,
-                   help="extra Beam pipeline argument, repeatable (beam.extra_args)")
+                   help="extra Beam pipeline argument, written with '=': --beam-arg=--NAME=VALUE; repeatable "
+                   "(beam.extra_args)")
     g.add_argument("--no-cache", action="store_true", help="re-run every component (enable_cache = false)")
     parser.add_argument("--verbose", "-v", action="store_true", help="also show the full TFX/Beam/TF logs live")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON (see README)")
