@@ -175,14 +175,14 @@ def _command_registrars():
     return [importlib.import_module(name).add_parser for name in COMMAND_MODULES]
 
 
-def _command_log(args: argparse.Namespace) -> Path | None:
+def command_log(args: argparse.Namespace, command: str | None = None) -> Path | None:
     """Where a command's third-party noise goes: <workspace>/logs/<command>.log when the workspace
     exists (None: nowhere). A bad config is reported by the command itself."""
     try:
         config = config_lib.load(getattr(args, "config", None), {"workspace": getattr(args, "workspace", None)})
     except config_lib.ConfigError:
         return None
-    return config.log_dir / f"{args.command}.log" if config.workspace_path.is_dir() else None
+    return config.log_dir / f"{command or args.command}.log" if config.workspace_path.is_dir() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from pipeline.logs import quiet_stderr, terminal
 
-    with quiet_stderr(_command_log(args)):
+    with quiet_stderr(command_log(args)):
         try:
             return args.func(args)
         except CommandError as e:

@@ -263,4 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return run(args)
+    from pipeline.cli import command_log  # the argument parser and config only: no TFX
+    from pipeline.logs import quiet_stderr
+
+    with quiet_stderr(command_log(args, "serve")):  # TF's start-up noise to <workspace>/logs/serve.log
+        return run(args)
