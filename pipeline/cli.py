@@ -214,4 +214,6 @@ def entry() -> None:
 
 
 if __name__ == "__main__":  # `python -m pipeline.cli` is `mlpipe`, like `python -m pipeline`
-    entry()
+    from pipeline import cli  # the module the commands import (CommandError, the run log), not this __main__ copy
+
+    cli.entry()

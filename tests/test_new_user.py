@@ -54,6 +54,11 @@ def test_python_m_pipeline_cli_behaves_like_mlpipe(tmp_path):
     runs = subprocess.run([sys.executable, "-m", "pipeline.cli", "runs", "--workspace", str(tmp_path / "ws")],
                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert runs.returncode == 0 and "nothing yet" in runs.stdout, runs.stdout + runs.stderr
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--workspace", str(tmp_path / "ws"),
+                          "--data-root", str(tmp_path / "none")], cwd=REPO, env=env(), capture_output=True, text=True,
+                         timeout=120)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr == f"mlpipe: input data error: data directory {tmp_path / 'none'} does not exist (set --data-root or data.root)\n"
 
 
 def test_serve_takes_workspace_and_config_like_every_command(tmp_path):
