@@ -7,7 +7,6 @@ Exit codes of every command: 0 success (for `run`: the run completed, pushed or 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -65,7 +64,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--direct-num-workers", type=int, metavar="N",
                    help="Beam DirectRunner workers, 0 = one per core (beam.direct_num_workers)")
     g.add_argument("--beam-arg", action="append", metavar="--NAME=VALUE", default=None,
-                   help="extra Beam pipeline argument, repeatable (beam.extra_args)")
+                   help="extra Beam pipeline argument, written with '=': --beam-arg=--NAME=VALUE; repeatable "
+                   "(beam.extra_args)")
     g.add_argument("--no-cache", action="store_true", help="re-run every component (enable_cache = false)")
     parser.add_argument("--verbose", "-v", action="store_true", help="also show the full TFX/Beam/TF logs live")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON (see README)")
@@ -87,26 +87,43 @@ def run_overrides(args: argparse.Namespace) -> dict:
     }
 
 
-def run_and_report(config: config_lib.Config, args: argparse.Namespace) -> int:
-    """Runs the pipeline with logs in the workspace and prints progress and the summary."""
-    global _exit_log
+def check_data(config: config_lib.Config, args: argparse.Namespace):
+    """Before anything runs or is written: copies the embedded taxi sample on first use of the default
+    data root, then checks the input CSVs (pipeline/inputs.py). Bad data: CommandError, exit 2."""
     from pipeline import inputs, logs, runner
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_path = config.log_dir / f"run-{stamp}.log"
+    try:
+        copied = runner.ensure_default_data(config)
+        checked = inputs.check_csv_dir(config.data.root, inputs.column_types(), config.data.max_bad_row_fraction)
+    except inputs.InputDataError as e:
+        raise CommandError(f"input data error: {e}", EXIT_USAGE) from None
+    if copied and not args.json:
+        print(f"mlpipe: first use: copied the taxi sample shipped with tfx to {copied}", flush=True)
+    if checked.bad_rows:
+        print(f"mlpipe: warning: ExampleGen will skip {checked.bad_rows} of {checked.rows} rows whose values do not "
+              f"parse (first: {checked.first_bad.describe()}); data.max_bad_row_fraction = "
+              f"{config.data.max_bad_row_fraction:g}", file=logs.terminal(), flush=True)
+    return checked
+
+
+def run_and_report(config: config_lib.Config, args: argparse.Namespace, checked=None) -> int:
+    """Runs the pipeline with logs in the workspace and prints progress and the summary."""
+    global _exit_log
+    from pipeline import logs, runner
+
+    checked = checked or check_data(config, args)
+    log_path = logs.new_log(config.log_dir, "run", f"mlpipe {args.command}: pipeline '{config.pipeline_name}' "
+                            f"on {config.data.root}")
     _exit_log = log_path
     if not args.json:
         print(f"mlpipe: running pipeline '{config.pipeline_name}' on {config.data.root}", flush=True)
         print(f"mlpipe: full logs in {log_path}", flush=True)
-    try:
-        with logs.capture_output(log_path, verbose=args.verbose) as console:
-            def say(line: str) -> None:
-                if not args.json:
-                    console.write(line + "\n")
+    with logs.capture_output(log_path, verbose=args.verbose) as console:
+        def say(line: str) -> None:
+            if not args.json:
+                console.write(line + "\n")
 
-            summary = runner.run(config, say)
-    except inputs.InputDataError as e:
-        raise CommandError(f"input data error: {e}", EXIT_USAGE) from None
+        summary = runner.run(config, say, checked=checked)
     if args.json:
         print(json.dumps({"log": str(log_path), **summary.to_dict()}, indent=2, default=str))
     else:
@@ -158,20 +175,33 @@ def _command_registrars():
     return [importlib.import_module(name).add_parser for name in COMMAND_MODULES]
 
 
+def command_log(args: argparse.Namespace, command: str | None = None) -> Path | None:
+    """Where a command's third-party noise goes: <workspace>/logs/<command>.log when the workspace
+    exists (None: nowhere). A bad config is reported by the command itself."""
+    try:
+        config = config_lib.load(getattr(args, "config", None), {"workspace": getattr(args, "workspace", None)})
+    except config_lib.ConfigError:
+        return None
+    return config.log_dir / f"{command or args.command}.log" if config.workspace_path.is_dir() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return args.func(args)
-    except CommandError as e:
-        print(f"mlpipe: {e}", file=sys.stderr)
-        return e.code
-    except KeyboardInterrupt:
-        print("mlpipe: interrupted", file=sys.stderr)
-        return 130
+    from pipeline.logs import quiet_stderr, terminal
+
+    with quiet_stderr(command_log(args)):
+        try:
+            return args.func(args)
+        except CommandError as e:
+            print(f"mlpipe: {e}", file=terminal())
+            return e.code
+        except KeyboardInterrupt:
+            print("mlpipe: interrupted", file=terminal())
+            return 130
 
 
 def entry() -> None:
@@ -181,3 +211,9 @@ def entry() -> None:
 
     silence_exit_noise(_exit_log)
     sys.exit(code)
+
+
+if __name__ == "__main__":  # `python -m pipeline.cli` is `mlpipe`, like `python -m pipeline`
+    from pipeline import cli  # the module the commands import (CommandError, the run log), not this __main__ copy
+
+    cli.entry()

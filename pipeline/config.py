@@ -40,6 +40,9 @@ class DataConfig:
     eval_buckets: int = 1
     schema: str = ""  # curated schema.pbtxt to pin (ImportSchemaGen); empty = infer with SchemaGen
     window_spans: int = 3  # span layout only: Transform and Trainer use the latest N spans
+    # Rows with a value that does not parse as its column's type: up to this fraction of the checked
+    # rows is skipped by ExampleGen (with a warning); more stops the run before anything runs. 0 = none.
+    max_bad_row_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,8 @@ def validate(config: Config) -> None:
     positive("data.train_buckets", config.data.train_buckets)
     positive("data.eval_buckets", config.data.eval_buckets)
     positive("data.window_spans", config.data.window_spans)
+    if not 0 <= config.data.max_bad_row_fraction < 1:
+        raise ConfigError("data.max_bad_row_fraction", f"must be in [0, 1), got {config.data.max_bad_row_fraction}")
     if config.data.schema and not Path(config.data.schema).is_file():
         raise ConfigError("data.schema", f"no schema file at {config.data.schema}")
     t = config.training

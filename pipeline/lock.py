@@ -18,6 +18,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 LOCK_FILE = ".retrain.lock"
 
@@ -61,12 +62,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire(workspace: str | os.PathLike, wait_seconds: float = 0.0, poll_seconds: float = 0.5) -> Lock:
-    """Takes the lock, waiting up to `wait_seconds` for a holder to finish; raises LockBusy after that."""
+def acquire(workspace: str | os.PathLike, wait_seconds: float = 0.0, poll_seconds: float = 0.5,
+            on_wait: Callable[[dict], None] | None = None) -> Lock:
+    """Takes the lock, waiting up to `wait_seconds` for a holder to finish; raises LockBusy after that.
+
+    `on_wait(holder)` is called once, when the lock is found busy and there is time to wait."""
     path = Path(workspace) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + max(0.0, wait_seconds)
+    announced = False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -76,6 +81,9 @@ def acquire(workspace: str | os.PathLike, wait_seconds: float = 0.0, poll_second
                 holder = read_holder(path)
                 os.close(fd)
                 raise LockBusy(path, holder) from None
+            if on_wait is not None and not announced:
+                on_wait(read_holder(path))
+                announced = True
             time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())) or poll_seconds)
     # We hold the flock, so whoever wrote the content is gone (or released without clearing it).
     stale = read_holder(path)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import sys
 import threading
 from pathlib import Path
 from typing import IO, Iterator
+
+
+# The terminal's stderr (a stream and its fd) while quiet_stderr() sends file descriptor 2 to a log.
+_terminal: IO[str] | None = None
+_terminal_fd: int | None = None
 
 
 def _flush_all() -> None:
@@ -37,7 +43,7 @@ def capture_output(log_path: Path, verbose: bool = False) -> Iterator[IO[str]]:
     try:
         if verbose:
             read_end, write_end = os.pipe()
-            terminal_err = saved[1]
+            terminal_err = _terminal_fd if _terminal_fd is not None else saved[1]
 
             def copy() -> None:
                 while chunk := os.read(read_end, 65536):
@@ -68,6 +74,22 @@ def capture_output(log_path: Path, verbose: bool = False) -> Iterator[IO[str]]:
         console.flush()
 
 
+def new_log(log_dir: Path, prefix: str, header: str) -> Path:
+    """Creates a new log file `<log_dir>/<prefix>-YYYYmmdd-HHMMSS-<microseconds>.log` holding `header`
+    as its first line; never reuses a name, even for two runs started in the same instant."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        now = datetime.datetime.now()
+        path = log_dir / f"{prefix}-{now:%Y%m%d-%H%M%S}-{now:%f}.log"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{header} (started {now.isoformat(timespec='seconds')}, pid {os.getpid()})\n")
+        return path
+
+
 def silence_exit_noise(log_path: Path | None = None) -> None:
     """Points stdout/stderr at `log_path` (or /dev/null) for interpreter teardown, where TF prints
     `AtomicFunction.__del__` tracebacks that users must not see."""
@@ -75,3 +97,44 @@ def silence_exit_noise(log_path: Path | None = None) -> None:
     target = open(log_path, "ab") if log_path else open(os.devnull, "wb")
     os.dup2(target.fileno(), 1)
     os.dup2(target.fileno(), 2)
+
+
+def terminal() -> IO[str]:
+    """Where mlpipe's own stderr lines go: the user's terminal, also while quiet_stderr() sends file
+    descriptor 2 (and so sys.stderr) to a log."""
+    return _terminal if _terminal is not None else sys.stderr
+
+
+@contextlib.contextmanager
+def quiet_stderr(log_path: Path | None) -> Iterator[None]:
+    """Third-party noise off the terminal: file descriptor 2 (TF's C++ logs, CUDA probes, and through
+    sys.stderr Python warnings and absl/logging handlers) goes to `log_path` (appended; /dev/null if
+    None, removed again if nothing was written). mlpipe's own lines go to `terminal()`."""
+    global _terminal, _terminal_fd
+    _flush_all()
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab", buffering=0) if log_path is not None else open(os.devnull, "wb")
+    saved = os.dup(2)
+    try:
+        to_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # e.g. a StringIO a caller redirected stderr to
+        to_fd2 = False
+    previous = _terminal, _terminal_fd
+    console = os.fdopen(os.dup(saved), "w", buffering=1) if to_fd2 else None
+    os.dup2(log.fileno(), 2)
+    _terminal, _terminal_fd = (console if console is not None else previous[0]), saved
+    try:
+        yield
+    finally:
+        _flush_all()
+        if console is not None:
+            console.flush()
+        _terminal, _terminal_fd = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+        if console is not None:
+            console.close()
+        log.close()
+        if log_path is not None and log_path.is_file() and log_path.stat().st_size == 0:
+            log_path.unlink()  # nothing to keep

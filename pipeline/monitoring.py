@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pipeline import metadata, registry
+from pipeline import logs, metadata, registry
 from pipeline.config import Config
 
 TRAINING, SERVING = "TRAINING", "SERVING"
@@ -640,7 +640,7 @@ def start_retrain(config: Config, config_file: str | None, extra_args: list[str]
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     done = subprocess.run(argv, capture_output=True, env=env)
     for stream in (done.stdout, done.stderr):  # on our stderr, so --json output stays one document
-        sys.stderr.write(stream.decode(errors="replace"))
+        logs.terminal().write(stream.decode(errors="replace"))
     return {"command": argv[1:], "exit_code": done.returncode, "seconds": round(time.time() - started, 1)}
 
 

@@ -6,12 +6,11 @@ import dataclasses
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
-from models import features
-from pipeline import metadata
+from pipeline import config as config_lib, inputs, metadata
 from pipeline.config import Config
-from pipeline.inputs import check_csv_dir
 
 Print = Callable[[str], None]
 
@@ -136,12 +135,29 @@ class RunSummary:
         return lines
 
 
-def run(config: Config, say: Print = print) -> RunSummary:
+def ensure_default_data(config: Config) -> Path | None:
+    """On first use of the default data root (data/taxi), copies the taxi sample that the tfx package
+    ships into it (data/taxi_sample.py); returns the copied file, or None when nothing was copied."""
+    root = Path(config.data.root).resolve()
+    if root != config_lib.DEFAULT_DATA_ROOT.resolve() or any(root.glob(inputs.CSV_PATTERN)):
+        return None
+    from data import taxi_sample
+
+    try:
+        return taxi_sample.materialize(root) / "data.csv"
+    except OSError as e:
+        raise inputs.InputDataError(f"cannot copy the embedded taxi sample into {root}: {e}") from None
+
+
+def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = None) -> RunSummary:
     """Runs the pipeline; never raises for a failed component (the summary says what failed).
 
-    Bad input data (inputs.InputDataError) raises before anything runs.
+    Bad input data (inputs.InputDataError) raises before anything runs, unless the caller has
+    `checked` it already (pipeline/inputs.py check_csv_dir).
     """
-    check_csv_dir(config.data.root, features.CSV_COLUMNS)
+    if checked is None:
+        ensure_default_data(config)
+        inputs.check_csv_dir(config.data.root, inputs.column_types(), config.data.max_bad_row_fraction)
     config.workspace_path.mkdir(parents=True, exist_ok=True)
 
     from absl import flags

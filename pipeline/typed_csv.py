@@ -1,4 +1,4 @@
-"""CsvExampleGen with declared column types (models/features.py COLUMN_TYPES).
+"""CsvExampleGen with declared column types (pipeline/inputs.py column_types()).
 
 TFX's CsvExampleGen infers each column's type from the files of the current run. With spans, a
 column that is empty in one span (no type) and holds integers in another gets different encodings
@@ -6,6 +6,8 @@ in different Examples artifacts, and a rolling window over them fails to parse. 
 makes every span encode alike. Only the type inference is replaced; reading, CSV parsing and the
 conversion to tf.Example are TFX's own.
 """
+
+import logging
 
 import apache_beam as beam
 from tfx import v1 as tfx
@@ -15,7 +17,7 @@ from tfx.dsl.io import fileio
 from tfx.utils import io_utils
 from tfx_bsl.coders import csv_decoder
 
-from models import features
+from pipeline import inputs
 
 _COLUMN_TYPES = {
     "int": csv_decoder.ColumnType.INT,
@@ -25,10 +27,27 @@ _COLUMN_TYPES = {
 
 
 def column_infos(column_names):
-    unknown = [name for name in column_names if name not in features.COLUMN_TYPES]
+    types = inputs.column_types()
+    unknown = [name for name in column_names if name not in types]
     if unknown:
         raise ValueError(f"no declared type for column(s) {', '.join(unknown)} (models/features.py COLUMN_TYPES)")
-    return [csv_decoder.ColumnInfo(name, _COLUMN_TYPES[features.COLUMN_TYPES[name]]) for name in column_names]
+    return [csv_decoder.ColumnInfo(name, _COLUMN_TYPES[types[name]]) for name in column_names]
+
+
+def row_parses(cells, kinds) -> bool:
+    """False for a row ExampleGen cannot encode (a value not of its column's type, or the wrong number
+    of values): such rows are skipped. mlpipe's input check (pipeline/inputs.py) has already refused
+    the data unless they are within data.max_bad_row_fraction."""
+    if not cells:
+        return True  # a blank line: TFX's converter skips it
+    ok = len(cells) == len(kinds) and all(
+        inputs.parse_problem(c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c), kind) is None
+        for c, kind in zip(cells, kinds)
+    )
+    if not ok:
+        beam.metrics.Metrics.counter("mlpipe", "bad_rows_skipped").inc()
+        logging.warning("ExampleGen: skipping a row with a value that does not parse as its column's type: %s", cells)
+    return ok
 
 
 class _TypedCsvToExample(csv_executor._CsvToExample):
@@ -47,6 +66,7 @@ class _TypedCsvToExample(csv_executor._CsvToExample):
             | "ReadFromText" >> beam.ParDo(csv_executor._ReadCsvRecordsFromTextFile())
             | "ParseCSVLine" >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=","))
             | "ExtractParsedCSVLines" >> beam.Keys()
+            | "SkipBadRows" >> beam.Filter(row_parses, [inputs.column_types()[name] for name in column_names])
             | "ToTFExample" >> beam.ParDo(csv_executor._ParsedCsvToTfExample(), infos)
         )
 

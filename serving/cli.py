@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from serving.batching import BatchingParameters, parse_batching_parameters
 from serving.config import (
@@ -72,6 +71,9 @@ def _port(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     flag = dict(nargs="?", const=True, type=_bool, metavar="BOOL")
+    p.add_argument("--config", metavar="FILE", help="mlpipe TOML config file (read for workspace and model_name)")
+    p.add_argument("--workspace", metavar="DIR",
+                   help="workspace whose pushed model is served (default ./workspace, or $MLPIPE_WORKSPACE)")
     g = p.add_argument_group("models (TF Serving flags)")
     g.add_argument("--model_name", help="name to serve the model under (default: the workspace's model_name, taxi)")
     g.add_argument(
@@ -245,27 +247,30 @@ def build_options(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """The `serve` command: returns 0 after a clean shutdown, 2 for bad flags, 1 if a port is taken."""
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     from pipeline.config import ConfigError
+    from pipeline.logs import terminal  # the terminal, also while `mlpipe` sends third-party noise to a log
+
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=terminal(),
+    )
 
     try:
         options = build_options(args)
     except (ServingConfigError, ConfigError) as e:
-        print(f"mlpipe serve: error: {e}", file=sys.stderr)
+        print(f"mlpipe serve: error: {e}", file=terminal())
         return 2
     from serving.server import ModelServer
 
     for model in options.models:
-        print(f"serving model {model.name!r} from {model.base_path} ({model.policy.describe()})", file=sys.stderr)
+        print(f"serving model {model.name!r} from {model.base_path} ({model.policy.describe()})", file=terminal())
     for root in options.model_roots:
         print(f"serving every model directory under {root.path} ({root.policy.describe()} unless its "
-              f"{MODEL_CONFIG_FILE} says otherwise)", file=sys.stderr)
+              f"{MODEL_CONFIG_FILE} says otherwise)", file=terminal())
     try:
         return ModelServer(options).serve()
     except OSError as e:
-        print(f"mlpipe serve: error: {e}", file=sys.stderr)
+        print(f"mlpipe serve: error: {e}", file=terminal())
         return 1
 
 
@@ -274,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m serving", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workspace", help="workspace directory (default ./workspace or $MLPIPE_WORKSPACE)")
-    parser.add_argument("--config", help="mlpipe TOML config file (for workspace and model_name)")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return run(args)
+    from pipeline.cli import command_log  # the argument parser and config only: no TFX
+    from pipeline.logs import quiet_stderr
+
+    with quiet_stderr(command_log(args, "serve")):  # TF's start-up noise to <workspace>/logs/serve.log
+        return run(args)

@@ -42,3 +42,20 @@ def test_a_column_without_a_declared_type_is_refused():
 def test_every_csv_column_has_a_declared_type():
     assert set(features.COLUMN_TYPES) == set(features.CSV_COLUMNS)
     assert set(features.COLUMN_TYPES.values()) <= {"int", "float", "string"}
+
+
+def test_rows_that_do_not_parse_as_their_declared_types_are_skipped(tmp_path):
+    # Within data.max_bad_row_fraction the input check lets such rows through; ExampleGen skips them.
+    _write(tmp_path / "data.csv", "17031081500")
+    good = (tmp_path / "data.csv").read_text().splitlines()[1]
+    bad = good.replace("7.25", "abc")
+    with open(tmp_path / "data.csv", "a") as f:
+        f.write(bad + "\n" + good + "\n" + "1,2,3\n")
+
+    def check(examples):
+        assert len(examples) == 2
+        assert all(e.features.feature["fare"].float_list.value == [pytest.approx(7.25)] for e in examples)
+
+    with beam.Pipeline() as p:
+        examples = p | typed_csv._TypedCsvToExample({"input_base": str(tmp_path)}, "*.csv")
+        assert_that(examples, check)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 
 from pipeline import cli
@@ -54,8 +53,7 @@ def _compile(args: argparse.Namespace) -> int:
     config = cli.load_config(args, overrides)
     from pipeline import deploy, logs
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_path = config.log_dir / f"compile-{stamp}.log"
+    log_path = logs.new_log(config.log_dir, "compile", f"mlpipe compile --target {args.target}")
     try:
         with logs.capture_output(log_path, verbose=args.verbose):
             compiled = deploy.compile_pipeline(config, args.target, args.output)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def _evaluate(args: argparse.Namespace, config) -> int:
 
 def _act(args: argparse.Namespace, config, data: dict, lines, html) -> int:
     """Writes the HTML page, notifies, retrains, prints; returns the exit code."""
-    from pipeline import monitoring
+    from pipeline import logs, monitoring
 
     if args.html and html is not None:
         try:
@@ -113,7 +112,7 @@ def _act(args: argparse.Namespace, config, data: dict, lines, html) -> int:
         for channel, outcome in data["notified"].items():
             if outcome is not None and not outcome["ok"]:
                 print(f"mlpipe: alert {channel} failed: {outcome.get('error') or outcome.get('stderr') or outcome}",
-                      file=sys.stderr)
+                      file=logs.terminal())
     data["retrain"] = None
     if args.retrain and data["retrain_wanted"]:
         if not args.json:

@@ -16,9 +16,13 @@ def _snapshot(args: argparse.Namespace):
     return config, registry.open_snapshot(config)
 
 
-def _nothing_yet(config, args: argparse.Namespace, empty: dict) -> int:
+def _nothing_yet(config, args: argparse.Namespace, empty: dict, snap=None) -> int:
+    runs = registry.list_runs(snap) if snap is not None else []
     if args.json:
         print(json.dumps({"workspace": str(config.workspace_path), **empty}, indent=2))
+    elif runs:  # runs, but none pushed: say so, not "nothing has run"
+        print(f"mlpipe: nothing pushed yet: {len(runs)} run(s) in {config.workspace_path}, none pushed a model "
+              f"(newest: {registry.describe_run(runs[0])}); `mlpipe runs` lists them")
     else:
         print(f"mlpipe: nothing yet: no pipeline has run in {config.workspace_path} (start with `mlpipe run`)")
     return cli.EXIT_OK
@@ -73,7 +77,7 @@ def _models(args: argparse.Namespace) -> int:
     records = registry.list_models(snap) if snap is not None else []
     serving = registry.serving_state(config)
     if not records and not serving["versions_on_disk"]:
-        return _nothing_yet(config, args, {"serving": serving, "versions": []})
+        return _nothing_yet(config, args, {"serving": serving, "versions": []}, snap)
     if args.json:
         _dump({"workspace": str(config.workspace_path), "serving": serving, "versions": records})
         return cli.EXIT_OK

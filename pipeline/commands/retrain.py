@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from pipeline import cli
 
@@ -35,6 +34,8 @@ def add_parser(subparsers) -> None:
     ingest.add_argument("--force", action="store_true", help="overwrite spans that already exist")
     ingest.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     ingest.add_argument("--json", action="store_true", help="print the spans as JSON (see docs/continuous-training.md)")
+    ingest.add_argument("--config", metavar="FILE",
+                        help="TOML config file (read for data.max_bad_row_fraction; see README: Configuration)")
     ingest.set_defaults(func=_ingest)
 
     retrain = subparsers.add_parser(
@@ -58,17 +59,30 @@ def add_parser(subparsers) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from data import spans
     from models import features
+    from pipeline import inputs, logs
     from pipeline.inputs import InputDataError
 
+    config = cli.load_config(args)
+    types = inputs.column_types()
     try:
+        if Path(args.csv).is_file():  # else split_csv says so
+            checked = inputs.check_csv_files([Path(args.csv)], types, config.data.max_bad_row_fraction)
+            if checked.bad_rows:
+                print(f"mlpipe: warning: {checked.bad_rows} of {checked.rows} rows have values that do not parse "
+                      f"(first: {checked.first_bad.describe()}); they are written, and ExampleGen will skip them "
+                      f"(data.max_bad_row_fraction = {config.data.max_bad_row_fraction:g})", file=logs.terminal())
         plan = spans.split_csv(
             args.csv, args.data_root, by=args.by, timestamp_column=features.TIMESTAMP_COLUMN,
-            expected_columns=features.CSV_COLUMNS, first_span=args.first_span, limit=args.limit,
+            expected_columns=list(types), first_span=args.first_span, limit=args.limit,
             next_spans=args.next_spans, force=args.force, dry_run=args.dry_run,
         )
-    except (spans.SpanError, InputDataError) as e:
+    except InputDataError as e:
+        raise cli.CommandError(f"ingest: input data error: {e}", cli.EXIT_USAGE) from None
+    except spans.SpanError as e:
         raise cli.CommandError(f"ingest: {e}", cli.EXIT_USAGE) from None
     verb = "would write" if args.dry_run else "wrote"
     if args.json:
@@ -88,7 +102,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _retrain(args: argparse.Namespace) -> int:
     from data import spans
-    from pipeline import lock as lock_lib
+    from pipeline import lock as lock_lib, logs
 
     overrides = cli.run_overrides(args)
     overrides.update({"data.window_spans": args.window_spans, "training.warm_start": args.warm_start})
@@ -99,15 +113,22 @@ def _retrain(args: argparse.Namespace) -> int:
             f"retrain needs the span layout ({root}/span-<N>/*.csv); create it with `mlpipe ingest`",
             cli.EXIT_USAGE,
         )
+    checked = cli.check_data(config, args)  # bad data: exit 2 before the lock, MLMD or a log is touched
+
+    def waiting(holder: dict) -> None:
+        who = lock_lib.describe(holder) if holder else "another process"
+        print(f"mlpipe: waiting up to {args.wait:g} s for the workspace lock, held by {who}",
+              file=logs.terminal(), flush=True)
+
     try:
-        held = lock_lib.acquire(config.workspace_path, args.wait)
+        held = lock_lib.acquire(config.workspace_path, args.wait, on_wait=waiting)
     except lock_lib.LockBusy as e:
-        print(f"mlpipe: {e}; try again later (exit {EXIT_BUSY})", file=sys.stderr)
+        print(f"mlpipe: {e}; try again later (exit {EXIT_BUSY})", file=logs.terminal())
         return EXIT_BUSY
     try:
         if held.stale:
             print(f"mlpipe: recovered a stale lock left by {lock_lib.describe(held.stale)} (it did not finish)",
-                  file=sys.stderr)
+                  file=logs.terminal())
         newest = spans.list_spans(root)[-1]
         last = _last_trained(config)
         if last is not None and last.spans and newest <= max(last.spans):
@@ -122,7 +143,7 @@ def _retrain(args: argparse.Namespace) -> int:
             since = f"after span {max(last.spans)}" if last and last.spans else "no completed run yet"
             print(f"mlpipe: new data: newest span {newest} ({since}); window of "
                   f"{config.data.window_spans} span(s)", flush=True)
-        return cli.run_and_report(config, args)
+        return cli.run_and_report(config, args, checked)
     finally:
         lock_lib.release(held)
 

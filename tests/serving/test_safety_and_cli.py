@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -63,11 +62,10 @@ def test_servers_bind_loopback_by_default(toy_versions):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="mlpipe")
-    parser.add_argument("--workspace")
-    sub = parser.add_subparsers(dest="command")
-    cli.add_parser(sub)
-    return parser
+    """The real `mlpipe` parser (pipeline/cli.py), where `serve` is registered with its own --workspace."""
+    from pipeline.cli import build_parser
+
+    return build_parser()
 
 
 def test_add_parser_registers_serve_with_defaults_and_help(capsys):
@@ -84,7 +82,7 @@ def test_add_parser_registers_serve_with_defaults_and_help(capsys):
 
 def test_options_default_to_the_workspace_pushed_model(tmp_path, monkeypatch):
     monkeypatch.delenv("MLPIPE_WORKSPACE", raising=False)
-    args = _parser().parse_args(["--workspace", str(tmp_path), "serve", "--enable_batching", "--version_labels", "stable=3"])
+    args = _parser().parse_args(["serve", "--workspace", str(tmp_path), "--enable_batching", "--version_labels", "stable=3"])
     options = cli.build_options(args)
     (model,) = options.models
     assert model.name == "taxi"
@@ -103,7 +101,7 @@ def test_model_config_file_in_tf_serving_text_format(tmp_path):
                       logging_config { sampling_config { sampling_rate: 0.5 } } }
            }"""
     )
-    args = _parser().parse_args(["--workspace", str(tmp_path), "serve", "--model_config_file", str(config)])
+    args = _parser().parse_args(["serve", "--workspace", str(tmp_path), "--model_config_file", str(config)])
     a, b = cli.build_options(args).models
     assert (a.name, a.base_path, a.policy.describe()) == ("a", str(tmp_path / "models" / "a"), "latest:2")
     assert (b.base_path, b.label_map, b.log_sampling_rate) == ("/abs/b", {"canary": 4}, 0.5)
@@ -120,7 +118,7 @@ def test_model_config_file_in_tf_serving_text_format(tmp_path):
     ],
 )
 def test_bad_flags_exit_2_with_a_message(tmp_path, capsys, flags, message):
-    args = _parser().parse_args(["--workspace", str(tmp_path), "serve", *flags])
+    args = _parser().parse_args(["serve", "--workspace", str(tmp_path), *flags])
     assert args.func(args) == 2
     assert message in capsys.readouterr().err
 
