@@ -144,8 +144,8 @@ def _unused_port() -> int:
 
 
 @contextlib.contextmanager
-def live_serve(*flags: str, cwd=None, env=None, attempts: int = 5):
-    """Runs the real `mlpipe serve FLAGS` and yields a LiveServer once its ports are open.
+def live_serve(*flags: str, cwd=None, env=None, command=(MLPIPE, "serve"), attempts: int = 5):
+    """Runs the real `mlpipe serve FLAGS` (or `command FLAGS`) and yields a LiveServer once its ports are open.
 
     gRPC binds port 0 and the server reports the port it got. REST's port 0 means "off" (TF
     Serving's flag contract), so REST gets a port that was free a moment ago; if another process
@@ -156,7 +156,7 @@ def live_serve(*flags: str, cwd=None, env=None, attempts: int = 5):
     for _ in range(attempts):
         rest = _unused_port()
         proc = subprocess.Popen(
-            [MLPIPE, "serve", "--port", "0", "--rest_api_port", str(rest), *flags],
+            [*command, "--port", "0", "--rest_api_port", str(rest), *flags],
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         server = LiveServer(proc)
@@ -173,3 +173,25 @@ def live_serve(*flags: str, cwd=None, env=None, attempts: int = 5):
         finally:
             server.stop()
     raise AssertionError(f"mlpipe serve could not bind a REST port in {attempts} attempts")
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on TCP `port` on this machine (from /proc/net/tcp*)."""
+    import ipaddress
+
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if int(hex_port, 16) != port or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            # The kernel prints each 32-bit word in host (little-endian) byte order.
+            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, width, 8))
+            ip = ipaddress.ip_address(raw)
+            found.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # ::ffff:127.0.0.1 is 127.0.0.1
+    return found
