@@ -26,6 +26,39 @@ def write_taxi_slice(dest: Path, rows: int = SLICE_ROWS) -> Path:
     return dest
 
 
+def typed_value(column: str, text: str):
+    """A CSV cell as the type models/features.py COLUMN_TYPES declares (what ExampleGen writes and
+    the raw serving signature takes): NaN for a missing float, None for a missing int."""
+    from models import features
+
+    kind = features.COLUMN_TYPES[column]
+    if kind == "float":
+        return float(text) if text else float("nan")
+    if kind == "int":
+        return int(text) if text else None
+    return text
+
+
+def taxi_rows(data_dir: Path, n: int, complete: bool = True) -> list[dict]:
+    """The first `n` rows of data_dir/data.csv, typed. `complete`: only rows with every model feature
+    present; otherwise rows with missing strings/floats come first (integer features are always present)."""
+    import csv
+
+    from models import features
+
+    with open(data_dir / "data.csv") as f:
+        rows = [{k: typed_value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+    ints = [c for c, kind in features.COLUMN_TYPES.items() if kind == "int"]
+    rows = [r for r in rows if all(r[c] is not None for c in ints)]
+
+    def is_complete(r):
+        return all(r[k] == r[k] and r[k] != "" for k in features.MODEL_FEATURES)  # NaN != NaN
+
+    if complete:
+        return [r for r in rows if is_complete(r)][:n]
+    return ([r for r in rows if not is_complete(r)][:2] + rows)[:n]
+
+
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """Runs `mlpipe ARGV...` in-process; returns (exit code, stdout, stderr)."""
     from pipeline import cli
