@@ -39,24 +39,25 @@ def typed_value(column: str, text: str):
     return text
 
 
-def taxi_rows(data_dir: Path, n: int, complete: bool = True) -> list[dict]:
-    """The first `n` rows of data_dir/data.csv, typed. `complete`: only rows with every model feature
-    present; otherwise rows with missing strings/floats come first (integer features are always present)."""
+def taxi_rows(data_dir: Path, n: int, missing_floats: bool = False) -> list[dict]:
+    """The first `n` rows of data_dir/data.csv with every integer feature present, typed. String
+    features may be "" (missing). `missing_floats`: rows with a missing (NaN) float feature come first;
+    otherwise only rows with every float feature present."""
     import csv
 
     from models import features
 
     with open(data_dir / "data.csv") as f:
         rows = [{k: typed_value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
-    ints = [c for c, kind in features.COLUMN_TYPES.items() if kind == "int"]
-    rows = [r for r in rows if all(r[c] is not None for c in ints)]
+    rows = [r for r in rows if all(r[c] is not None for c, kind in features.COLUMN_TYPES.items() if kind == "int")]
+    floats = [k for k in features.MODEL_FEATURES if features.COLUMN_TYPES[k] == "float"]
 
-    def is_complete(r):
-        return all(r[k] == r[k] and r[k] != "" for k in features.MODEL_FEATURES)  # NaN != NaN
+    def has_nan(r):
+        return any(r[k] != r[k] for k in floats)
 
-    if complete:
-        return [r for r in rows if is_complete(r)][:n]
-    return ([r for r in rows if not is_complete(r)][:2] + rows)[:n]
+    if missing_floats:
+        return ([r for r in rows if has_nan(r)][:2] + rows)[:n]
+    return [r for r in rows if not has_nan(r)][:n]
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

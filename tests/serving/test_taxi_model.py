@@ -70,6 +70,7 @@ def test_status_and_signature_types_come_from_features(taxi_server, pushed_base)
 def test_predict_raw_classify_examples_and_b64_agree(taxi_server, taxi_slice):
     url = f"http://127.0.0.1:{taxi_server.rest_port}/v1/models/taxi"
     rows = taxi_rows(taxi_slice, 3)
+    assert len(rows) == 3
     raw = requests.post(url + ":predict", json={"signature_name": "serving_raw", "instances": [raw_instance(r) for r in rows]})
     assert raw.status_code == 200, raw.text
     by_raw = np.array(raw.json()["predictions"]).reshape(-1)
@@ -94,8 +95,9 @@ def test_predict_raw_classify_examples_and_b64_agree(taxi_server, taxi_slice):
 def test_missing_values_in_the_raw_signature(taxi_server, taxi_slice):
     """"" for a string and NaN for a float mean missing, as in the CSV; the b64 example omits them."""
     url = f"http://127.0.0.1:{taxi_server.rest_port}/v1/models/taxi"
-    rows = [r for r in taxi_rows(taxi_slice, 2, complete=False)]
-    assert any(r[k] == "" or r[k] != r[k] for r in rows for k in features.MODEL_FEATURES)
+    rows = taxi_rows(taxi_slice, 3, missing_floats=True)
+    assert any(r[k] != r[k] for r in rows for k in features.MODEL_FEATURES)  # a NaN float
+    assert any(r[k] == "" for r in rows for k in features.MODEL_FEATURES)  # an empty string
     body = json.dumps({"signature_name": "serving_raw", "instances": [raw_instance(r) for r in rows]})  # NaN token
     raw = requests.post(url + ":predict", data=body)
     assert raw.status_code == 200, raw.text
