@@ -75,9 +75,10 @@ def test_predict_raw_classify_examples_and_b64_agree(taxi_server, taxi_slice):
     assert raw.status_code == 200, raw.text
     by_raw = np.array(raw.json()["predictions"]).reshape(-1)
 
-    # JSON examples: floats must be written as floats (a whole number would be an int64 feature).
-    examples = [{k: (float(r[k]) if features.COLUMN_TYPES[k] == "float" else r[k]) for k in features.MODEL_FEATURES}
-                for r in rows]
+    # JSON examples as ExampleGen writes them: a missing value ("") is an absent feature, and floats
+    # are written as floats (a whole number would be an int64 feature).
+    examples = [{k: (float(r[k]) if features.COLUMN_TYPES[k] == "float" else r[k]) for k in features.MODEL_FEATURES
+                 if r[k] != ""} for r in rows]
     classified = requests.post(url + ":classify", json={"examples": examples})
     assert classified.status_code == 200, classified.text
     by_classify = np.array([row[0][1] for row in classified.json()["results"]])
