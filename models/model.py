@@ -10,6 +10,7 @@ The exported SavedModel carries the tf.Transform graph, so it takes raw features
 - ``transform_features``: serialized examples to transformed features (TFMA computes the label).
 """
 
+import json
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.Transform's Keras layer is Keras 2.
@@ -30,6 +31,17 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 DEFAULT_HPARAMS = {"batch_size": 64, "learning_rate": 0.001, "hidden_units": [64, 32], "seed": 42}
 EMBEDDING_DIM = 8
+# Every categorical feature gets this many ids, whatever the window's vocabulary holds (at most
+# VOCAB_SIZE tokens, then OOV_BUCKETS): layer shapes stay the same from one span window to the next,
+# so a warm start can carry every weight over.
+CATEGORICAL_IDS = features.VOCAB_SIZE + features.OOV_BUCKETS
+OUTPUT_LAYER = "output"
+TRAINING_REPORT = "training_report.json"  # written to the Trainer's model_run directory
+PROBE_BATCHES = 10  # batches the loss probes (before and after a warm start, after training) average over
+
+
+def embedding_layer_name(key):
+    return f"{key}_embedding"
 
 
 def hparams(custom_config):
@@ -53,15 +65,15 @@ def build_model(tf_transform_output, hidden_units, learning_rate):
     for key in features.CATEGORICAL_FEATURES:
         name = features.transformed_name(key)
         inputs[name] = keras.Input(shape=(1,), name=name, dtype=tf.int64)
-        size = tf_transform_output.num_buckets_for_transformed_feature(name)
-        wide.append(keras.layers.CategoryEncoding(num_tokens=size)(inputs[name]))
-        embedded = keras.layers.Embedding(size, EMBEDDING_DIM)(inputs[name])
+        wide.append(keras.layers.CategoryEncoding(num_tokens=CATEGORICAL_IDS)(inputs[name]))
+        embedded = keras.layers.Embedding(CATEGORICAL_IDS, EMBEDDING_DIM, name=embedding_layer_name(key))(inputs[name])
         deep.append(keras.layers.Flatten()(embedded))
     x = keras.layers.concatenate(deep)
-    for units in hidden_units:
-        x = keras.layers.Dense(units, activation="relu")(x)
+    for i, units in enumerate(hidden_units):  # named, so that a warm start matches weights by name
+        x = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(x)
     merged = keras.layers.concatenate([x, keras.layers.concatenate(wide)])
-    output = keras.layers.Dense(1, activation="sigmoid")(merged)
+    # The categorical one-hot blocks come last in `merged`: warm_start relies on it.
+    output = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER)(merged)
     model = keras.Model(inputs, output)
     model.compile(
         loss="binary_crossentropy",
@@ -141,21 +153,89 @@ def input_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, 
     ).repeat()
 
 
-def warm_start(model, base_model_dir):
-    """Copies the trainable weights of the SavedModel at `base_model_dir` into `model`.
+def read_vocabulary(path):
+    """A tf.Transform vocabulary file: one token per line, the most frequent first."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return [line.rstrip(b"\n") for line in f]
 
-    Only when the architecture matches (same number of weights, same shapes in the same order);
-    otherwise (e.g. a vocabulary grew) the model keeps its fresh initialization. Returns True if copied.
+
+def _row_map(old_vocab, new_vocab):
+    """[(new row, old row)] for the tokens in both vocabularies and for the OOV buckets."""
+    old_index = {token: i for i, token in enumerate(old_vocab)}
+    pairs = [(j, old_index[t]) for j, t in enumerate(new_vocab) if t in old_index]
+    pairs += [(len(new_vocab) + b, len(old_vocab) + b) for b in range(features.OOV_BUCKETS)]
+    return pairs
+
+
+def _remap(value, fresh, pairs, offset=0):
+    """`fresh` with rows offset+new taken from `value`'s rows offset+old (a token's row follows the token)."""
+    out = fresh.copy()
+    for new, old in pairs:
+        out[offset + new] = value[offset + old]
+    return out
+
+
+def warm_start(model, base_model_dir, vocabularies=None):
+    """Initializes `model` from the SavedModel at `base_model_dir`, weight by weight (matched by name).
+
+    `vocabularies` ({categorical feature: this window's tokens}) turns on token-by-token mapping:
+    the base model's rows for a token (its embedding row, its weight in the output layer's one-hot
+    block) go to that token's row in this window's vocabulary, whatever its rank; tokens new in this
+    window keep their fresh initialization. The base model's vocabularies are its `assets/<feature>`.
+
+    Returns a report: `carried` and `not_carried` ([{"weight", "reason"}]) weight names, and per
+    feature the tokens `kept` and `new`. A weight that cannot be carried keeps its initialization.
     """
-    source = list(tf.saved_model.load(base_model_dir).trainable_variables)
-    target = model.trainable_weights
-    if len(source) != len(target) or any(s.shape != t.shape for s, t in zip(source, target)):
-        print(f"warm start skipped: the base model's architecture differs ({base_model_dir})")
-        return False
-    for s, t in zip(source, target):
-        t.assign(s)
-    print(f"warm start: initialized {len(target)} weights from {base_model_dir}")
-    return True
+    source = {v.name: v.numpy() for v in tf.saved_model.load(base_model_dir).trainable_variables}
+    report = {"base_model": str(base_model_dir), "carried": [], "not_carried": [], "vocabularies": {}}
+    maps = {}
+    for key, new_vocab in (vocabularies or {}).items():
+        path = os.path.join(base_model_dir, "assets", key)
+        if not tf.io.gfile.exists(path):
+            continue  # no mapping: its weights are carried only if they need none (reported below)
+        old_vocab = read_vocabulary(path)
+        maps[key] = _row_map(old_vocab, new_vocab)
+        report["vocabularies"][key] = {"kept": len(maps[key]) - features.OOV_BUCKETS,
+                                       "new": len(new_vocab) - (len(maps[key]) - features.OOV_BUCKETS)}
+    output_kernel = f"{OUTPUT_LAYER}/kernel:0"
+    for weight in model.trainable_weights:
+        name, fresh = weight.name, weight.numpy()
+        value = source.get(name)
+        if value is None:
+            report["not_carried"].append({"weight": name, "reason": "the base model has no weight of that name"})
+            continue
+        if value.shape != fresh.shape:
+            report["not_carried"].append(
+                {"weight": name, "reason": f"shape {list(value.shape)} in the base model, {list(fresh.shape)} now"})
+            continue
+        if vocabularies is not None:
+            key = next((k for k in vocabularies if name == f"{embedding_layer_name(k)}/embeddings:0"), None)
+            if key is not None:
+                if key not in maps:
+                    report["not_carried"].append({"weight": name, "reason": f"the base model has no vocabulary for {key}"})
+                    continue
+                value = _remap(value, fresh, maps[key])
+            elif name == output_kernel:
+                categorical = list(features.CATEGORICAL_FEATURES)  # in the order build_model lays them out
+                missing = [k for k in categorical if k not in maps]
+                if missing:
+                    report["not_carried"].append(
+                        {"weight": name, "reason": f"the base model has no vocabulary for {', '.join(missing)}"})
+                    continue
+                first = value.shape[0] - len(categorical) * CATEGORICAL_IDS  # the one-hot blocks are last
+                remapped = value.copy()
+                remapped[first:] = fresh[first:]
+                for i, k in enumerate(categorical):
+                    remapped = _remap(value, remapped, maps[k], offset=first + i * CATEGORICAL_IDS)
+                value = remapped
+        weight.assign(value)
+        report["carried"].append(name)
+    return report
+
+
+def probe_loss(model, dataset):
+    """The model's loss on the first PROBE_BATCHES batches of `dataset` (no weights change)."""
+    return float(model.evaluate(dataset, steps=PROBE_BATCHES, verbose=0, return_dict=True)["loss"])
 
 
 def run_fn(fn_args):
@@ -166,8 +246,13 @@ def run_fn(fn_args):
     train = input_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, hp["batch_size"], hp["seed"])
     evaluation = input_dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, hp["batch_size"], hp["seed"])
     model = build_model(tf_transform_output, hp["hidden_units"], hp["learning_rate"])
+    report = {"warm_start": None}
     if fn_args.base_model:  # the Trainer's optional base_model input (the pipeline's training.warm_start)
-        warm_start(model, fn_args.base_model)
+        cold = probe_loss(model, train)
+        vocabularies = {k: tf_transform_output.vocabulary_by_name(k) for k in features.CATEGORICAL_FEATURES}
+        report["warm_start"] = warm_start(model, fn_args.base_model, vocabularies)
+        report["warm_start"].update(loss_cold=cold, loss_warm=probe_loss(model, train))
+        print(f"warm start: {json.dumps(report['warm_start'])}")
     model.fit(
         train,
         steps_per_epoch=fn_args.train_steps,
@@ -175,4 +260,9 @@ def run_fn(fn_args):
         validation_steps=fn_args.eval_steps,
         verbose=2,
     )
+    report["final_loss"] = probe_loss(model, train)
     export_serving_model(model, tf_transform_output, fn_args.serving_model_dir)
+    if getattr(fn_args, "model_run_dir", None):
+        tf.io.gfile.makedirs(fn_args.model_run_dir)
+        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
+            f.write(json.dumps(report))

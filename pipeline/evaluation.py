@@ -33,6 +33,16 @@ class ThresholdCheck:
         return dataclasses.asdict(self)
 
 
+def describe_failure(metric: str, value: float | None, bound: float | None, baseline: float | None = None) -> str:
+    """Why one threshold refused the candidate, e.g. 'auc 0.6012 < 0.7000 (baseline 0.7100 - tolerance 0.0100)'."""
+    if value is None:
+        return f"{metric} missing"
+    text = f"{metric} {value:.4f} < {bound:.4f}"
+    if baseline is not None:
+        text += f" (baseline {baseline:.4f} - tolerance {baseline - bound:.4f})"
+    return text
+
+
 def overall_metrics(eval_uri: str) -> dict[tuple[str, str, bool], float]:
     """{(metric name, model name, is_diff): value} for the overall (unsliced) slice."""
     values = {}

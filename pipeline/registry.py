@@ -549,9 +549,10 @@ def describe_run(row: dict) -> str:
     if outcome == "pushed":
         text = f"pushed version {row['pushed_version']}"
     elif outcome == "not_blessed":
+        from pipeline.evaluation import describe_failure
+
         reasons = "; ".join(
-            f"{c['metric']} {c['value']:.4f} < {c['bound']:.4f}" if c["value"] is not None else f"{c['metric']} missing"
-            for c in row["failed_checks"]
+            describe_failure(c["metric"], c["value"], c["bound"], c["baseline_value"]) for c in row["failed_checks"]
         )
         text = f"not blessed ({reasons or 'thresholds not met'})"
     elif outcome == "failed":
@@ -606,6 +607,21 @@ def list_models(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
     """Every published version, newest first."""
     versions = pushed_versions(snap)
     return [version_record(snap, versions, v, with_metrics) for v in reversed(versions)]
+
+
+def refused_candidates(snap: Snapshot) -> list[dict]:
+    """Runs whose Evaluator refused the candidate, newest first: the failed checks and the baseline."""
+    versions = pushed_versions(snap)
+    refused = []
+    for row in list_runs(snap):
+        if row["outcome"] != "not_blessed":
+            continue
+        evaluator = next((i for i, r in snap.run_of.items() if r == row["run_id"] and i in snap.executions
+                          and snap.node(i) == "Evaluator"), None)
+        blessings = snap.output_artifacts(evaluator, "blessing") if evaluator is not None else []
+        refused.append({"run_id": row["run_id"], "started": row["started"], "failed_checks": row["failed_checks"],
+                        "baseline": baseline_version(snap, versions, blessings[0] if blessings else None)})
+    return refused
 
 
 # ---------------------------------------------------------------------------------------------

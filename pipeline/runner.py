@@ -88,6 +88,7 @@ class RunSummary:
     pushed_path: str | None = None
     failed_component: str | None = None
     error: str | None = None
+    warm_start: dict | None = None  # the Trainer's warm-start report (models/model.py warm_start), if it warm-started
 
     @property
     def fully_cached(self) -> bool:
@@ -122,12 +123,13 @@ class RunSummary:
             head = f"Result: BLESSED, but nothing was pushed{cached}"
         else:
             failed = [c for c in self.checks if c.passed is False]
-            reason = "; ".join(
-                f"{c.metric} {c.value:.4f} < {c.bound:.4f}" if c.value is not None else f"{c.metric} missing"
-                for c in failed
-            )
+            from pipeline.evaluation import describe_failure
+
+            reason = "; ".join(describe_failure(c.metric, c.value, c.bound, c.baseline) for c in failed)
             head = f"Result: NOT BLESSED, nothing pushed ({reason or 'thresholds not met'}){cached}"
         lines = [head] + [f"  {c.describe()}" for c in self.checks]
+        if self.warm_start:
+            lines += warm_start_lines(self.warm_start)
         if not self.blessed and self.validation_failures:
             lines += ["TFMA validation failures:"] + [f"  {m}" for m in self.validation_failures]
         if self.pushed_path:
@@ -147,6 +149,39 @@ def ensure_default_data(config: Config) -> Path | None:
         return taxi_sample.materialize(root) / "data.csv"
     except OSError as e:
         raise inputs.InputDataError(f"cannot copy the embedded taxi sample into {root}: {e}") from None
+
+
+def warm_start_lines(report: dict) -> list[str]:
+    """What the Trainer carried over from the base model, and what it could not."""
+    def loss(key):
+        return "n/a" if report.get(key) is None else f"{report[key]:.4f}"
+
+    lines = [f"Warm start: {len(report['carried'])} weights carried over from {report['base_model']}"
+             + (", all of them" if not report["not_carried"] else "")]
+    lines.append(f"  loss before training {loss('loss_warm')} (cold start {loss('loss_cold')}; "
+                 f"the base model's final loss {loss('base_final_loss')})")
+    new = {k: v["new"] for k, v in report.get("vocabularies", {}).items() if v["new"]}
+    if new:
+        lines.append("  new in this window (fresh rows): " + ", ".join(f"{k} {n} token(s)" for k, n in new.items()))
+    for item in report["not_carried"]:
+        lines.append(f"  not carried over: {item['weight']} ({item['reason']})")
+    return lines
+
+
+def _training_report(store, trainer_execution_id: int) -> dict:
+    """The Trainer's models/model.py TRAINING_REPORT from its model_run directory ({} if none)."""
+    import json
+    import os
+
+    from models.model import TRAINING_REPORT
+
+    for model_run in metadata.outputs(store, trainer_execution_id).get("model_run", []):
+        try:
+            with open(os.path.join(model_run.uri, TRAINING_REPORT)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            pass
+    return {}
 
 
 def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = None) -> RunSummary:
@@ -215,6 +250,14 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
         if out.get("evaluation"):
             summary.checks = evaluation.threshold_checks(out["evaluation"][0].uri, config.evaluation)
             summary.validation_failures = evaluation.validation_failures(out["evaluation"][0].uri)
+    if "Trainer" in by_node:
+        trainer = by_node["Trainer"].execution.id
+        summary.warm_start = _training_report(store, trainer).get("warm_start")
+        base_models = metadata.inputs(store, trainer).get("base_model", [])
+        if summary.warm_start and base_models:
+            base_trainer = metadata.producer_execution_id(store, base_models[0].id)
+            if base_trainer is not None:
+                summary.warm_start["base_final_loss"] = _training_report(store, base_trainer).get("final_loss")
     if "Pusher" in by_node:
         out = metadata.outputs(store, by_node["Pusher"].execution.id)
         for pushed in out.get("pushed_model", []):

@@ -155,11 +155,13 @@ class ModelServer:
             self._inflight_cond.notify_all()
 
     def _watch_config(self) -> None:
-        last = None
+        # Compare with the models the server started with, not with the first poll's reading: a
+        # change made between start and the first poll must be applied too.
+        last = list(self.options.models)
         while not self._stopped.wait(self.options.model_config_file_poll_wait_seconds):
             try:
                 entries = read_model_config_file(self.options.model_config_file)
-                if entries != last and last is not None:
+                if entries != last:
                     log.info("model config file changed; applying it")
                     self.manager.reload(entries)
                 last = entries

@@ -26,6 +26,40 @@ def write_taxi_slice(dest: Path, rows: int = SLICE_ROWS) -> Path:
     return dest
 
 
+def typed_value(column: str, text: str):
+    """A CSV cell as the type models/features.py COLUMN_TYPES declares (what ExampleGen writes and
+    the raw serving signature takes): NaN for a missing float, None for a missing int."""
+    from models import features
+
+    kind = features.COLUMN_TYPES[column]
+    if kind == "float":
+        return float(text) if text else float("nan")
+    if kind == "int":
+        return int(text) if text else None
+    return text
+
+
+def taxi_rows(data_dir: Path, n: int, missing_floats: bool = False) -> list[dict]:
+    """The first `n` rows of data_dir/data.csv with every integer feature present, typed. String
+    features may be "" (missing). `missing_floats`: rows with a missing (NaN) float feature come first;
+    otherwise only rows with every float feature present."""
+    import csv
+
+    from models import features
+
+    with open(data_dir / "data.csv") as f:
+        rows = [{k: typed_value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+    rows = [r for r in rows if all(r[c] is not None for c, kind in features.COLUMN_TYPES.items() if kind == "int")]
+    floats = [k for k in features.MODEL_FEATURES if features.COLUMN_TYPES[k] == "float"]
+
+    def has_nan(r):
+        return any(r[k] != r[k] for k in floats)
+
+    if missing_floats:
+        return ([r for r in rows if has_nan(r)][:2] + rows)[:n]
+    return [r for r in rows if not has_nan(r)][:n]
+
+
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """Runs `mlpipe ARGV...` in-process; returns (exit code, stdout, stderr)."""
     from pipeline import cli

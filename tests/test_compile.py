@@ -99,10 +99,12 @@ def test_vertex_job_loads_with_kfp_proto_and_carries_config(compiled):
     transform_args = list(executors["Transform_executor"].struct_value.fields["container"]
                           .struct_value.fields["args"].list_value.values)
     beam_args = [v.string_value for v in transform_args]
-    for arg in ("--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
-                "--temp_location=gs://my-bucket/tmp", f"--sdk_container_image={IMAGE}"):
-        assert arg in beam_args
-    assert vertex["beam_args"] == [a for a in beam_args if a in vertex["beam_args"]]
+    expected = ["--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
+                "--temp_location=gs://my-bucket/tmp", f"--sdk_container_image={IMAGE}"]
+    # The summary reports exactly the Beam args from [beam], and the Transform container gets
+    # them, in that order, after the executor's own arguments.
+    assert vertex["beam_args"] == expected
+    assert beam_args[-len(expected):] == expected
 
 
 def test_vertex_sdk_accepts_the_job_offline(compiled):

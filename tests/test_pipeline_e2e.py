@@ -5,7 +5,14 @@ original; the copy's Pusher has its own destination)."""
 import contextlib
 import csv
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +23,11 @@ from models import features
 from models import model as model_lib
 from pipeline import metadata
 from pipeline import pipeline as pipeline_lib
+from pipeline import pusher
 from pipeline.config import Config
 
 PIPELINE = Config().pipeline_name
+REPO = str(Path(__file__).resolve().parent.parent)
 
 
 def versions(workspace):
@@ -228,3 +237,99 @@ def test_bad_config_file_fails_with_one_line_naming_the_key(tmp_path):
     assert code == 2
     assert err.strip() == "mlpipe: config error: training.train_steps: must be positive, got 0"
     assert not (tmp_path / "ws").exists()
+
+
+def test_a_worse_candidate_is_refused_by_the_change_threshold(first_run, taxi_slice, tmp_path):
+    """The first run's model (100 steps) is in production; a candidate trained for 1 step is worse
+    on AUC by more than the tolerance, so the Evaluator refuses it, and every report says why."""
+    workspace = copy_workspace(first_run, tmp_path, "ws")
+    before = versions(workspace)
+    code, out, err = run_cli(
+        "run", "--workspace", str(workspace), "--data-root", str(taxi_slice),
+        "--train-steps", "1", "--eval-steps", "20",
+        "--value-threshold", "0",  # only the change threshold can refuse it
+        "--change-tolerance", "0.01",
+    )
+    assert code == 0, out + err
+    assert versions(workspace) == before  # nothing pushed
+    ran = {e.node_id: e.state for e in latest_run_executions(workspace)}
+    assert ran["Trainer"] == "ran" and ran["Evaluator"] == "ran"
+
+    # The run summary: metric, candidate value, baseline value and bound.
+    (auc_line,) = [line for line in out.splitlines() if line.strip().startswith("auc ") and "(baseline" in line]
+    candidate, bound, baseline = (float(x) for x in
+                                  re.search(r"auc\s+([\d.]+)\s+>= ([\d.]+) \(baseline ([\d.]+) - tolerance\)", auc_line).groups())
+    assert auc_line.rstrip().endswith("FAIL")
+    assert bound == pytest.approx(baseline - 0.01, abs=1e-4) and candidate < bound
+    assert (f"Result: NOT BLESSED, nothing pushed (auc {candidate:.4f} < {bound:.4f} "
+            f"(baseline {baseline:.4f} - tolerance 0.0100))") in out
+
+    # `mlpipe runs`: the same check, with the baseline, in JSON and in the table.
+    runs = json.loads(run_cli("runs", "--workspace", str(workspace), "--json")[1])["runs"]
+    assert runs[0]["outcome"] == "not_blessed"
+    (failed,) = runs[0]["failed_checks"]
+    assert failed["metric"] == "auc" and failed["kind"] == "change" and failed["passed"] is False
+    assert failed["value"] == pytest.approx(candidate, abs=1e-4)
+    assert failed["baseline_value"] == pytest.approx(baseline, abs=1e-4)
+    assert failed["bound"] == pytest.approx(bound, abs=1e-4)
+    table = run_cli("runs", "--workspace", str(workspace))[1]
+    assert f"not blessed (auc {candidate:.4f} < {bound:.4f} (baseline {baseline:.4f} - tolerance 0.0100))" in table
+
+    # `mlpipe models`: the refused candidate, next to the version it was compared with.
+    data = json.loads(run_cli("models", "--workspace", str(workspace), "--json")[1])
+    (refused,) = data["refused"]
+    assert refused["run_id"] == runs[0]["run_id"]
+    assert refused["baseline"]["version"] == int(before[0])
+    (check,) = refused["failed_checks"]
+    assert (check["metric"], check["value"], check["baseline_value"], check["bound"]) == (
+        "auc", failed["value"], failed["baseline_value"], failed["bound"])
+    text = run_cli("models", "--workspace", str(workspace))[1]
+    assert f"refused: run {refused['run_id']}" in text
+    assert f"auc {candidate:.4f} >= {bound:.4f} (baseline {baseline:.4f} + change threshold) FAIL" in text
+
+
+def test_sigkill_during_the_push_copy_leaves_no_partial_version(first_run, taxi_slice, tmp_path):
+    """A real SIGKILL while the Pusher copies (no monkeypatch): no partial integer version appears,
+    and the next run cleans the leftover temp dir and pushes."""
+    workspace = copy_workspace(first_run, tmp_path, "ws")
+    base = workspace / "serving_model" / "taxi"
+    before = versions(workspace)
+    # A wide model (~70 MB of variables) so that the copy takes long enough to be caught in the act.
+    config = tmp_path / "big.toml"
+    config.write_text("[training]\nhidden_units = [4096, 4096]\n")
+    argv = ["-m", "pipeline", "run", "--workspace", str(workspace), "--data-root", str(taxi_slice),
+            "--config", str(config), "--train-steps", "5", "--eval-steps", "5",
+            "--value-threshold", "0", "--change-tolerance", "1"]  # blessed whatever its quality
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO)
+    with open(tmp_path / "killed-run.out", "w") as console:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=console,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    partial = None
+    try:
+        deadline = time.monotonic() + 900
+        while partial is None:
+            assert proc.poll() is None, (tmp_path / "killed-run.out").read_text()
+            assert time.monotonic() < deadline, "the Pusher's copy was never seen"
+            partial = next((p for p in os.listdir(base) if p.startswith(pusher.TMP_PREFIX)), None)
+            if partial is None:
+                time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL
+    # Killed mid-push: the temp dir is there, no new integer version is.
+    assert (base / partial).is_dir()
+    assert versions(workspace) == sorted(before + [partial])
+
+    code, out, err = run_cli(*argv[2:])
+    assert code == 0, out + err
+    assert "Result: BLESSED and pushed as version" in out
+    (new,) = [v for v in versions(workspace) if v not in before]
+    assert new.isdigit() and (base / new / "saved_model.pb").is_file()
+    assert not [p for p in os.listdir(base) if p.startswith(pusher.TMP_PREFIX)]  # the leftover was removed
+    # The pushed copy is whole: it loads and answers.
+    loaded = tf.saved_model.load(str(base / new))
+    assert model_lib.SERVING_DEFAULT in loaded.signatures

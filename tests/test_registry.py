@@ -352,8 +352,23 @@ def test_labels_write_a_tf_serving_model_config(versions_ws, tmp_path):
     assert cli_json("label", "list", "--workspace", str(ws))["labels"] == {"stable": v1}
 
 
-def test_every_registry_command_has_help():
-    for argv in (["runs"], ["models"], ["lineage"], ["rollback"], ["label"], ["label", "set"]):
+def test_every_registry_command_has_help(capsys):
+    from pipeline import cli
+
+    # Each command's own usage line, with the flags that command takes (not the top-level help).
+    expected = {
+        ("runs",): ["--workspace", "--json"],
+        ("models",): ["--workspace", "--json"],
+        ("lineage",): ["--span", "VERSION", "--json"],
+        ("rollback",): ["--to VERSION", "--reason TEXT", "--dry-run"],
+        ("label",): ["ACTION", "set", "list", "remove"],
+        ("label", "set"): ["NAME", "VERSION", "--workspace"],
+    }
+    for argv, words in expected.items():
         with pytest.raises(SystemExit) as exit_info:
-            run_cli(*argv, "--help")
+            cli.main([*argv, "--help"])
+        out = capsys.readouterr().out
         assert exit_info.value.code == 0
+        assert out.startswith(f"usage: mlpipe {' '.join(argv)} "), out
+        for word in words:
+            assert word in out, (argv, word, out)

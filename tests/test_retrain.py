@@ -5,6 +5,7 @@ a SIGKILLed retrain and the clean one after it. Expensive: every pipeline run is
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -156,6 +157,24 @@ def test_rolling_window_baseline_and_warm_start(replay):
     assert [r["pushed_version"] for r in runs] == serving_versions(replay["workspace"])
 
 
+def test_warm_start_carries_every_weight_across_real_span_windows(replay):
+    """Vocabularies differ between the windows (e.g. company), yet every weight is carried over, and
+    the warm-started model starts where the previous one ended, far below a cold start."""
+    code, out, err = replay["run1"]
+    assert "Warm start:" not in out  # the first run has nothing to start from
+    for key in ("run2", "run3"):
+        code, out, err = replay[key]
+        assert code == 0, out + err
+        head = re.search(r"Warm start: (\d+) weights carried over from (\S+), all of them", out)
+        assert head, out
+        assert "not carried over" not in out
+        warm, cold, base_final = (float(x) for x in re.search(
+            r"loss before training ([\d.]+) \(cold start ([\d.]+); the base model's final loss ([\d.]+)\)", out).groups())
+        assert cold - base_final > 0.05, out  # the base model learned something
+        assert abs(warm - base_final) < 0.25 * (cold - base_final), out  # starts near where it ended
+        assert cold - warm > 0.75 * (cold - base_final), out  # far below a cold start
+
+
 def test_concurrent_retrain_is_turned_away(replay):
     code, out, err = replay["busy"]
     assert code == 75 and "busy" in err and out == ""
@@ -164,7 +183,9 @@ def test_concurrent_retrain_is_turned_away(replay):
 
 def test_killed_retrain_leaves_no_partial_version_and_next_one_completes(replay):
     assert replay["killed_code"] == -signal.SIGKILL
-    assert replay["versions_after_kill"] == replay["versions_before_kill"]  # nothing half-pushed
+    # Killed in the Trainer, before the Pusher: nothing pushed (a kill during the Pusher's copy is
+    # tests/test_pipeline_e2e.py::test_sigkill_during_the_push_copy_leaves_no_partial_version).
+    assert replay["versions_after_kill"] == replay["versions_before_kill"]
     assert replay["lock_after_kill"].get("pid")  # the dead holder's info was left behind ...
     code, out, err = replay["run3"]
     assert "recovered a stale lock" in err  # ... and reported by the next retrain

@@ -247,11 +247,11 @@ def _tiny_model(units: int, seed: int):
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=(3,), name="x")
-    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(units)(inputs)))
-    return model
+    hidden = keras.layers.Dense(units, name="hidden_0")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1, name="output")(hidden))
 
 
-def test_warm_start_copies_weights_only_when_the_architecture_matches(tmp_path):
+def test_warm_start_copies_matching_weights_and_names_the_others(tmp_path):
     import numpy as np
     import tensorflow as tf
 
@@ -261,11 +261,65 @@ def test_warm_start_copies_weights_only_when_the_architecture_matches(tmp_path):
     tf.saved_model.save(base, str(tmp_path / "base"))
     same = _tiny_model(4, seed=2)
     assert not np.allclose(same.trainable_weights[0].numpy(), base.trainable_weights[0].numpy())
-    assert warm_start(same, str(tmp_path / "base"))
+    report = warm_start(same, str(tmp_path / "base"))
+    assert report["not_carried"] == [] and len(report["carried"]) == 4
     for mine, theirs in zip(same.trainable_weights, base.trainable_weights):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
     other = _tiny_model(5, seed=2)
     before = [w.numpy().copy() for w in other.trainable_weights]
-    assert not warm_start(other, str(tmp_path / "base"))
-    for w, b in zip(other.trainable_weights, before):
+    report = warm_start(other, str(tmp_path / "base"))
+    # hidden_0 has 5 units now: its weights and the output kernel cannot be carried; the output bias can.
+    assert [(n["weight"], n["reason"]) for n in report["not_carried"]] == [
+        ("hidden_0/kernel:0", "shape [3, 4] in the base model, [3, 5] now"),
+        ("hidden_0/bias:0", "shape [4] in the base model, [5] now"),
+        ("output/kernel:0", "shape [4, 1] in the base model, [5, 1] now"),
+    ]
+    assert report["carried"] == ["output/bias:0"]
+    for w, b in zip(other.trainable_weights[:3], before[:3]):
         np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_warm_start_maps_vocabulary_rows_token_by_token(tmp_path):
+    """Between windows a token changes rank (or is new): its embedding row and its one-hot weight follow it."""
+    import numpy as np
+    import tensorflow as tf
+
+    from models import features
+    from models.model import CATEGORICAL_IDS, build_model, embedding_layer_name, warm_start
+
+    old = {k: [b"x", b"y"] for k in features.CATEGORICAL_FEATURES}
+    old["company"] = [b"A", b"B", b"C"]
+    new = {k: [b"x", b"y"] for k in features.CATEGORICAL_FEATURES}
+    new["company"] = [b"C", b"A", b"D"]  # C moved up, B gone, D new
+    base = build_model(None, [4], 0.01)
+    tf.saved_model.save(base, str(tmp_path / "base"))
+    (tmp_path / "base" / "assets").mkdir(exist_ok=True)
+    for key, tokens in old.items():
+        (tmp_path / "base" / "assets" / key).write_bytes(b"".join(t + b"\n" for t in tokens))
+    tf.keras.utils.set_random_seed(7)
+    model = build_model(None, [4], 0.01)
+    fresh = {w.name: w.numpy().copy() for w in model.trainable_weights}
+    report = warm_start(model, str(tmp_path / "base"), new)
+    assert report["not_carried"] == []
+    assert report["vocabularies"]["company"] == {"kept": 2, "new": 1}
+    assert report["vocabularies"]["payment_type"] == {"kept": 2, "new": 0}
+
+    def weights(m):
+        return {w.name: w.numpy() for w in m.trainable_weights}
+
+    before, after = weights(base), weights(model)
+    emb = f"{embedding_layer_name('company')}/embeddings:0"
+    np.testing.assert_array_equal(after[emb][0], before[emb][2])  # C
+    np.testing.assert_array_equal(after[emb][1], before[emb][0])  # A
+    np.testing.assert_array_equal(after[emb][2], fresh[emb][2])  # D: new, keeps its initialization
+    for b in range(features.OOV_BUCKETS):
+        np.testing.assert_array_equal(after[emb][3 + b], before[emb][3 + b])
+    kernel = "output/kernel:0"
+    company = features.CATEGORICAL_FEATURES.index("company")
+    first = before[kernel].shape[0] - len(features.CATEGORICAL_FEATURES) * CATEGORICAL_IDS
+    block = first + company * CATEGORICAL_IDS
+    np.testing.assert_array_equal(after[kernel][block + 0], before[kernel][block + 2])
+    np.testing.assert_array_equal(after[kernel][block + 1], before[kernel][block + 0])
+    np.testing.assert_array_equal(after[kernel][block + 2], fresh[kernel][block + 2])
+    np.testing.assert_array_equal(after[kernel][:first], before[kernel][:first])  # deep part and buckets: as is
+    np.testing.assert_array_equal(after["hidden_0/kernel:0"], before["hidden_0/kernel:0"])

@@ -77,9 +77,10 @@ def _models(args: argparse.Namespace) -> int:
     records = registry.list_models(snap) if snap is not None else []
     serving = registry.serving_state(config)
     if not records and not serving["versions_on_disk"]:
-        return _nothing_yet(config, args, {"serving": serving, "versions": []}, snap)
+        return _nothing_yet(config, args, {"serving": serving, "versions": [], "refused": []}, snap)
+    refused = registry.refused_candidates(snap) if snap is not None else []
     if args.json:
-        _dump({"workspace": str(config.workspace_path), "serving": serving, "versions": records})
+        _dump({"workspace": str(config.workspace_path), "serving": serving, "versions": records, "refused": refused})
         return cli.EXIT_OK
     if not records:
         print("mlpipe: no pushed versions recorded in MLMD yet")
@@ -101,6 +102,12 @@ def _models(args: argparse.Namespace) -> int:
         baseline = r["baseline"]
         print(f"  baseline: {('version ' + str(baseline['version'])) if baseline and baseline['version'] else 'none'}")
         for check in r["checks"]:
+            print(f"  {registry.describe_check(check)}")
+    for r in refused:
+        baseline = r["baseline"]
+        against = f"version {baseline['version']}" if baseline and baseline["version"] else "no baseline"
+        print(f"refused: run {r['run_id']} (compared with {against})")
+        for check in r["failed_checks"]:
             print(f"  {registry.describe_check(check)}")
     print(_serving_line(serving))
     return cli.EXIT_OK

@@ -1,7 +1,6 @@
-"""Exports the real taxi serving model (tf.Transform graph + Keras model) from a few raw rows.
-
-The same path the Trainer takes: preprocessing_fn through tf.Transform on Beam, then
-models.model.export_serving_model. Untrained weights: tests check the contract, not accuracy.
+"""Exports a taxi serving model (tf.Transform graph + untrained Keras model) from a few raw rows,
+for bench/serving_bench.py when no pushed model is at hand. The serving tests use the model the
+pipeline really pushes (tests/serving/test_taxi_model.py). Column types come from models/features.py.
 """
 
 from __future__ import annotations
@@ -13,21 +12,21 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
 
-FLOAT_COLUMNS = {"fare", "tips", "trip_miles", "pickup_latitude", "pickup_longitude", "dropoff_latitude", "dropoff_longitude"}
-STRING_COLUMNS = {"payment_type", "company"}
-
 BASE_ROW = {
-    "pickup_community_area": 8, "fare": 10.0, "trip_start_month": 5, "trip_start_hour": 9,
+    "pickup_community_area": "8", "fare": 10.0, "trip_start_month": 5, "trip_start_hour": 9,
     "trip_start_day": 3, "trip_start_timestamp": 1400269500, "pickup_latitude": 41.9,
     "pickup_longitude": -87.6, "dropoff_latitude": 41.8, "dropoff_longitude": -87.7,
-    "trip_miles": 2.0, "pickup_census_tract": 17031081500, "dropoff_census_tract": 17031320100,
+    "trip_miles": 2.0, "pickup_census_tract": "17031081500", "dropoff_census_tract": "17031320100",
     "payment_type": "Credit Card", "company": "Flash Cab", "trip_seconds": 600,
-    "dropoff_community_area": 32, "tips": 3.0,
+    "dropoff_community_area": "32", "tips": 3.0,
 }
 
 
 def dtype(column):
-    return tf.float32 if column in FLOAT_COLUMNS else tf.string if column in STRING_COLUMNS else tf.int64
+    """The column's type as models/features.py COLUMN_TYPES declares it (ExampleGen encodes with it)."""
+    from models import features
+
+    return {"float": tf.float32, "int": tf.int64, "string": tf.string}[features.COLUMN_TYPES[column]]
 
 
 def rows():
@@ -63,22 +62,3 @@ def export(export_dir: str) -> str:
     keras_model = model.build_model(output, hidden_units=[4], learning_rate=0.01)
     model.export_serving_model(keras_model, output, export_dir)
     return export_dir
-
-
-def raw_instance(row: dict) -> dict:
-    """One `instances` object for the serving_raw signature."""
-    from models import features
-
-    return {k: row[k] for k in features.MODEL_FEATURES}
-
-
-def example_bytes(row: dict) -> bytes:
-    feats = {}
-    for key, value in row.items():
-        if isinstance(value, str):
-            feats[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
-        elif isinstance(value, float):
-            feats[key] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-        else:
-            feats[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()

@@ -83,20 +83,35 @@ def test_full_batches_close_at_max_batch_size_and_padding_uses_allowed_sizes():
     assert recorder.sizes == [4, 2]  # the fifth request alone, padded to the allowed size 2
 
 
+class _Blocking(_Recorder):
+    """A _Recorder whose calls say when they start and wait until released."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def call(self, signature, inputs):
+        self.started.set()
+        assert self.release.wait(30), "never released"
+        return super().call(signature, inputs)
+
+
 def test_a_full_queue_is_resource_exhausted():
-    recorder = _Recorder(delay=0.5)
+    recorder = _Blocking()
     scheduler = BatchScheduler(
         BatchingParameters(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=1, max_enqueued_batches=2)
     )
     try:
         futures = [scheduler.submit(recorder, _Sig(), {"x": np.array([0])})]
-        time.sleep(0.1)  # the worker is busy with the first
+        assert recorder.started.wait(10)  # the only worker is now busy with the first
         futures += [scheduler.submit(recorder, _Sig(), {"x": np.array([i])}) for i in (1, 2)]
         with pytest.raises(ServingError, match="queue to which this task was submitted is full") as e:
             scheduler.submit(recorder, _Sig(), {"x": np.array([3])})
         assert e.value.http_status == 429
+        recorder.release.set()
         assert [f.result(timeout=10)["y"].tolist() for f in futures] == [[0], [2], [4]]
     finally:
+        recorder.release.set()
         scheduler.stop()
 
 

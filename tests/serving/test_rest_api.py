@@ -184,8 +184,8 @@ def test_regress_returns_values_under_results(url):
         ("POST", "/v1/models/toy:classify", {"signature_name": "classify_x", "examples": []}, 400, "'examples' value is an empty array"),
         ("POST", "/v1/models/toy:classify", {"signature_name": "classify_x", "examples": [[1]]}, 400, "Example must be JSON object"),
         ("POST", "/v1/models/toy:classify", {"signature_name": "classify_x", "examples": [{"x": [1, "a"]}]}, 400, "Unexpected element type in feature: x"),
-        ("POST", "/v1/models/toy:classify", {"signature_name": "classify_x", "examples": [{"x": 1}]}, 400, "x"),
-        ("POST", "/v1/models/toy:classify", {"signature_name": "classify_x", "examples": [{"y": 1.0}]}, 400, "x"),
+        ("POST", "/v1/models/toy:classify", {"signature_name": "classify_x", "examples": [{"x": 1}]}, 400, "Key: x, Index: 0.  Data types don't match. Data type: int64 but expected type: float"),
+        ("POST", "/v1/models/toy:classify", {"signature_name": "classify_x", "examples": [{"y": 1.0}]}, 400, "Feature: x (data type: float) is required but could not be found"),
         ("POST", "/v1/models/toy/versions/1/labels/stable:predict", {"instances": [1.0]}, 400, "Malformed request"),
     ],
 )

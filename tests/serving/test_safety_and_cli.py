@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ import pytest
 import requests
 import tensorflow as tf
 from tests.serving import toy_model
-from tests.serving.conftest import entry, start_server, wait_until
+from tests.serving.conftest import entry, listening_addresses, live_serve, start_server
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving import cli
@@ -51,14 +49,16 @@ def test_bearer_token_is_required_on_rest_and_grpc(toy_versions):
         server.stop()
 
 
-def test_servers_bind_loopback_by_default(toy_versions):
-    server = start_server([entry("toy", toy_versions([1]))])
-    try:
-        assert server.options.rest_api_host == "127.0.0.1" and server.options.grpc_host == "127.0.0.1"
-        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=5):
-            pass
-    finally:
-        server.stop()
+def test_mlpipe_serve_binds_loopback_by_default(toy_cache, tmp_path):
+    base = tmp_path / "toy"
+    base.mkdir()
+    toy_model.copy_version(toy_cache, str(base), 1)
+    # No --rest_api_host / --grpc_host: the defaults of the real command.
+    with live_serve("--model_name", "toy", "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0") as server:
+        assert listening_addresses(server.rest_port) == {"127.0.0.1"}
+        assert listening_addresses(server.grpc_port) == {"127.0.0.1"}
+        r = requests.post(server.url("/v1/models/toy:predict"), json={"instances": [4.0]}, timeout=30)
+        assert r.json() == {"predictions": [3.0]}
 
 
 def _parser():
@@ -123,40 +123,17 @@ def test_bad_flags_exit_2_with_a_message(tmp_path, capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_python_m_serving_serves_the_workspace_model_and_stops_on_sigterm(toy_cache, tmp_path):
     base = tmp_path / "ws" / "serving_model" / "taxi"
     base.mkdir(parents=True)
     toy_model.copy_version(toy_cache, str(base), 1)
-    rest, grpc_port = _free_port(), _free_port()
-    env = dict(os.environ, MLPIPE_WORKSPACE=str(tmp_path / "ws"), PYTHONPATH=REPO)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--rest_api_port", str(rest), "--port", str(grpc_port)],
-        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        def up():
-            try:
-                return requests.get(f"http://127.0.0.1:{rest}/v1/models/taxi", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return proc.poll() is not None  # died: stop waiting, the asserts below say why
-        wait_until(up, timeout=90, interval=0.2)
-        assert proc.poll() is None
-        r = requests.post(f"http://127.0.0.1:{rest}/v1/models/taxi:predict", json={"instances": [4.0]})
+    env = dict(os.environ, MLPIPE_WORKSPACE=str(tmp_path / "ws"))
+    with live_serve(cwd=str(tmp_path), env=env, command=(sys.executable, "-m", "serving")) as server:
+        r = requests.post(server.url("/v1/models/taxi:predict"), json={"instances": [4.0]}, timeout=30)
         assert r.json() == {"predictions": [3.0]}
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, output
-    assert "server stopped" in output
+        code = server.stop()  # SIGTERM
+    assert code == 0, server.output
+    assert "server stopped" in server.output
 
 
 def test_serving_imports_no_tfx_orchestration():

@@ -59,8 +59,7 @@ def test_hot_swap_under_load_has_no_failed_request(toy_versions, toy_cache, tmp_
         wait_until(lambda: len(seen) > 20)
         staging = toy_model.copy_version(toy_cache, str(tmp_path / "staging"), 2)
         shutil.copytree(staging, os.path.join(base, "2"))  # as a Pusher copies: file by file
-        pushed = time.monotonic()
-        wait_until(lambda: any(v == 2.0 for _, v in seen))
+        wait_until(lambda: any(v == 2.0 for _, v in seen))  # picked up by a poll (bounded wait, no timing claim)
         first_new = min(t for t, v in seen if v == 2.0)
         wait_until(lambda: states(server).get(1) == "END")
         wait_until(lambda: sum(t > first_new + 0.5 for t, _ in seen) > 10)
@@ -70,7 +69,6 @@ def test_hot_swap_under_load_has_no_failed_request(toy_versions, toy_cache, tmp_
             t.join()
         server.stop()
     assert failures == []
-    assert first_new - pushed < POLL + 5.0  # a poll, plus loading and warming up
     after = [v for t, v in seen if t > first_new + 0.5]
     assert after and set(after) == {2.0}  # once v2 serves, latest:1 routes everything to it
 
@@ -82,7 +80,8 @@ def test_partial_then_broken_then_complete_directory(toy_versions, toy_cache, tm
         source = toy_model.copy_version(toy_cache, str(tmp_path / "staging"), 2)
         target = os.path.join(base, "2")
         shutil.copytree(os.path.join(source, "variables"), os.path.join(target, "variables"))  # no saved_model.pb yet
-        time.sleep(4 * POLL)
+        for _ in range(3):
+            server.manager.poll_once()  # polls that certainly ran (the background one may run too)
         assert states(server) == {1: "AVAILABLE"}  # never tried
         assert predict_version(server.rest_port).json() == {"predictions": [2.0]}
 
