@@ -48,6 +48,10 @@ BIG_TIP_FRACTION = 0.2
 # Columns the Evaluator slices metrics by.
 SLICE_FEATURES = ("trip_start_hour", "payment_type")
 
+# Features that change with the calendar by nature (a new quarter has new months): monitoring
+# reports their shift but does not alert on it (config: monitoring.seasonal_features).
+SEASONAL_FEATURES = ("trip_start_month",)
+
 # Column that orders the data in time (used to split data into spans).
 TIMESTAMP_COLUMN = "trip_start_timestamp"
 

@@ -1,0 +1,294 @@
+"""Sample-size-aware two-sample tests of served traffic against a baseline sample, per feature and slice.
+
+For each feature (and each slice of the configured slice features and their pairs, where both sides
+have enough rows), the window's values are compared with the baseline's values:
+
+- numeric: Kolmogorov-Smirnov on the present values (distance: the KS statistic, the largest gap
+  between the two CDFs) and Fisher's exact test on the share of missing values (distance: the
+  difference of the shares);
+- categorical (missing is a category of its own): chi-squared on the category counts, categories
+  too rare to test pooled (distance: L-infinity between the two distributions), and a binomial test of
+  the share of values never seen in the baseline against the baseline's own rate of one-off values
+  (Good-Turing; distance: the share of unseen values).
+
+A feature's p-value is the smaller of its two tests' (times 2). A (feature, slice) alerts when its
+p-value is below alpha / m (Bonferroni over the m tests of the check) and its distance is above
+min_distance: the p-value says the shift is beyond the window's sampling noise, the floor that it is
+big enough to matter, so a huge window does not page on a trivial shift. `band` is the distance the
+test would need for that p-value at this sample size (the noise band). Pure numpy/scipy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+MISSING = "(missing)"
+MIN_EXPECTED = 5  # chi-squared: categories expected fewer times than this in the window are pooled
+MIN_VALUES = 5  # a KS test needs at least this many present values on each side
+MAX_SLICE_VALUES = 8  # a slice feature with more values than this is cut into contiguous ranges
+SLICE_RANGES = 6
+
+
+@dataclasses.dataclass
+class Sample:
+    """Encoded columns of one side: numeric -> float array (NaN missing); categorical -> int codes (0 missing)."""
+
+    columns: dict[str, np.ndarray]
+    size: int
+
+
+@dataclasses.dataclass
+class Encoding:
+    kinds: dict[str, str]
+    vocab: dict[str, dict[str, int]]  # categorical feature -> value -> code (0 = missing)
+    baseline_vocab: dict[str, int]  # codes below this were seen in the baseline
+
+
+def _category(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def _number(value) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def encode(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str, str]) -> tuple[Encoding, Sample, Sample]:
+    """Both sides' columns, categorical values coded in one vocabulary (baseline values first)."""
+    encoding = Encoding(kinds=kinds, vocab={}, baseline_vocab={})
+    sides = (Sample({}, len(baseline_rows)), Sample({}, len(current_rows)))
+    for name, kind in kinds.items():
+        if kind == NUMERIC:
+            for side, rows in zip(sides, (baseline_rows, current_rows)):
+                side.columns[name] = np.array([_number(r.get(name)) for r in rows], dtype=float)
+            continue
+        vocab = {MISSING: 0}
+        for side, rows in zip(sides, (baseline_rows, current_rows)):
+            codes = np.empty(len(rows), dtype=np.int64)
+            for i, row in enumerate(rows):
+                value = _category(row.get(name))
+                codes[i] = 0 if value is None else vocab.setdefault(value, len(vocab))
+            side.columns[name] = codes
+            if side is sides[0]:
+                encoding.baseline_vocab[name] = len(vocab)
+        encoding.vocab[name] = vocab
+    return encoding, sides[0], sides[1]
+
+
+# --- One test ----------------------------------------------------------------------------------
+
+
+def _z(alpha: float) -> float:
+    from scipy import stats
+
+    return float(stats.norm.isf(alpha / 2))
+
+
+def _proportion_test(k1: int, n1: int, k0: int, n0: int, alpha: float) -> tuple[float, float, float]:
+    """(distance, p-value, band) of the share k1/n1 against k0/n0 (Fisher's exact test)."""
+    from scipy import stats
+
+    distance = abs(k1 / n1 - k0 / n0)
+    if k1 == 0 and k0 == 0:
+        return 0.0, 1.0, 0.0
+    p = float(stats.fisher_exact([[k1, n1 - k1], [k0, n0 - k0]]).pvalue)
+    pooled = (k1 + k0 + 0.5) / (n1 + n0 + 1)
+    band = _z(alpha) * math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
+    return distance, p, band
+
+
+def numeric_test(base: np.ndarray, cur: np.ndarray, alpha: float) -> dict | None:
+    from scipy import stats
+
+    results = []
+    b, c = base[~np.isnan(base)], cur[~np.isnan(cur)]
+    if len(b) >= MIN_VALUES and len(c) >= MIN_VALUES:
+        ks = stats.ks_2samp(b, c, method="asymp")
+        band = math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((len(b) + len(c)) / (len(b) * len(c)))
+        results.append(("KS", float(ks.statistic), float(ks.pvalue), band))
+    if len(base) and len(cur):
+        d, p, band = _proportion_test(len(cur) - len(c), len(cur), len(base) - len(b), len(base), alpha)
+        results.append(("MISSING", d, p, band))
+    return _combine(results, len(cur), len(base))
+
+
+def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float) -> dict | None:
+    """`seen`: codes below it occur in the whole baseline (others are new values)."""
+    from scipy import stats
+
+    if not len(base) or not len(cur):
+        return None
+    size = int(max(base.max(initial=0), cur.max(initial=0))) + 1
+    cb, cc = np.bincount(base, minlength=size), np.bincount(cur, minlength=size)
+    pb, pc = cb / len(base), cc / len(cur)
+    gaps = np.abs(pc - pb)
+    worst = int(np.argmax(gaps))
+    results = []
+    expected = pb * len(cur)
+    keep = expected >= MIN_EXPECTED
+    table = [list(cb[keep]) + [int(cb[~keep].sum())], list(cc[keep]) + [int(cc[~keep].sum())]]
+    columns = [i for i in range(len(table[0])) if table[0][i] + table[1][i] > 0]
+    if len(columns) >= 2:
+        chi = stats.chi2_contingency(np.array(table)[:, columns], correction=False)
+        pooled = (cb[worst] + cc[worst] + 0.5) / (len(base) + len(cur) + 1)
+        band = _z(alpha) * math.sqrt(pooled * (1 - pooled) * (1 / len(cur) + 1 / len(base)))
+        results.append(("CHI2_LINF", float(gaps[worst]), float(chi.pvalue), band))
+    new = int(cc[seen:].sum())
+    if new:
+        # The chance that a row of the baseline's own population has a value not in the baseline
+        # sample: the share of values seen once (Good-Turing), plus one.
+        one_off = (int((cb[1:seen] == 1).sum()) + 1) / (len(base) + 1)
+        p = float(stats.binomtest(new, len(cur), one_off, alternative="greater").pvalue)
+        band = float(stats.binom.isf(alpha, len(cur), one_off)) / len(cur)
+        results.append(("NEW_VALUES", new / len(cur), p, band))
+    return _combine(results, len(cur), len(base))
+
+
+def _combine(results: list[tuple[str, float, float, float]], n: int, baseline_n: int) -> dict | None:
+    if not results:
+        return None
+    statistic, distance, p, band = min(results, key=lambda r: (r[2], -r[1]))
+    return {"statistic": statistic, "distance": round(distance, 6), "p_value": min(1.0, p * len(results)),
+            "band": round(band, 6), "n": n, "baseline_n": baseline_n}
+
+
+# --- Slices ------------------------------------------------------------------------------------
+
+
+def _int_like(values: list[str]) -> bool:
+    try:
+        [int(v) for v in values]
+        return True
+    except ValueError:
+        return False
+
+
+def slice_cells(encoding: Encoding, base: Sample, cur: Sample, slice_features: tuple[str, ...],
+                min_rows: int) -> list[tuple[str, tuple[str, ...], np.ndarray, np.ndarray]]:
+    """(label, features, baseline mask, window mask) of each slice with >= min_rows rows on both sides.
+
+    A categorical slice feature with many values (trip_start_hour) is cut into contiguous ranges of
+    about equal baseline mass; a numeric one into quartiles. Pairs of slice features are crossed.
+    """
+    singles: list[list[tuple[str, str, np.ndarray, np.ndarray]]] = []
+    for name in slice_features:
+        if name not in encoding.kinds:
+            continue
+        cells = []
+        if encoding.kinds[name] == CATEGORICAL:
+            vocab = encoding.vocab[name]
+            values = [v for v, code in vocab.items() if code and code < encoding.baseline_vocab[name]]
+            bcodes, ccodes = base.columns[name], cur.columns[name]
+            if len(values) > MAX_SLICE_VALUES and _int_like(values):
+                ordered = sorted(values, key=int)
+                counts = np.bincount(bcodes, minlength=len(vocab))
+                total = sum(counts[vocab[v]] for v in ordered) or 1
+                group, mass = [], 0.0
+                for v in ordered:
+                    group.append(v)
+                    mass += counts[vocab[v]] / total
+                    if mass >= (len(cells) + 1) / SLICE_RANGES or v == ordered[-1]:
+                        codes = [vocab[g] for g in group]
+                        label = f"{name}={group[0]}" if len(group) == 1 else f"{name}={group[0]}-{group[-1]}"
+                        cells.append((name, label, np.isin(bcodes, codes), np.isin(ccodes, codes)))
+                        group = []
+            else:
+                for v in values:
+                    cells.append((name, f"{name}={v}", bcodes == vocab[v], ccodes == vocab[v]))
+        else:
+            b, c = base.columns[name], cur.columns[name]
+            edges = np.nanquantile(b, [0, 0.25, 0.5, 0.75, 1.0]) if np.isfinite(b).any() else []
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                last = hi == edges[-1]
+                cells.append((name, f"{name}=[{lo:.4g}, {hi:.4g}{']' if last else ')'}",
+                              (b >= lo) & ((b <= hi) if last else (b < hi)), (c >= lo) & ((c <= hi) if last else (c < hi))))
+        singles.append(cells)
+    out = [(label, (name,), bm, cm) for cells in singles for name, label, bm, cm in cells]
+    for first, second in itertools.combinations(singles, 2):
+        for (n1, l1, b1, c1), (n2, l2, b2, c2) in itertools.product(first, second):
+            out.append((f"{l1}, {l2}", (n1, n2), b1 & b2, c1 & c2))
+    return [(label, names, bm, cm) for label, names, bm, cm in out if bm.sum() >= min_rows and cm.sum() >= min_rows]
+
+
+# --- A whole check -----------------------------------------------------------------------------
+
+
+def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str, str], *,
+            slice_features: tuple[str, ...], seasonal: set[str], alpha: float, min_distance: float,
+            feature_floors: dict[str, float], min_slice_examples: int) -> list[dict]:
+    """Every (feature, slice) test of the window against the baseline, with its verdict.
+
+    Rows: {"feature", "slice" (None: all rows), "statistic", "distance", "band", "p_value", "p_threshold",
+    "n", "baseline_n", "expected" (a seasonal feature: never alerts), "alert"}.
+    """
+    encoding, base, cur = encode(baseline_rows, current_rows, kinds)
+    cells = [(None, (), np.ones(base.size, bool), np.ones(cur.size, bool))]
+    cells += slice_cells(encoding, base, cur, slice_features, min_slice_examples)
+    plan = [(feature, cell) for cell in cells for feature in kinds
+            if feature not in cell[1] and (cell[0] is None or feature not in seasonal)]
+    tested = sum(1 for feature, _ in plan if feature not in seasonal)
+    corrected = alpha / max(tested, 1)
+    rows = []
+    for feature, (label, _, bmask, cmask) in plan:
+        b, c = base.columns[feature][bmask], cur.columns[feature][cmask]
+        if kinds[feature] == NUMERIC:
+            result = numeric_test(b, c, corrected)
+        else:
+            result = categorical_test(b, c, encoding.baseline_vocab[feature], corrected)
+        if result is None:
+            continue
+        expected = feature in seasonal
+        floor = feature_floors.get(feature, min_distance)
+        result.update(feature=feature, slice=label, p_threshold=corrected, expected=expected,
+                      alert=not expected and result["p_value"] < corrected and result["distance"] > floor)
+        rows.append(result)
+    return rows
+
+
+def compare_scores(baseline: list[float], current: list[float], alpha: float, min_distance: float) -> dict | None:
+    """Prediction drift: KS of the window's scores against the baseline's."""
+    if len(baseline) < MIN_VALUES or len(current) < MIN_VALUES:
+        return None
+    result = numeric_test(np.asarray(baseline, float), np.asarray(current, float), alpha)
+    if result is None:
+        return None
+    result.update(feature="prediction", slice=None, p_threshold=alpha, expected=False,
+                  alert=result["p_value"] < alpha and result["distance"] > min_distance)
+    return result
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """The rows a report keeps: every feature's all-rows test, and per feature its strongest slice and
+    every alerting slice (the rest only count towards m)."""
+    keep = [r for r in rows if r["slice"] is None]
+    by_feature: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["slice"] is not None:
+            by_feature.setdefault(r["feature"], []).append(r)
+    for feature, slices in by_feature.items():
+        strongest = min(slices, key=lambda r: (r["p_value"], -r["distance"]))
+        keep += [r for r in slices if r["alert"] or r is strongest]
+    return keep
+
+
+def feature_kinds(names: Any, categorical: Any) -> dict[str, str]:
+    return {name: CATEGORICAL if name in categorical else NUMERIC for name in names}
