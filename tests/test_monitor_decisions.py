@@ -122,7 +122,7 @@ def test_normal_traffic_of_another_season_does_not_alert(scored, tmp_path):
     # A huge, certain shift, but declared seasonal (models/features.py SEASONAL_FEATURES).
     assert month["expected"] is True and month["distance"] > 0.5 and month["p_value"] < month["p_threshold"]
     assert month["alert"] is False
-    assert report["method"]["seasonal_features"] == ["trip_start_month"]
+    assert report["method"]["seasonal_features"] == ["trip_start_day", "trip_start_hour", "trip_start_month"]
     # The predictions were compared with the training window's eval-split scores, and did not move.
     prediction = next(c for c in report["checks"] if c["feature"] == "prediction")
     assert prediction["check"] == "skew" and prediction["n"] == 500 and prediction["alert"] is False

@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline import metadata, registry
 from pipeline.config import Config
+from pipeline.monitoring.stats import SPAN
 from pipeline.monitoring.traffic import SCORE, example_row
 from pipeline.monitoring.window import MonitorError
 
@@ -35,6 +36,7 @@ class TrainingData:
     schema_uri: str
     spans: list[int]  # every span of the training window
     examples_uris: list[str]  # the Examples artifacts (one per span) of the window
+    examples_spans: list[int]  # the span of each of them
     model_dir: str  # the pushed SavedModel
 
     @property
@@ -75,6 +77,7 @@ def training_data(snap: registry.Snapshot, version: int, config: Config | None =
         schema_uri=str(schema_path),
         spans=registry.spans_of(examples),
         examples_uris=[a.uri for a in examples],
+        examples_spans=[int(metadata.prop(a, "span", 0) or 0) for a in examples],
         model_dir=str(model_dir),
     )
 
@@ -111,7 +114,7 @@ def _eval_scores(model_dir: str, serialized: list[bytes]) -> list[float]:
         outputs = signature(**{name: tf.constant(serialized[i:i + 512])})
         array = outputs.get(SCORE_OUTPUT, next(iter(outputs.values()))).numpy()
         scores += [float(v) for v in (array[:, -1] if array.ndim == 2 else array.reshape(-1))]
-    return [s for s in np.asarray(scores).tolist()]
+    return np.asarray(scores, dtype=float).tolist()
 
 
 def baseline(config: Config, trained: TrainingData) -> dict:
@@ -120,7 +123,7 @@ def baseline(config: Config, trained: TrainingData) -> dict:
     from tensorflow.core.example import example_pb2
 
     cache = config.workspace_path / BASELINE_DIR / f"{trained.version}.json"
-    key = {"examples": trained.examples_uris, "model": trained.model_dir,
+    key = {"examples": trained.examples_uris, "spans": trained.examples_spans, "model": trained.model_dir,
            "rows": config.monitoring.baseline_rows, "seed": 0}
     if cache.is_file():
         try:
@@ -130,21 +133,26 @@ def baseline(config: Config, trained: TrainingData) -> dict:
         except (OSError, ValueError):
             pass  # unreadable cache: recompute
     rng = random.Random(0)
-    train = _read_examples(trained.examples_uris, "train")
+    train = [(span, raw) for uri, span in zip(trained.examples_uris, trained.examples_spans)
+             for raw in _read_examples([uri], "train")]
     total = len(train)
     if len(train) > config.monitoring.baseline_rows:
         train = rng.sample(train, config.monitoring.baseline_rows)
-    rows = [{k: _plain(v) for k, v in example_row(example_pb2.Example.FromString(raw)).items()} for raw in train]
-    evals = _read_examples(trained.examples_uris, "eval")
+    rows = [dict({k: _plain(v) for k, v in example_row(example_pb2.Example.FromString(raw)).items()}, **{SPAN: span})
+            for span, raw in train]
+    evals = [(span, raw) for uri, span in zip(trained.examples_uris, trained.examples_spans)
+             for raw in _read_examples([uri], "eval")]
     if len(evals) > EVAL_SCORE_ROWS:
         evals = rng.sample(evals, EVAL_SCORE_ROWS)
+    score_spans = [span for span, _ in evals]
     try:
-        scores = _eval_scores(trained.model_dir, evals) if evals else []
+        scores = _eval_scores(trained.model_dir, [raw for _, raw in evals]) if evals else []
     except Exception as e:  # a model that cannot be loaded here: no prediction baseline, said in notes
         scores, error = [], f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     else:
         error = None
-    data = {"key": key, "rows": rows, "scores": scores, "train_rows": total, "eval_rows": len(evals),
+    data = {"key": key, "rows": rows, "scores": scores, "score_spans": score_spans if scores else [],
+            "train_rows": total, "eval_rows": len(evals),
             "score_error": error}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

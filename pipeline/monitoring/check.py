@@ -10,7 +10,7 @@ from pipeline import registry
 from pipeline.config import Config
 from pipeline.monitoring import baseline as baseline_lib
 from pipeline.monitoring import history, stats, tfdv_checks
-from pipeline.monitoring.traffic import SCORE, read_traffic
+from pipeline.monitoring.traffic import read_traffic
 from pipeline.monitoring.window import MonitorError, iso_seconds
 
 
@@ -44,14 +44,17 @@ def _kinds() -> dict[str, str]:
 
 
 def _compare(config: Config, check: str, version: int | None, base_rows: list[dict], rows: list[dict],
-             base_scores: list[float], scores: list[float], notes: list[str]) -> list[dict]:
+             base_scores: list[float], scores: list[float], notes: list[str],
+             phis: dict[str, float] | None = None,
+             score_spans: list[int] | None = None) -> tuple[list[dict], dict[str, float]]:
     m = config.monitoring
-    found = stats.compare(base_rows, rows, _kinds(), slice_features=slice_features(),
-                          seasonal=seasonal_features(config), alpha=m.alpha, min_distance=m.min_distance,
-                          feature_floors=dict(m.feature_thresholds), min_slice_examples=m.min_slice_examples)
+    found, phis = stats.compare(base_rows, rows, _kinds(), slice_features=slice_features(),
+                                seasonal=seasonal_features(config), alpha=m.alpha, min_distance=m.min_distance,
+                                feature_floors=dict(m.feature_thresholds), min_slice_examples=m.min_slice_examples,
+                                phis=phis)
     tested = len({(r["feature"], r["slice"]) for r in found})
     out = stats.summarize(found)
-    prediction = stats.compare_scores(base_scores, scores, m.alpha, m.min_distance)
+    prediction = stats.compare_scores(base_scores, scores, m.alpha, m.min_distance, score_spans)
     if prediction is not None:
         out.append(prediction)
     else:
@@ -60,7 +63,7 @@ def _compare(config: Config, check: str, version: int | None, base_rows: list[di
                      f"{len(scores)} logged score(s) in the window, {len(base_scores)} of {label}")
     for row in out:
         row.update(check=check, version=version, tests=tested)
-    return out
+    return out, phis
 
 
 def monitor(config: Config, since: float, until: float, log_dir: Path, version: int | None = None,
@@ -107,6 +110,7 @@ def monitor(config: Config, since: float, until: float, log_dir: Path, version: 
     samples: dict = {}
     versions_out = []
     baseline_seconds = 0.0
+    dispersions: dict[int, dict[str, float]] = {}  # version -> {feature: phi between its training spans}
     seasonal = seasonal_features(config)
     for v, data in trained.items():
         rows = traffic.rows[v]
@@ -117,8 +121,10 @@ def monitor(config: Config, since: float, until: float, log_dir: Path, version: 
             notes.append(f"version {v}: its eval-split scores could not be computed ({base['score_error']})")
         # Skew: the whole training window's sample against this version's traffic.
         if len(rows) >= minimum:
-            checks += _compare(config, "skew", v, base["rows"], rows, base["scores"],
-                               baseline_lib.rows_with_scores(rows), notes)
+            found, dispersions[v] = _compare(config, "skew", v, base["rows"], rows, base["scores"],
+                                             baseline_lib.rows_with_scores(rows), notes,
+                                             score_spans=base.get("score_spans"))
+            checks += found
             samples[("skew", v)] = (base["rows"], rows)
         else:
             notes.append(f"version {v}: {len(rows)} example(s) < monitoring.min_examples {minimum}: skew not checked")
@@ -143,9 +149,13 @@ def monitor(config: Config, since: float, until: float, log_dir: Path, version: 
     current_rows = [row for v in trained for row in traffic.rows[v]]
     previous_rows = previous.all_rows()
     if min(len(previous_rows), len(current_rows)) >= minimum:
-        checks += _compare(config, "drift", None, previous_rows, current_rows,
-                           baseline_lib.rows_with_scores(previous_rows), baseline_lib.rows_with_scores(current_rows),
-                           notes)
+        # The previous window has no spans: the newest version's training dispersion is the normal evolution.
+        newest = max(trained)
+        phis = dispersions.get(newest) or {}
+        found, _ = _compare(config, "drift", None, previous_rows, current_rows,
+                            baseline_lib.rows_with_scores(previous_rows), baseline_lib.rows_with_scores(current_rows),
+                            notes, phis=phis)
+        checks += found
         samples[("drift", None)] = (previous_rows, current_rows)
     else:
         notes.append(f"{len(previous_rows)} example(s) in the previous window, {len(current_rows)} in this one "

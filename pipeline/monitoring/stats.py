@@ -29,6 +29,7 @@ import numpy as np
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 MISSING = "(missing)"
+SPAN = "__span__"  # key of a baseline row's span (dispersion between spans)
 MIN_EXPECTED = 5  # chi-squared: categories expected fewer times than this in the window are pooled
 MIN_VALUES = 5  # a KS test needs at least this many present values on each side
 MAX_SLICE_VALUES = 8  # a slice feature with more values than this is cut into contiguous ranges
@@ -116,23 +117,28 @@ def _proportion_test(k1: int, n1: int, k0: int, n0: int, alpha: float) -> tuple[
     return distance, p, band
 
 
-def numeric_test(base: np.ndarray, cur: np.ndarray, alpha: float) -> dict | None:
+def numeric_test(base: np.ndarray, cur: np.ndarray, alpha: float, phi: float = 1.0) -> dict | None:
+    """KS on the present values (its effective sample size divided by the dispersion `phi`) and
+    Fisher's exact test on the missing shares."""
     from scipy import stats
 
     results = []
     b, c = base[~np.isnan(base)], cur[~np.isnan(cur)]
     if len(b) >= MIN_VALUES and len(c) >= MIN_VALUES:
-        ks = stats.ks_2samp(b, c, method="asymp")
-        band = math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((len(b) + len(c)) / (len(b) * len(c)))
-        results.append(("KS", float(ks.statistic), float(ks.pvalue), band))
+        d = float(stats.ks_2samp(b, c, method="asymp").statistic)
+        n_eff = len(b) * len(c) / (len(b) + len(c)) / phi
+        p = float(stats.kstwobign.sf(d * math.sqrt(n_eff)))
+        band = math.sqrt(-math.log(alpha / 2) / 2) / math.sqrt(n_eff)
+        results.append(("KS", d, p, band))
     if len(base) and len(cur):
         d, p, band = _proportion_test(len(cur) - len(c), len(cur), len(base) - len(b), len(base), alpha)
         results.append(("MISSING", d, p, band))
     return _combine(results, len(cur), len(base))
 
 
-def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float) -> dict | None:
-    """`seen`: codes below it occur in the whole baseline (others are new values)."""
+def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float, phi: float = 1.0) -> dict | None:
+    """Chi-squared on the counts (its statistic divided by the dispersion `phi`) and the new-value test.
+    `seen`: codes below it occur in the whole baseline (others are new values)."""
     from scipy import stats
 
     if not len(base) or not len(cur):
@@ -149,9 +155,10 @@ def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float)
     columns = [i for i in range(len(table[0])) if table[0][i] + table[1][i] > 0]
     if len(columns) >= 2:
         chi = stats.chi2_contingency(np.array(table)[:, columns], correction=False)
+        p = float(stats.chi2.sf(chi.statistic / phi, chi.dof))
         pooled = (cb[worst] + cc[worst] + 0.5) / (len(base) + len(cur) + 1)
-        band = _z(alpha) * math.sqrt(pooled * (1 - pooled) * (1 / len(cur) + 1 / len(base)))
-        results.append(("CHI2_LINF", float(gaps[worst]), float(chi.pvalue), band))
+        band = _z(alpha) * math.sqrt(phi * pooled * (1 - pooled) * (1 / len(cur) + 1 / len(base)))
+        results.append(("CHI2_LINF", float(gaps[worst]), p, band))
     new = int(cc[seen:].sum())
     if new:
         # The chance that a row of the baseline's own population has a value not in the baseline
@@ -229,18 +236,73 @@ def slice_cells(encoding: Encoding, base: Sample, cur: Sample, slice_features: t
     return [(label, names, bm, cm) for label, names, bm, cm in out if bm.sum() >= min_rows and cm.sum() >= min_rows]
 
 
+# --- Normal evolution: the dispersion between the training window's spans ----------------------
+
+KS_NULL_MEAN = math.pi ** 2 / 12  # E[n_eff * D^2] of the two-sample KS statistic when nothing changed
+
+
+def dispersion(encoding: Encoding, base: Sample, spans: np.ndarray) -> dict[str, float]:
+    """{feature: phi >= 1}: how much more each feature varies between the spans of the training
+    window than sampling alone explains (the quasi-likelihood overdispersion of the span-vs-span tests).
+
+    Traffic from a later period differs from the training window at least as much as its spans differ
+    from each other; dividing the window's test statistic by phi makes that normal evolution part of the
+    noise. One span (or none recorded): phi = 1.
+    """
+    from scipy import stats
+
+    labels = [s for s in np.unique(spans)]
+    phis = {name: 1.0 for name in encoding.kinds}
+    if len(labels) < 2:
+        return phis
+    for name, kind in encoding.kinds.items():
+        column = base.columns[name]
+        if kind == NUMERIC:
+            phis[name] = numeric_dispersion(column, spans)
+        else:
+            size = int(column.max(initial=0)) + 1
+            table = np.array([np.bincount(column[spans == label], minlength=size) for label in labels])
+            expected = table.sum(axis=0) * table.sum(axis=1).min() / table.sum()
+            keep = expected >= MIN_EXPECTED
+            pooled = np.concatenate([table[:, keep], table[:, ~keep].sum(axis=1, keepdims=True)], axis=1)
+            pooled = pooled[:, pooled.sum(axis=0) > 0]
+            if pooled.shape[1] >= 2:
+                chi = stats.chi2_contingency(pooled, correction=False)
+                phis[name] = max(1.0, float(chi.statistic / chi.dof))
+    return phis
+
+
+def numeric_dispersion(column: np.ndarray, spans: np.ndarray) -> float:
+    """phi of a numeric column: the mean over spans of n_eff * D^2 (span vs the rest) over its null mean."""
+    from scipy import stats
+
+    ratios = []
+    for label in np.unique(spans):
+        inside, outside = column[spans == label], column[spans != label]
+        inside, outside = inside[~np.isnan(inside)], outside[~np.isnan(outside)]
+        if len(inside) < MIN_VALUES or len(outside) < MIN_VALUES:
+            continue
+        d = float(stats.ks_2samp(inside, outside, method="asymp").statistic)
+        ratios.append(len(inside) * len(outside) / (len(inside) + len(outside)) * d * d / KS_NULL_MEAN)
+    return max(1.0, float(np.mean(ratios))) if ratios else 1.0
+
+
 # --- A whole check -----------------------------------------------------------------------------
 
 
 def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str, str], *,
             slice_features: tuple[str, ...], seasonal: set[str], alpha: float, min_distance: float,
-            feature_floors: dict[str, float], min_slice_examples: int) -> list[dict]:
-    """Every (feature, slice) test of the window against the baseline, with its verdict.
+            feature_floors: dict[str, float], min_slice_examples: int,
+            phis: dict[str, float] | None = None) -> tuple[list[dict], dict[str, float]]:
+    """Every (feature, slice) test of the window against the baseline, with its verdict, and the
+    dispersion of each feature (measured between the baseline rows' SPAN labels unless `phis` is given).
 
     Rows: {"feature", "slice" (None: all rows), "statistic", "distance", "band", "p_value", "p_threshold",
-    "n", "baseline_n", "expected" (a seasonal feature: never alerts), "alert"}.
+    "n", "baseline_n", "dispersion", "expected" (a seasonal feature: never alerts), "alert"}.
     """
     encoding, base, cur = encode(baseline_rows, current_rows, kinds)
+    if phis is None:
+        phis = dispersion(encoding, base, np.array([r.get(SPAN, 0) for r in baseline_rows]))
     cells = [(None, (), np.ones(base.size, bool), np.ones(cur.size, bool))]
     cells += slice_cells(encoding, base, cur, slice_features, min_slice_examples)
     plan = [(feature, cell) for cell in cells for feature in kinds
@@ -250,28 +312,33 @@ def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str
     rows = []
     for feature, (label, _, bmask, cmask) in plan:
         b, c = base.columns[feature][bmask], cur.columns[feature][cmask]
+        phi = phis.get(feature, 1.0)
         if kinds[feature] == NUMERIC:
-            result = numeric_test(b, c, corrected)
+            result = numeric_test(b, c, corrected, phi)
         else:
-            result = categorical_test(b, c, encoding.baseline_vocab[feature], corrected)
+            result = categorical_test(b, c, encoding.baseline_vocab[feature], corrected, phi)
         if result is None:
             continue
         expected = feature in seasonal
         floor = feature_floors.get(feature, min_distance)
-        result.update(feature=feature, slice=label, p_threshold=corrected, expected=expected,
+        result.update(feature=feature, slice=label, p_threshold=corrected, expected=expected, dispersion=round(phi, 3),
                       alert=not expected and result["p_value"] < corrected and result["distance"] > floor)
         rows.append(result)
-    return rows
+    return rows, phis
 
 
-def compare_scores(baseline: list[float], current: list[float], alpha: float, min_distance: float) -> dict | None:
-    """Prediction drift: KS of the window's scores against the baseline's."""
+def compare_scores(baseline: list[float], current: list[float], alpha: float, min_distance: float,
+                   spans: list[int] | None = None) -> dict | None:
+    """Prediction drift: KS of the window's scores against the baseline's (with the dispersion of the
+    baseline's scores between `spans`, when given)."""
     if len(baseline) < MIN_VALUES or len(current) < MIN_VALUES:
         return None
-    result = numeric_test(np.asarray(baseline, float), np.asarray(current, float), alpha)
+    base = np.asarray(baseline, float)
+    phi = numeric_dispersion(base, np.asarray(spans)) if spans is not None and len(spans) == len(base) else 1.0
+    result = numeric_test(base, np.asarray(current, float), alpha, phi)
     if result is None:
         return None
-    result.update(feature="prediction", slice=None, p_threshold=alpha, expected=False,
+    result.update(feature="prediction", slice=None, p_threshold=alpha, expected=False, dispersion=round(phi, 3),
                   alert=result["p_value"] < alpha and result["distance"] > min_distance)
     return result
 
