@@ -25,13 +25,13 @@ HOUR = 3600
 # --- Synthetic traffic -------------------------------------------------------------------------
 
 
-def training_rows(workspace: Path) -> list[dict]:
-    """The train split's raw rows, decoded from the Examples artifact of the run (feature -> value or None)."""
+def training_rows(workspace: Path, split: str = "train") -> list[dict]:
+    """The split's raw rows, decoded from the Examples artifact of the run (feature -> (value or None, kind))."""
     import tensorflow as tf
     from tensorflow.core.example import example_pb2
 
-    files = sorted((workspace / "pipeline_root" / "CsvExampleGen" / "examples").glob("*/Split-train/*.gz"))
-    assert files, "first_run produced no train examples"
+    files = sorted((workspace / "pipeline_root" / "CsvExampleGen" / "examples").glob(f"*/Split-{split}/*.gz"))
+    assert files, f"first_run produced no {split} examples"
     rows = []
     for raw in tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP").as_numpy_iterator():
         example = example_pb2.Example.FromString(raw)

@@ -7,9 +7,9 @@ have enough rows), the window's values are compared with the baseline's values:
   between the two CDFs) and Fisher's exact test on the share of missing values (distance: the
   difference of the shares);
 - categorical (missing is a category of its own): chi-squared on the category counts, categories
-  too rare to test pooled (distance: L-infinity between the two distributions), and a binomial test of
+  too rare to test pooled (distance: L-infinity between the two distributions), and a one-sided test of
   the share of values never seen in the baseline against the baseline's own rate of one-off values
-  (Good-Turing; distance: the share of unseen values).
+  (Good-Turing, with the uncertainty of that estimate; distance: the share of unseen values).
 
 A feature's p-value is the smaller of its two tests' (times 2). A (feature, slice) alerts when its
 p-value is below alpha / m (Bonferroni over the m tests of the check) and its distance is above
@@ -109,12 +109,11 @@ def _proportion_test(k1: int, n1: int, k0: int, n0: int, alpha: float) -> tuple[
     from scipy import stats
 
     distance = abs(k1 / n1 - k0 / n0)
-    if k1 == 0 and k0 == 0:
-        return 0.0, 1.0, 0.0
-    p = float(stats.fisher_exact([[k1, n1 - k1], [k0, n0 - k0]]).pvalue)
     pooled = (k1 + k0 + 0.5) / (n1 + n0 + 1)
     band = _z(alpha) * math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
-    return distance, p, band
+    if (k1 == 0 and k0 == 0) or (k1 == n1 and k0 == n0):
+        return distance, 1.0, band
+    return distance, float(stats.fisher_exact([[k1, n1 - k1], [k0, n0 - k0]]).pvalue), band
 
 
 def numeric_test(base: np.ndarray, cur: np.ndarray, alpha: float, phi: float = 1.0) -> dict | None:
@@ -153,20 +152,27 @@ def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float,
     keep = expected >= MIN_EXPECTED
     table = [list(cb[keep]) + [int(cb[~keep].sum())], list(cc[keep]) + [int(cc[~keep].sum())]]
     columns = [i for i in range(len(table[0])) if table[0][i] + table[1][i] > 0]
+    pooled = (cb[worst] + cc[worst] + 0.5) / (len(base) + len(cur) + 1)
+    band = _z(alpha) * math.sqrt(phi * pooled * (1 - pooled) * (1 / len(cur) + 1 / len(base)))
     if len(columns) >= 2:
         chi = stats.chi2_contingency(np.array(table)[:, columns], correction=False)
-        p = float(stats.chi2.sf(chi.statistic / phi, chi.dof))
-        pooled = (cb[worst] + cc[worst] + 0.5) / (len(base) + len(cur) + 1)
-        band = _z(alpha) * math.sqrt(phi * pooled * (1 - pooled) * (1 / len(cur) + 1 / len(base)))
-        results.append(("CHI2_LINF", float(gaps[worst]), p, band))
+        results.append(("CHI2_LINF", float(gaps[worst]), float(stats.chi2.sf(chi.statistic / phi, chi.dof)), band))
+    else:  # one category on both sides (e.g. always missing): nothing moved
+        results.append(("CHI2_LINF", float(gaps[worst]), 1.0, band))
     new = int(cc[seen:].sum())
     if new:
         # The chance that a row of the baseline's own population has a value not in the baseline
-        # sample: the share of values seen once (Good-Turing), plus one.
-        one_off = (int((cb[1:seen] == 1).sum()) + 1) / (len(base) + 1)
-        p = float(stats.binomtest(new, len(cur), one_off, alternative="greater").pvalue)
-        band = float(stats.binom.isf(alpha, len(cur), one_off)) / len(cur)
-        results.append(("NEW_VALUES", new / len(cur), p, band))
+        # sample is estimated by the share of values seen once (Good-Turing, plus one), with Esty's
+        # variance of that estimate: a small baseline of a many-valued feature (census tracts in a
+        # previous window of 135 rows) is uncertain about it, a large one is not.
+        n, m = len(base), len(cur)
+        n1, n2 = int((cb[1:seen] == 1).sum()), int((cb[1:seen] == 2).sum())
+        one_off = (n1 + 1) / (n + 1)
+        variance = max((n1 + 2 * n2) / n ** 2 - n1 ** 2 / n ** 3, 0.0)
+        sd = math.sqrt(m * one_off * (1 - one_off) + m * m * variance)
+        p = float(stats.norm.sf((new - 0.5 - m * one_off) / sd))
+        band = one_off + float(stats.norm.isf(alpha)) * sd / m
+        results.append(("NEW_VALUES", new / m, p, band))
     return _combine(results, len(cur), len(base))
 
 
