@@ -130,6 +130,13 @@ def scenario_rows(name: str, pools: dict, n: int, rng: random.Random) -> list[di
         for r in rng.sample(rows, n // 5):
             r["dropoff_latitude"] = ""
         return rows
+    if name == "conditional_card_rush_miles":  # card trips in the morning rush are twice as long
+        return [_scale(r, "trip_miles", 2.0) if r["payment_type"] == "Credit Card" and 7 <= int(r["trip_start_hour"]) <= 10
+                else r for r in rows]
+    if name == "company_share_shift":  # one fleet takes over 15% of the rows from the others
+        for r in rng.sample(rows, (3 * n) // 20):
+            r["company"] = "Blue Ribbon Taxi Association Inc."
+        return rows
     if name == "label_relevant_shift":  # half of the cash payers switch to credit cards (tips are recorded)
         for r in rows:
             if r["payment_type"] == "Cash" and rng.random() < 0.5:
@@ -147,6 +154,9 @@ SCENARIOS = (
     ("new_category_5pct", {"company"}, None, None),
     ("missing_surge", {"dropoff_latitude"}, None, None),
     ("label_relevant_shift", {"payment_type"}, None, True),
+    # Not used while the method was developed (added after it was fixed):
+    ("conditional_card_rush_miles", {"trip_miles"}, "payment_type=Credit Card", None),
+    ("company_share_shift", {"company"}, None, None),
 )
 
 

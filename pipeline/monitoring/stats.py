@@ -30,6 +30,7 @@ import numpy as np
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 MISSING = "(missing)"
 SPAN = "__span__"  # key of a baseline row's span (dispersion between spans)
+SPREADS = "__spreads__"  # key, in dispersion()'s result, of {categorical feature: {value: between-span variance of its share}}
 MIN_EXPECTED = 5  # chi-squared: categories expected fewer times than this in the window are pooled
 MIN_VALUES = 5  # a KS test needs at least this many present values on each side
 MAX_SLICE_VALUES = 8  # a slice feature with more values than this is cut into contiguous ranges
@@ -135,9 +136,11 @@ def numeric_test(base: np.ndarray, cur: np.ndarray, alpha: float, phi: float = 1
     return _combine(results, len(cur), len(base))
 
 
-def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float, phi: float = 1.0) -> dict | None:
-    """Chi-squared on the counts (its statistic divided by the dispersion `phi`) and the new-value test.
-    `seen`: codes below it occur in the whole baseline (others are new values)."""
+def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float, phi: float = 1.0,
+                     tau2: np.ndarray | None = None) -> dict | None:
+    """Chi-squared on the counts (its statistic divided by the dispersion `phi`), the largest change of
+    one category's share (its variance plus `tau2`, the category's own between-span variance), and the
+    new-value test. `seen`: codes below it occur in the whole baseline (others are new values)."""
     from scipy import stats
 
     if not len(base) or not len(cur):
@@ -159,6 +162,19 @@ def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float,
         results.append(("CHI2_LINF", float(gaps[worst]), float(stats.chi2.sf(chi.statistic / phi, chi.dof)), band))
     else:  # one category on both sides (e.g. always missing): nothing moved
         results.append(("CHI2_LINF", float(gaps[worst]), 1.0, band))
+    # One category's share: a shift concentrated on one value (a fleet taking over 15% of the rides) is
+    # judged against how much that value's share moved between the training spans, not the others'.
+    n, m = len(base), len(cur)
+    testable = np.flatnonzero((cb + cc >= MIN_EXPECTED) & (np.arange(size) < seen))
+    if len(testable):
+        shared = (cb[testable] + cc[testable]) / (n + m)
+        extra = tau2[testable] if tau2 is not None and len(tau2) >= size else 0.0
+        sd = np.sqrt(shared * (1 - shared) * (1 / n + 1 / m) + extra)
+        z = np.abs(pc[testable] - pb[testable]) / np.where(sd > 0, sd, np.inf)  # sd 0: one value on both sides
+        top = int(np.argmax(z))
+        p = min(1.0, len(testable) * 2 * float(stats.norm.sf(z[top])))
+        band = float(stats.norm.isf(alpha / (2 * len(testable)))) * float(sd[top])
+        results.append(("SHARE", float(gaps[testable[top]]), p, band))
     new = int(cc[seen:].sum())
     if new:
         # The chance that a row of the baseline's own population has a value not in the baseline
@@ -247,9 +263,10 @@ def slice_cells(encoding: Encoding, base: Sample, cur: Sample, slice_features: t
 KS_NULL_MEAN = math.pi ** 2 / 12  # E[n_eff * D^2] of the two-sample KS statistic when nothing changed
 
 
-def dispersion(encoding: Encoding, base: Sample, spans: np.ndarray) -> dict[str, float]:
+def dispersion(encoding: Encoding, base: Sample, spans: np.ndarray) -> dict[str, Any]:
     """{feature: phi >= 1}: how much more each feature varies between the spans of the training
-    window than sampling alone explains (the quasi-likelihood overdispersion of the span-vs-span tests).
+    window than sampling alone explains (the quasi-likelihood overdispersion of the span-vs-span tests);
+    under SPREADS, each categorical value's between-span variance of its share (beyond sampling).
 
     Traffic from a later period differs from the training window at least as much as its spans differ
     from each other; dividing the window's test statistic by phi makes that normal evolution part of the
@@ -258,7 +275,9 @@ def dispersion(encoding: Encoding, base: Sample, spans: np.ndarray) -> dict[str,
     from scipy import stats
 
     labels = [s for s in np.unique(spans)]
-    phis = {name: 1.0 for name in encoding.kinds}
+    phis: dict[str, Any] = {name: 1.0 for name in encoding.kinds}
+    spreads: dict[str, dict[str, float]] = {}
+    phis[SPREADS] = spreads
     if len(labels) < 2:
         return phis
     for name, kind in encoding.kinds.items():
@@ -268,6 +287,13 @@ def dispersion(encoding: Encoding, base: Sample, spans: np.ndarray) -> dict[str,
         else:
             size = int(column.max(initial=0)) + 1
             table = np.array([np.bincount(column[spans == label], minlength=size) for label in labels])
+            sizes = table.sum(axis=1, keepdims=True)
+            shares = table / np.maximum(sizes, 1)
+            overall = table.sum(axis=0) / max(table.sum(), 1)
+            sampling = (overall * (1 - overall) / np.maximum(sizes, 1)).mean(axis=0)
+            spread = np.maximum(shares.var(axis=0, ddof=1) - sampling, 0.0)
+            codes = {code: value for value, code in encoding.vocab[name].items()}
+            spreads[name] = {codes[k]: float(spread[k]) for k in np.flatnonzero(spread > 0) if k in codes}
             expected = table.sum(axis=0) * table.sum(axis=1).min() / table.sum()
             keep = expected >= MIN_EXPECTED
             pooled = np.concatenate([table[:, keep], table[:, ~keep].sum(axis=1, keepdims=True)], axis=1)
@@ -299,7 +325,7 @@ def numeric_dispersion(column: np.ndarray, spans: np.ndarray) -> float:
 def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str, str], *,
             slice_features: tuple[str, ...], seasonal: set[str], alpha: float, min_distance: float,
             feature_floors: dict[str, float], min_slice_examples: int,
-            phis: dict[str, float] | None = None) -> tuple[list[dict], dict[str, float]]:
+            phis: dict[str, Any] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Every (feature, slice) test of the window against the baseline, with its verdict, and the
     dispersion of each feature (measured between the baseline rows' SPAN labels unless `phis` is given).
 
@@ -315,6 +341,12 @@ def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str
             if feature not in cell[1] and (cell[0] is None or feature not in seasonal)]
     tested = sum(1 for feature, _ in plan if feature not in seasonal)
     corrected = alpha / max(tested, 1)
+    tau2 = {}
+    for feature, vocab in encoding.vocab.items():  # between-span share variances, by this encoding's codes
+        tau2[feature] = np.zeros(len(vocab))
+        for value, spread in phis.get(SPREADS, {}).get(feature, {}).items():
+            if value in vocab:
+                tau2[feature][vocab[value]] = spread
     rows = []
     for feature, (label, _, bmask, cmask) in plan:
         b, c = base.columns[feature][bmask], cur.columns[feature][cmask]
@@ -322,7 +354,7 @@ def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str
         if kinds[feature] == NUMERIC:
             result = numeric_test(b, c, corrected, phi)
         else:
-            result = categorical_test(b, c, encoding.baseline_vocab[feature], corrected, phi)
+            result = categorical_test(b, c, encoding.baseline_vocab[feature], corrected, phi, tau2[feature])
         if result is None:
             continue
         expected = feature in seasonal
