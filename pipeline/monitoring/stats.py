@@ -99,10 +99,36 @@ def encode(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str,
 # --- One test ----------------------------------------------------------------------------------
 
 
-def _z(alpha: float) -> float:
-    from scipy import stats
+# scipy.special's functions directly: scipy.stats' distribution objects cost ~1 ms a call, and a check
+# makes hundreds of tests.
+def _norm_sf(z: float) -> float:
+    from scipy import special
 
-    return float(stats.norm.isf(alpha / 2))
+    return float(special.ndtr(-z))
+
+
+def _norm_isf(p: float) -> float:
+    from scipy import special
+
+    return float(-special.ndtri(p))
+
+
+def _z(alpha: float) -> float:
+    return _norm_isf(alpha / 2)
+
+
+def _ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = np.sort(a), np.sort(b)
+    values = np.concatenate([a, b])
+    gaps = np.searchsorted(a, values, side="right") / len(a) - np.searchsorted(b, values, side="right") / len(b)
+    return float(np.max(np.abs(gaps)))
+
+
+def _chi2(table: np.ndarray) -> tuple[float, int]:
+    """Pearson's chi-squared statistic of a contingency table (no zero rows or columns) and its dof."""
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    return float(((table - expected) ** 2 / expected).sum()), (table.shape[0] - 1) * (table.shape[1] - 1)
 
 
 def _proportion_test(k1: int, n1: int, k0: int, n0: int, alpha: float) -> tuple[float, float, float]:
@@ -120,14 +146,14 @@ def _proportion_test(k1: int, n1: int, k0: int, n0: int, alpha: float) -> tuple[
 def numeric_test(base: np.ndarray, cur: np.ndarray, alpha: float, phi: float = 1.0) -> dict | None:
     """KS on the present values (its effective sample size divided by the dispersion `phi`) and
     Fisher's exact test on the missing shares."""
-    from scipy import stats
+    from scipy import special
 
     results = []
     b, c = base[~np.isnan(base)], cur[~np.isnan(cur)]
     if len(b) >= MIN_VALUES and len(c) >= MIN_VALUES:
-        d = float(stats.ks_2samp(b, c, method="asymp").statistic)
+        d = _ks_statistic(b, c)
         n_eff = len(b) * len(c) / (len(b) + len(c)) / phi
-        p = float(stats.kstwobign.sf(d * math.sqrt(n_eff)))
+        p = float(special.kolmogorov(d * math.sqrt(n_eff)))  # the asymptotic KS distribution
         band = math.sqrt(-math.log(alpha / 2) / 2) / math.sqrt(n_eff)
         results.append(("KS", d, p, band))
     if len(base) and len(cur):
@@ -141,7 +167,7 @@ def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float,
     """Chi-squared on the counts (its statistic divided by the dispersion `phi`), the largest change of
     one category's share (its variance plus `tau2`, the category's own between-span variance), and the
     new-value test. `seen`: codes below it occur in the whole baseline (others are new values)."""
-    from scipy import stats
+    from scipy import special
 
     if not len(base) or not len(cur):
         return None
@@ -158,8 +184,8 @@ def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float,
     pooled = (cb[worst] + cc[worst] + 0.5) / (len(base) + len(cur) + 1)
     band = _z(alpha) * math.sqrt(phi * pooled * (1 - pooled) * (1 / len(cur) + 1 / len(base)))
     if len(columns) >= 2:
-        chi = stats.chi2_contingency(np.array(table)[:, columns], correction=False)
-        results.append(("CHI2_LINF", float(gaps[worst]), float(stats.chi2.sf(chi.statistic / phi, chi.dof)), band))
+        statistic, dof = _chi2(np.array(table, dtype=float)[:, columns])
+        results.append(("CHI2_LINF", float(gaps[worst]), float(special.chdtrc(dof, statistic / phi)), band))
     else:  # one category on both sides (e.g. always missing): nothing moved
         results.append(("CHI2_LINF", float(gaps[worst]), 1.0, band))
     # One category's share: a shift concentrated on one value (a fleet taking over 15% of the rides) is
@@ -172,8 +198,8 @@ def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float,
         sd = np.sqrt(shared * (1 - shared) * (1 / n + 1 / m) + extra)
         z = np.abs(pc[testable] - pb[testable]) / np.where(sd > 0, sd, np.inf)  # sd 0: one value on both sides
         top = int(np.argmax(z))
-        p = min(1.0, len(testable) * 2 * float(stats.norm.sf(z[top])))
-        band = float(stats.norm.isf(alpha / (2 * len(testable)))) * float(sd[top])
+        p = min(1.0, len(testable) * 2 * _norm_sf(float(z[top])))
+        band = _norm_isf(alpha / (2 * len(testable))) * float(sd[top])
         results.append(("SHARE", float(gaps[testable[top]]), p, band))
     new = int(cc[seen:].sum())
     if new:
@@ -186,8 +212,8 @@ def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float,
         one_off = (n1 + 1) / (n + 1)
         variance = max((n1 + 2 * n2) / n ** 2 - n1 ** 2 / n ** 3, 0.0)
         sd = math.sqrt(m * one_off * (1 - one_off) + m * m * variance)
-        p = float(stats.norm.sf((new - 0.5 - m * one_off) / sd))
-        band = one_off + float(stats.norm.isf(alpha)) * sd / m
+        p = _norm_sf((new - 0.5 - m * one_off) / sd)
+        band = one_off + _norm_isf(alpha) * sd / m
         results.append(("NEW_VALUES", new / m, p, band))
     return _combine(results, len(cur), len(base))
 
@@ -272,8 +298,6 @@ def dispersion(encoding: Encoding, base: Sample, spans: np.ndarray) -> dict[str,
     from each other; dividing the window's test statistic by phi makes that normal evolution part of the
     noise. One span (or none recorded): phi = 1.
     """
-    from scipy import stats
-
     labels = [s for s in np.unique(spans)]
     phis: dict[str, Any] = {name: 1.0 for name in encoding.kinds}
     spreads: dict[str, dict[str, float]] = {}
@@ -299,22 +323,20 @@ def dispersion(encoding: Encoding, base: Sample, spans: np.ndarray) -> dict[str,
             pooled = np.concatenate([table[:, keep], table[:, ~keep].sum(axis=1, keepdims=True)], axis=1)
             pooled = pooled[:, pooled.sum(axis=0) > 0]
             if pooled.shape[1] >= 2:
-                chi = stats.chi2_contingency(pooled, correction=False)
-                phis[name] = max(1.0, float(chi.statistic / chi.dof))
+                statistic, dof = _chi2(pooled.astype(float))
+                phis[name] = max(1.0, statistic / dof)
     return phis
 
 
 def numeric_dispersion(column: np.ndarray, spans: np.ndarray) -> float:
     """phi of a numeric column: the mean over spans of n_eff * D^2 (span vs the rest) over its null mean."""
-    from scipy import stats
-
     ratios = []
     for label in np.unique(spans):
         inside, outside = column[spans == label], column[spans != label]
         inside, outside = inside[~np.isnan(inside)], outside[~np.isnan(outside)]
         if len(inside) < MIN_VALUES or len(outside) < MIN_VALUES:
             continue
-        d = float(stats.ks_2samp(inside, outside, method="asymp").statistic)
+        d = _ks_statistic(inside, outside)
         ratios.append(len(inside) * len(outside) / (len(inside) + len(outside)) * d * d / KS_NULL_MEAN)
     return max(1.0, float(np.mean(ratios))) if ratios else 1.0
 

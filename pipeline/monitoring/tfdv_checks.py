@@ -10,8 +10,10 @@ from pipeline.config import Config
 TRAINING, SERVING = "TRAINING", "SERVING"
 
 
-def statistics_of(rows: list[dict[str, Any]]):
+def statistics_of(rows: list[dict[str, Any]], histograms: bool = True):
     """TFDV statistics (DatasetFeatureStatisticsList) of the model features of decoded rows, in memory.
+
+    histograms=False: counts, types and values only (what the schema check reads), about twice as fast.
 
     Only the features the model reads are summarised (a client may send more). A missing value
     (absent from a tf.Example, '' or NaN in a raw tensor) becomes an empty value list, as
@@ -33,7 +35,9 @@ def statistics_of(rows: list[dict[str, Any]]):
         arrays.append(pa.array([[] if v is None else [convert(v)] for v in values], type=pa.list_(kind)))
         fields.append(name)
     batch = pa.RecordBatch.from_arrays(arrays, fields)
-    return stats_impl.generate_statistics_in_memory(batch, stats_options.StatsOptions())
+    options = stats_options.StatsOptions() if histograms else stats_options.StatsOptions(
+        num_histogram_buckets=1, num_quantiles_histogram_buckets=1, num_values_histogram_buckets=2)
+    return stats_impl.generate_statistics_in_memory(batch, options)
 
 
 
