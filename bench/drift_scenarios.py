@@ -324,11 +324,11 @@ def main(argv=None) -> int:
     finally:
         stop_server(proc)
     print(f"\nmlpipe drift scenarios: {n} requests per window, seed {args.seed}, {args.repeats} window(s) each")
-    print(f"{'SCENARIO':<24} {'LABEL':<7} {'VERDICT':<8} {'CORRECT':<8} {'WALL':>6} {'CHECK':>6}  ALERTS (strongest slices)")
+    print(f"{'SCENARIO':<28} {'LABEL':<7} {'VERDICT':<8} {'CORRECT':<8} {'WALL':>6} {'CHECK':>6}  ALERTS (strongest slices)")
     for r in results:
         label = "shift" if r["shift"] else "normal"
         slices = f" ({'; '.join(r['slices'])})" if r["slices"] else ""
-        print(f"{r['scenario']:<24} {label:<7} {'ALERT' if r['alert'] else 'quiet':<8} "
+        print(f"{r['scenario']:<28} {label:<7} {'ALERT' if r['alert'] else 'quiet':<8} "
               f"{'yes' if r['correct'] else 'NO':<8} {r['seconds']:>5.1f}s {r['check_seconds']:>5.2f}s  "
               f"{', '.join(r['alerting']) or '-'}{slices}")
     tp = sum(r["shift"] and r["alert"] for r in results)
