@@ -95,11 +95,18 @@ def test_normal_traffic_of_another_season_does_not_alert(scored, tmp_path):
     workspace, version, scorer, now, pool = scored
     log_dir = workspace / "request_logs" / "taxi"
     quarter = held_out_rows(pool, 500, seed=1, months=(10, 11, 12))
+    # One trip paid with a payment type the training data never had (as the one "Dispute" trip).
+    quarter[0] = dict(quarter[0], payment_type=(b"Prcard", "bytes_list"))
     write_scored(log_dir, quarter, scorer, version, now - 10 * HOUR, HOUR, seed=1)
     code, out, err = _monitor(workspace, *_window(now, 10), "--json")
     assert code == 0, (out, err)
     report = json.loads(out)
     assert report["alert"] is False and report["alerts"] == []
+    # The rare value is neither a schema anomaly (the schema tolerates < min_distance of new values) nor a
+    # page (its share is below the distance floor).
+    assert report["anomalies"] == []
+    payment = next(c for c in report["checks"] if c["feature"] == "payment_type" and c["slice"] is None)
+    assert payment["alert"] is False
     month = next(c for c in report["checks"] if c["feature"] == "trip_start_month" and c["slice"] is None)
     # A huge, certain shift, but declared seasonal (models/features.py SEASONAL_FEATURES).
     assert month["expected"] is True and month["distance"] > 0.15 and month["p_value"] < month["p_threshold"]
