@@ -48,6 +48,11 @@ BIG_TIP_FRACTION = 0.2
 # Columns the Evaluator slices metrics by.
 SLICE_FEATURES = ("trip_start_hour", "payment_type")
 
+# Features that change with the calendar by nature: a new quarter has new months, a day's window one
+# weekday, an hour's window one hour. Monitoring reports their shift but does not alert on it
+# (config: monitoring.seasonal_features).
+SEASONAL_FEATURES = ("trip_start_month", "trip_start_day", "trip_start_hour")
+
 # Column that orders the data in time (used to split data into spans).
 TIMESTAMP_COLUMN = "trip_start_timestamp"
 

@@ -93,15 +93,15 @@ def drift_checks(current, previous, schema, monitoring_config):
     """
     import tensorflow_data_validation as tfdv
 
-    from pipeline import monitoring
     from pipeline.config import Config
+    from pipeline.monitoring import tfdv_checks
 
     config = Config(monitoring=monitoring_config)
-    kinds = monitoring._feature_kinds(previous, current)
+    kinds = tfdv_checks._feature_kinds(previous, current)
     anomalies = tfdv.validate_statistics(
-        current, monitoring.monitoring_schema(schema, config, kinds, "drift"),
-        environment=monitoring.TRAINING, previous_statistics=previous)
-    return anomalies, monitoring._measurements(anomalies, "drift", None)
+        current, tfdv_checks.monitoring_schema(schema, config, kinds, "drift"),
+        environment=tfdv_checks.TRAINING, previous_statistics=previous)
+    return anomalies, tfdv_checks._measurements(anomalies, "drift", None)
 
 
 @tfx.dsl.components.component

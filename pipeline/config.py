@@ -146,6 +146,18 @@ class MonitoringConfig:
     pipeline_drift: str = "off"
     alert_command: str = ""  # shell command run with the alert JSON on stdin
     webhook_url: str = ""  # http(s) URL the alert JSON is POSTed to
+    # `mlpipe monitor`'s decisions (docs/monitoring.md): a (feature, slice) alerts when its two-sample
+    # test's p-value is below alpha / (number of tests in the check) AND its distance exceeds min_distance
+    # (feature_thresholds overrides min_distance per feature).
+    alpha: float = 0.01  # family-wise false-alert rate of one check (skew of a version, or drift)
+    min_distance: float = 0.03  # smallest shift worth a page, whatever the sample size
+    min_slice_examples: int = 30  # a slice is tested when both sides have at least this many rows
+    # Features whose change is expected (calendar, season): reported, never alerting. Empty: the
+    # model's own list (models/features.py SEASONAL_FEATURES).
+    seasonal_features: tuple[str, ...] = ()
+    baseline_rows: int = 20000  # at most this many training rows (seeded sample) form the skew baseline
+    retrain_after_windows: int = 2  # --retrain: the same alert in this many consecutive monitor runs
+    max_retrains_per_day: int = 1  # --retrain starts at most this many retrains in 24 h
 
 
 @dataclass(frozen=True)
@@ -326,6 +338,14 @@ def validate_monitoring(m: MonitoringConfig) -> None:
         raise ConfigError("monitoring.pipeline_drift", f"must be off, warn or block, got {m.pipeline_drift!r}")
     if m.min_examples < 1:
         raise ConfigError("monitoring.min_examples", f"must be at least 1, got {m.min_examples}")
+    for key in ("alpha", "min_distance"):
+        if not 0 < getattr(m, key) < 1:
+            raise ConfigError(f"monitoring.{key}", f"must be in (0, 1), got {getattr(m, key)!r}")
+    for key in ("min_slice_examples", "baseline_rows", "retrain_after_windows"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"monitoring.{key}", f"must be at least 1, got {getattr(m, key)}")
+    if m.max_retrains_per_day < 0:
+        raise ConfigError("monitoring.max_retrains_per_day", f"must be >= 0, got {m.max_retrains_per_day}")
     if m.webhook_url and not m.webhook_url.startswith(("http://", "https://")):
         raise ConfigError("monitoring.webhook_url", f"must be an http:// or https:// URL, got {m.webhook_url!r}")
 

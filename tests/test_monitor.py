@@ -25,13 +25,13 @@ HOUR = 3600
 # --- Synthetic traffic -------------------------------------------------------------------------
 
 
-def training_rows(workspace: Path) -> list[dict]:
-    """The train split's raw rows, decoded from the Examples artifact of the run (feature -> value or None)."""
+def training_rows(workspace: Path, split: str = "train") -> list[dict]:
+    """The split's raw rows, decoded from the Examples artifact of the run (feature -> (value or None, kind))."""
     import tensorflow as tf
     from tensorflow.core.example import example_pb2
 
-    files = sorted((workspace / "pipeline_root" / "CsvExampleGen" / "examples").glob("*/Split-train/*.gz"))
-    assert files, "first_run produced no train examples"
+    files = sorted((workspace / "pipeline_root" / "CsvExampleGen" / "examples").glob(f"*/Split-{split}/*.gz"))
+    assert files, f"first_run produced no {split} examples"
     rows = []
     for raw in tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP").as_numpy_iterator():
         example = example_pb2.Example.FromString(raw)
@@ -172,12 +172,19 @@ def test_training_distribution_raises_no_alert(served, tmp_path):
     assert report["alert"] is False and report["alerts"] == []
     assert report["versions"][0]["version"] == version and report["versions"][0]["requests"] > 50
     assert report["previous_window"]["requests"] > 50
-    checks = {(c["check"], c["feature"]): c for c in report["checks"]}
-    # Both kinds of distance were computed by TFDV for both kinds of check.
-    assert checks[("skew", "payment_type")]["statistic"] == "L_INFTY"
-    assert checks[("skew", "trip_miles")]["statistic"] == "JENSEN_SHANNON_DIVERGENCE"
-    assert ("drift", "company") in checks and ("drift", "fare") in checks
-    assert all(0 <= c["distance"] <= c["threshold"] for c in report["checks"])
+    checks = {(c["check"], c["feature"]): c for c in report["checks"] if c["slice"] is None}
+    # Every model feature is scored in both checks, alerting or not: a distance and its evidence.
+    from models import features
+
+    for check in ("skew", "drift"):
+        assert {f for (c, f) in checks if c == check} >= set(features.MODEL_FEATURES)
+    assert checks[("skew", "payment_type")]["statistic"] in ("CHI2_LINF", "NEW_VALUES")
+    assert checks[("skew", "trip_miles")]["statistic"] in ("KS", "MISSING")
+    for c in report["checks"]:
+        assert 0 <= c["distance"] <= 1 and 0 <= c["p_value"] <= 1 and c["band"] > 0
+        assert c["alert"] is False
+    # The baseline is the training window (a sample of its train split), not a statistics file.
+    assert report["versions"][0]["baseline_rows"] == report["versions"][0]["training_rows"] > 1000
     assert report["anomalies"] == []
     # The table says so too.
     code, out, _ = _monitor(workspace, *_window(now, 9))
@@ -196,31 +203,41 @@ def test_shifted_traffic_alerts_on_exactly_those_features(served, tmp_path):
     alerting = {(c["check"], c["feature"]) for c in report["checks"] if c["alert"]}
     assert alerting == {("skew", "trip_miles"), ("skew", "payment_type"),
                         ("drift", "trip_miles"), ("drift", "payment_type")}
+    assert report["alerts"] == ["anomaly:payment_type", "drift:payment_type", "drift:trip_miles",
+                                "skew:payment_type", "skew:trip_miles"]
     # The unseen category is also a schema anomaly of the serving data (the label is not required).
     assert {a["feature"] for a in report["anomalies"]} == {"payment_type"}
-    assert report["retrain_wanted"] is True
+    # One alerting window is not a persisting alert: --retrain would wait (monitoring.retrain_after_windows 2).
+    assert report["retrain_wanted"] is False and report["retrain_gate"]["windows"] == 2
     html = page.read_text()
-    assert html.count("<svg") == 8 and "Crypto" in html and "trip_miles" in html
-    # Table: the verdicts and distances.
+    # Every feature against its noise band, alerting or not; the alerting ones' distributions.
+    assert html.count("<th>noise band</th>") == 2  # the skew and the drift table
+    assert all(f">{name}<" in html for name in ("fare", "company", "trip_seconds"))
+    assert "Crypto" in html and "Slices that alerted" in html and "Prediction drift" in html
+    # Table: the verdicts, distances and evidence.
     code, out, _ = _monitor(workspace, *_window(now, 5))
     assert code == 3
-    alert_lines = [line for line in out.splitlines() if line.endswith("ALERT")]
-    assert len(alert_lines) == 4 and all(("trip_miles" in x) != ("payment_type" in x) for x in alert_lines)
+    alert_lines = [line.split() for line in out.splitlines() if " ALERT " in line]
+    assert alert_lines and all(x[2] in ("trip_miles", "payment_type") for x in alert_lines)
+    assert {x[2] for x in alert_lines} == {"trip_miles", "payment_type"}
 
 
 def test_per_feature_threshold_from_config(served, tmp_path):
     workspace, version, rows, now = served
     log_dir = workspace / "request_logs" / "taxi"
-    write_traffic(log_dir, rows[:600], version, now - 3 * HOUR, HOUR, seed=5)
+    write_traffic(log_dir, shifted(rows[:600], fraction_new_payment=0.2), version, now - 3 * HOUR, HOUR, seed=5)
     config = tmp_path / "mlpipe.toml"
-    # An impossibly strict threshold for fare alone: only fare alerts (no previous window: skew only).
-    config.write_text("[monitoring]\nfeature_thresholds = {fare = 0.000001}\n")
+    # A minimum distance no shift reaches for trip_miles alone: only payment_type alerts (no previous
+    # window: skew only), although trip_miles' shift is far beyond its noise band.
+    config.write_text("[monitoring]\nfeature_thresholds = {trip_miles = 0.99}\n")
     code, out, err = _monitor(workspace, "--config", str(config), *_window(now, 3), "--json")
     assert code == 3, err
     report = json.loads(out)
-    assert report["alerts"] == ["skew:fare"]
-    assert report["notes"] == ["0 example(s) in the previous window, 600 in this one "
-                               "(monitoring.min_examples 100): drift not checked"]
+    assert report["alerts"] == ["anomaly:payment_type", "skew:payment_type"]
+    miles = next(c for c in report["checks"] if c["feature"] == "trip_miles" and c["slice"] is None)
+    assert miles["p_value"] < miles["p_threshold"] and miles["distance"] > miles["band"] and not miles["alert"]
+    assert "0 example(s) in the previous window, 600 in this one (monitoring.min_examples 100): drift not checked" \
+        in report["notes"]
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -243,7 +260,7 @@ def test_alert_hooks_receive_the_json_and_retrain_starts(served, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     captured = tmp_path / "alert.json"
     config = tmp_path / "mlpipe.toml"
-    config.write_text(f'[monitoring]\nalert_command = "cat > {captured}"\n'
+    config.write_text(f'[monitoring]\nretrain_after_windows = 1\nalert_command = "cat > {captured}"\n'
                       f'webhook_url = "http://127.0.0.1:{server.server_port}/alert"\n')
     try:
         code, out, err = _monitor(workspace, "--config", str(config), *_window(now, 14), "--json", "--retrain")

@@ -1,6 +1,7 @@
-"""`mlpipe monitor`: training-serving skew, drift and schema anomalies of logged serving traffic.
+"""`mlpipe monitor`: training-serving skew, drift, prediction drift and schema anomalies of logged traffic.
 
-Exit codes: 0 no alert, 3 an alert (a skew/drift threshold crossed or a schema anomaly),
+Exit codes: 0 no alert, 3 an alert (a significant skew/drift of a feature, a slice or the predictions, or a
+schema anomaly),
 2 bad usage or input (no logs in the window, unknown version, bad time), 1 failure.
 See docs/monitoring.md.
 """
@@ -21,11 +22,14 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "monitor",
         help="skew and drift of logged serving traffic against training data; alerts, optional retrain",
-        description="Read the request logs `mlpipe serve` wrote for a time window, compute TFDV statistics of the "
-        "raw features the model received, and compare them with TFDV: skew against the training statistics of "
-        "the version that served them (found through MLMD lineage), drift against the previous window of the "
-        "same length, and schema anomalies in the SERVING environment. Thresholds come from [monitoring] in "
-        "the config. On an alert, the configured alert command and webhook get the JSON report. "
+        description="Read the request logs `mlpipe serve` wrote for a time window and compare the raw features "
+        "the model received (and its scores) per feature and per slice with two-sample tests: skew against the "
+        "whole training window of the version that served them (found through MLMD lineage), drift against the "
+        "previous window of the same length, prediction drift against the scores on the training window's eval "
+        "split, and schema anomalies in TFDV's SERVING environment. A shift alerts when it is beyond the "
+        "window's sampling noise and above a minimum size ([monitoring] alpha, min_distance); seasonal features "
+        "are reported, not alerted on. Every run is recorded (--history). On an alert, the configured alert "
+        "command and webhook get the JSON report. "
         f"Exit codes: 0 no alert, {EXIT_ALERT} alert, 2 bad usage/input (e.g. no logs in the window), 1 failure.",
     )
     cli.add_config_options(p)
@@ -37,14 +41,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--log-dir", metavar="DIR",
                    help="request log root as given to `mlpipe serve --request_log_dir` (default <workspace>/request_logs)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (docs/monitoring.md)")
-    p.add_argument("--html", metavar="FILE", help="also write an HTML page of each alerting feature's two distributions")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write an HTML page: every feature's score against its noise band, the slices that "
+                   "alerted, prediction drift, and each alerting feature's two distributions")
     p.add_argument("--all", action="store_true", help="list every check in the table, not only the alerts")
     p.add_argument("--no-notify", action="store_true", help="do not run the alert command or call the webhook")
     p.add_argument("--evaluate", metavar="CSV_OR_DIR",
                    help="instead of the traffic checks: score the served version (or --version) with TFMA on labelled "
                    "CSV data (a file or a span directory) and alert below evaluation.value_lower_bound")
     p.add_argument("--retrain", action="store_true",
-                   help="on a skew, drift or --evaluate alert, run `mlpipe retrain` on the same workspace and config")
+                   help="run `mlpipe retrain` on the same workspace and config when a skew or drift alert persisted "
+                   "for monitoring.retrain_after_windows consecutive runs (at most monitoring.max_retrains_per_day "
+                   "a day), or on an --evaluate alert")
+    p.add_argument("--history", nargs="?", const="", metavar="FEATURE",
+                   help="instead of checking: print the recorded runs (each window's alerts), or with FEATURE that "
+                   "feature's score in every recorded window")
     p.set_defaults(func=_monitor)
 
 
@@ -52,6 +63,8 @@ def _monitor(args: argparse.Namespace) -> int:
     config = cli.load_config(args)
     from pipeline import monitoring  # imports TFDV: only when the command runs
 
+    if args.history is not None:
+        return _history(args, config)
     if args.evaluate:
         return _evaluate(args, config)
     now = time.time()
@@ -65,12 +78,27 @@ def _monitor(args: argparse.Namespace) -> int:
             except monitoring.MonitorError as e:
                 raise monitoring.MonitorError(f"config error: monitoring.window: {e}") from None
         log_root = Path(args.log_dir) if args.log_dir else config.workspace_path / "request_logs"
-        report = monitoring.monitor(config, since, until, log_root / config.model_name, args.version)
+        report = monitoring.monitor(config, since, until, log_root / config.model_name, args.version, now=now)
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
     data = report.data
     return _act(args, config, data, lambda: monitoring.table(report, show_all=args.all),
-                html=lambda path: monitoring.write_html(report, path))
+                html=lambda path: monitoring.write_html(report, path),
+                on_retrain=lambda result: monitoring.history.mark_retrain(config, data, args.version, result, now))
+
+
+def _history(args: argparse.Namespace, config) -> int:
+    from pipeline.monitoring import history
+
+    entries = history.load(config)
+    if args.json:
+        feature = args.history or None
+        out = [dict(e, scores=[s for s in e["scores"] if feature is None or s["feature"] == feature]) for e in entries]
+        print(json.dumps({"workspace": str(config.workspace_path), "feature": feature, "runs": out}, indent=2))
+    else:
+        for line in history.lines(entries, args.history or None):
+            print(line)
+    return cli.EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace, config) -> int:
@@ -96,7 +124,7 @@ def _evaluate(args: argparse.Namespace, config) -> int:
     return _act(args, config, data, lines, html=None)
 
 
-def _act(args: argparse.Namespace, config, data: dict, lines, html) -> int:
+def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=None) -> int:
     """Writes the HTML page, notifies, retrains, prints; returns the exit code."""
     from pipeline import logs, monitoring
 
@@ -118,6 +146,8 @@ def _act(args: argparse.Namespace, config, data: dict, lines, html) -> int:
         if not args.json:
             print("mlpipe: alert: starting `mlpipe retrain`", flush=True)
         data["retrain"] = monitoring.start_retrain(config, args.config)
+        if on_retrain is not None:
+            on_retrain(data["retrain"])
     if args.json:
         print(json.dumps(data, indent=2, default=str))
     else:
@@ -127,4 +157,6 @@ def _act(args: argparse.Namespace, config, data: dict, lines, html) -> int:
             print(f"HTML report: {data['html']}")
         if data["retrain"] is not None:
             print(f"mlpipe retrain exited {data['retrain']['exit_code']} after {data['retrain']['seconds']} s")
+        elif args.retrain and data.get("retrain_gate") and data["alert"]:
+            print(f"no retrain: {data['retrain_gate']['reason']}")
     return EXIT_ALERT if data["alert"] else cli.EXIT_OK

@@ -1,0 +1,37 @@
+"""Training-serving skew, drift, prediction drift and schema anomalies of logged serving traffic
+(`mlpipe monitor`). See docs/monitoring.md.
+
+The model server's request logs (serving/request_log.py) are decoded back into the raw features
+the model received and the scores it returned (traffic.py), and compared (stats.py: per feature and
+per slice, a two-sample test whose p-value accounts for the window's size, plus a distance floor) with:
+- skew: a seeded sample of the whole training window of the version that served the traffic, merged
+  over its spans, and its scores on the window's eval splits (baseline.py, through MLMD lineage);
+- drift: the traffic of the previous window (same length, right before `since`);
+- anomalies: the version's schema in TFDV's SERVING environment, tolerant of rare legitimate values
+  (tfdv_checks.py).
+Every run's scores go to the workspace's history (history.py), which gates `--retrain`.
+
+Modules: window (times, MonitorError), traffic, baseline, stats, tfdv_checks, check (the run),
+report (table, HTML), history, actions (hooks, retrain), evaluate (`--evaluate`).
+"""
+
+from pipeline.monitoring.actions import notify, start_retrain
+from pipeline.monitoring.baseline import TrainingData, training_data
+from pipeline.monitoring.check import Report, monitor
+from pipeline.monitoring.evaluate import evaluate
+from pipeline.monitoring.report import table, write_html
+from pipeline.monitoring.tfdv_checks import (
+    SERVING,
+    TRAINING,
+    monitoring_schema,
+    statistics_of,
+    threshold_for,
+)
+from pipeline.monitoring.traffic import Traffic, decode_request, read_traffic
+from pipeline.monitoring.window import MonitorError, iso_seconds, parse_duration, parse_time
+
+__all__ = [
+    "MonitorError", "Report", "SERVING", "TRAINING", "Traffic", "TrainingData", "decode_request", "evaluate",
+    "iso_seconds", "monitor", "monitoring_schema", "notify", "parse_duration", "parse_time", "read_traffic",
+    "start_retrain", "statistics_of", "table", "threshold_for", "training_data", "write_html",
+]
