@@ -107,6 +107,8 @@ def run_and_report(config: config_lib.Config, args: argparse.Namespace) -> int:
             summary = runner.run(config, say)
     except inputs.InputDataError as e:
         raise CommandError(f"input data error: {e}", EXIT_USAGE) from None
+    except config_lib.ConfigError as e:  # found before the run: a [model] or data setting
+        raise CommandError(f"config error: {e}", EXIT_USAGE) from None
     if args.json:
         print(json.dumps({"log": str(log_path), **summary.to_dict()}, indent=2, default=str))
     else:
@@ -148,6 +150,7 @@ COMMAND_MODULES = [
     "pipeline.commands.retrain",
     "pipeline.commands.compile",
     "pipeline.commands.monitor",
+    "pipeline.commands.project",
     "serving.cli",
 ]
 

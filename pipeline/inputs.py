@@ -13,7 +13,9 @@ class InputDataError(ValueError):
     """The data directory or a CSV in it cannot be used; the message says what to do."""
 
 
-def check_csv_dir(root: str | Path, expected_columns: Sequence[str]) -> list[Path]:
+def check_csv_dir(
+    root: str | Path, expected_columns: Sequence[str], where: str = "models/features.py CSV_COLUMNS"
+) -> list[Path]:
     """Returns the CSV files under `root` after checking each one's header against `expected_columns`."""
     root = Path(root)
     if not root.is_dir():
@@ -27,11 +29,11 @@ def check_csv_dir(root: str | Path, expected_columns: Sequence[str]) -> list[Pat
     if not files:
         raise InputDataError(f"data directory {root} has no {CSV_PATTERN} files (nor span-<N>/*.csv)")
     for path in files:
-        check_csv_header(path, expected_columns)
+        check_csv_header(path, expected_columns, where)
     return files
 
 
-def check_csv_header(path: Path, expected_columns: Sequence[str]) -> None:
+def check_csv_header(path: Path, expected_columns: Sequence[str], where: str = "models/features.py CSV_COLUMNS") -> None:
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -48,5 +50,5 @@ def check_csv_header(path: Path, expected_columns: Sequence[str]) -> None:
         if extra:
             parts.append(f"unexpected column(s) {', '.join(extra)}")
         raise InputDataError(
-            f"{path}: {'; '.join(parts)} (the columns are listed in models/features.py CSV_COLUMNS)"
+            f"{path}: {'; '.join(parts)} (the columns come from {where})"
         )

@@ -8,9 +8,8 @@ import threading
 import time
 from typing import Callable
 
-from models import features
 from pipeline import metadata
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.inputs import check_csv_dir
 
 Print = Callable[[str], None]
@@ -89,6 +88,7 @@ class RunSummary:
     pushed_path: str | None = None
     failed_component: str | None = None
     error: str | None = None
+    serving_contract: str | None = None  # what the pushed model's signatures are (README: the contract)
 
     @property
     def fully_cached(self) -> bool:
@@ -133,7 +133,40 @@ class RunSummary:
             lines += ["TFMA validation failures:"] + [f"  {m}" for m in self.validation_failures]
         if self.pushed_path:
             lines.append(f"Pushed model: {self.pushed_path}")
+            if self.serving_contract:
+                lines.append(f"Signatures: {self.serving_contract}")
         return lines
+
+
+def check_before_run(config: Config) -> None:
+    """What can be checked before anything runs: the CSV headers, the [model] column names, the user's code.
+
+    Raises inputs.InputDataError (the data) or ConfigError (a setting; the message names it).
+    """
+    from pipeline import dataset, user_code
+
+    try:
+        columns = dataset.column_types(config)
+    except (OSError, ValueError) as e:
+        raise ConfigError("data.schema", f"cannot read column types from {config.data.schema}: {e}") from None
+    check_csv_dir(config.data.root, list(columns), dataset.column_source(config))
+    m = config.model
+    for key, names in (("raw_label_keys", m.raw_label_keys), ("slice_features", m.slice_features),
+                       ("serving_features", m.serving_features)):
+        unknown = [n for n in names if n not in columns]
+        if unknown:
+            raise ConfigError(
+                f"model.{key}", f"{', '.join(map(repr, unknown))} not a column of the data (columns: {', '.join(columns)})"
+            )
+    user_code.check(m)
+
+
+def contract_description(config: Config) -> str:
+    m = config.model
+    if not m.serving_contract:
+        return "as run_fn exported them (model.serving_contract = false: no serving_raw unless run_fn made one)"
+    method = "classify" if m.task == "classification" else "regress"
+    return f"serving_default ({method}, output {m.evaluated_output}), serving_raw, transform_features"
 
 
 def run(config: Config, say: Print = print) -> RunSummary:
@@ -141,7 +174,7 @@ def run(config: Config, say: Print = print) -> RunSummary:
 
     Bad input data (inputs.InputDataError) raises before anything runs.
     """
-    check_csv_dir(config.data.root, features.CSV_COLUMNS)
+    check_before_run(config)
     config.workspace_path.mkdir(parents=True, exist_ok=True)
 
     from absl import flags
@@ -205,4 +238,5 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
             if metadata.custom_property(pushed, "pushed") == 1:
                 summary.pushed_version = metadata.custom_property(pushed, "pushed_version")
                 summary.pushed_path = metadata.custom_property(pushed, "pushed_destination")
+                summary.serving_contract = contract_description(config)
     return summary
