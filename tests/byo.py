@@ -6,6 +6,7 @@ import base64
 import contextlib
 import csv
 import json
+import socket
 from pathlib import Path
 
 import requests
@@ -41,13 +42,15 @@ def cli_json(*argv):
 
 
 def rows(csv_path: Path, types: dict, n: int, skip: tuple = ()) -> list[dict]:
-    """The first `n` complete rows of the CSV, typed as `types` says, without the `skip` columns."""
+    """`n` rows of the CSV typed as `types` says, without the `skip` columns: rows whose float values are
+    all present; a missing integer becomes 0 and a missing string "" (sent alike to every signature)."""
     cast = {"int": int, "float": float, "string": str}
+    fill = {"int": "0", "string": ""}
     out = []
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
-            if all(row[k] != "" for k in row):
-                out.append({k: cast[types[k]](v) for k, v in row.items() if k not in skip})
+            if all(v != "" for k, v in row.items() if types[k] == "float"):
+                out.append({k: cast[types[k]](v or fill[types[k]]) for k, v in row.items() if k not in skip})
             if len(out) == n:
                 break
     return out
@@ -67,15 +70,21 @@ def example_bytes(row: dict, types: dict) -> bytes:
 
 @contextlib.contextmanager
 def mlpipe_serve(config: Path):
-    """`mlpipe serve --config CONFIG` (the workspace's pushed model) in-process, on free ports."""
+    """`mlpipe serve` on the config's pushed model, in-process, on free ports."""
     from pipeline import cli
+    from pipeline.config import load
 
     from serving import cli as serving_cli
     from serving.server import ModelServer
 
-    args = cli.build_parser().parse_args(
-        ["serve", "--config", str(config), "--port", "0", "--rest_api_port", "0", "--file_system_poll_wait_seconds", "0"]
-    )
+    cfg = load(config)
+    with socket.socket() as s:  # `--rest_api_port 0` turns REST off: pick a free port
+        s.bind(("127.0.0.1", 0))
+        rest_port = s.getsockname()[1]
+    args = cli.build_parser().parse_args([
+        "serve", "--model_name", cfg.model_name, "--model_base_path", str(cfg.serving_model_dir),
+        "--port", "0", "--rest_api_port", str(rest_port), "--file_system_poll_wait_seconds", "0",
+    ])
     server = ModelServer(serving_cli.build_options(args)).start()
     try:
         yield server
