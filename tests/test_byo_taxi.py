@@ -118,3 +118,22 @@ def test_a_label_key_the_transformed_examples_lack_names_the_setting(tfx_taxi, t
     assert code == 1
     assert "Result: FAILED at Trainer: model.label_key: 'big_tipper' is not among the transformed examples' features" in out
     assert "tips_xf" in out and "set model.label_key" in out
+
+
+def test_a_model_the_contract_cannot_wrap_is_refused_with_the_setting_to_change(tfx_taxi, tmp_path):
+    """run_fn saved something without a callable model: the contract says what to change, nothing is half-written."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from models import signatures
+
+    graph = next((tfx_taxi[0] / "pipeline_root" / "Transform" / "transform_graph").iterdir())
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    export = tmp_path / "export"
+    tf.saved_model.save(module, str(export))
+    with pytest.raises(signatures.ServingContractError, match="no callable model .* model.serving_contract = false"):
+        signatures.rebuild(str(export), tft.TFTransformOutput(str(graph)), raw_label_keys=("tips",))
+    assert (export / "saved_model.pb").is_file() and not (tmp_path / "export.contract").exists()
+    with pytest.raises(signatures.ServingContractError, match="model.raw_label_keys: 'tip' is not a raw feature"):
+        signatures.rebuild(str(export), tft.TFTransformOutput(str(graph)), raw_label_keys=("tip",))
