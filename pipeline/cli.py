@@ -66,6 +66,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    help="Beam DirectRunner workers, 0 = one per core (beam.direct_num_workers)")
     g.add_argument("--beam-arg", action="append", metavar="--NAME=VALUE", default=None,
                    help="extra Beam pipeline argument, repeatable (beam.extra_args)")
+    g.add_argument("--module-file", metavar="FILE",
+                   help="TFX module file with preprocessing_fn and run_fn (model.module_file)")
+    g.add_argument("--label-key", metavar="KEY", help="the label among the transformed features (model.label_key)")
     g.add_argument("--no-cache", action="store_true", help="re-run every component (enable_cache = false)")
     parser.add_argument("--verbose", "-v", action="store_true", help="also show the full TFX/Beam/TF logs live")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON (see README)")
@@ -84,6 +87,8 @@ def run_overrides(args: argparse.Namespace) -> dict:
         "beam.direct_num_workers": args.direct_num_workers,
         "beam.extra_args": args.beam_arg,
         "enable_cache": False if args.no_cache else None,
+        "model.module_file": getattr(args, "module_file", None),
+        "model.label_key": getattr(args, "label_key", None),
     }
 
 

@@ -389,6 +389,13 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError("model.task", f"must be one of {', '.join(MODEL_TASKS)}, got {m.task!r}")
     if m.output not in MODEL_OUTPUTS:
         raise ConfigError("model.output", f"must be one of {', '.join(MODEL_OUTPUTS)}, got {m.output!r}")
+    contract_key = "scores" if m.task == "classification" else "outputs"
+    if m.serving_contract and m.prediction_key not in ("", contract_key):
+        raise ConfigError(
+            "model.prediction_key",
+            f"the serving contract's serving_default outputs {contract_key!r}; leave it empty, "
+            "or set model.serving_contract = false to evaluate run_fn's own signature",
+        )
     unknown = [name for name in m.metrics if name not in METRIC_CLASSES]
     if unknown:
         raise ConfigError("model.metrics", f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(METRIC_CLASSES)})")

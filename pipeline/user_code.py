@@ -59,6 +59,8 @@ def load_module_file(path: str | os.PathLike):
     key = f"_mlpipe_user_{digest}_{path.stem}"
     if key in _loaded:
         return _loaded[key]
+    # TFX modules use tf.keras; tf.Transform's Keras layer is Keras 2 (tf_keras), as in models/model.py.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     ours = {name: module for name, module in sys.modules.items() if _is_ours(name)}
     for name in ours:
         del sys.modules[name]

@@ -104,6 +104,7 @@ def test_module_without_run_fn_fails_before_anything_runs(tmp_path, taxi_slice):
         ({"slice_features": ["island"]}, "model.slice_features: 'island' not a column of the data"),
         ({"raw_label_keys": ["tip"]}, "model.raw_label_keys: 'tip' not a column of the data"),
         ({"task": "ranking"}, "model.task: must be one of classification, regression"),
+        ({"prediction_key": "outputs"}, "model.prediction_key: the serving contract's serving_default outputs 'scores'"),
     ],
 )
 def test_model_settings_errors_are_one_line_naming_the_setting(tmp_path, taxi_slice, model, message):

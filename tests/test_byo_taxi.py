@@ -137,3 +137,27 @@ def test_a_model_the_contract_cannot_wrap_is_refused_with_the_setting_to_change(
     assert (export / "saved_model.pb").is_file() and not (tmp_path / "export.contract").exists()
     with pytest.raises(signatures.ServingContractError, match="model.raw_label_keys: 'tip' is not a raw feature"):
         signatures.rebuild(str(export), tft.TFTransformOutput(str(graph)), raw_label_keys=("tip",))
+
+
+def test_a_regression_model_gets_a_regress_signature(tfx_taxi, taxi_slice, tmp_path):
+    """model.task = "regression": serving_default is marked regress, output `outputs` [batch]."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from models import signatures
+
+    graph = tft.TFTransformOutput(str(next((tfx_taxi[0] / "pipeline_root" / "Transform" / "transform_graph").iterdir())))
+    inputs = {k: tf.keras.Input(shape=(1,), name=k) for k in ("fare_xf", "trip_miles_xf")}
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(tf.keras.layers.concatenate(list(inputs.values()))))
+    export = tmp_path / "export"
+    tf.saved_model.save(model, str(export))  # a bare Keras model, no signatures of its own
+    signatures.rebuild(str(export), graph, raw_label_keys=("tips",), task="regression")
+    assert signatures.has_contract(str(export), "regression")
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((export / "saved_model.pb").read_bytes())
+    assert saved.meta_graphs[0].signature_def["serving_default"].method_name == "tensorflow/serving/regress"
+    rows = byo.rows(taxi_slice / "data.csv", TFX_TYPES, 3, skip=("tips",))
+    loaded = tf.saved_model.load(str(export))
+    examples = tf.constant([byo.example_bytes(r, TFX_TYPES) for r in rows])
+    assert loaded.signatures["serving_default"](inputs=examples)["outputs"].shape == (3,)
