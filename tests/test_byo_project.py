@@ -62,6 +62,21 @@ def test_scaffolded_project_with_its_own_models_package_runs_and_pushes(scaffold
     assert sys.modules["models"].__file__.startswith(str(config_lib.DEFAULT_DATA_ROOT.parent.parent))
 
 
+def test_a_model_the_contract_cannot_wrap_fails_the_run_with_one_line(scaffolded):
+    """run_fn saves something that is not a Keras model: the summary says so and names the setting."""
+    project = scaffolded[0]
+    module = project / "model.py"
+    saved = "    tf.saved_model.save(model, fn_args.serving_model_dir)"
+    assert saved in module.read_text()
+    module.write_text(module.read_text().replace(saved, "    tf.saved_model.save(tf.Module(), fn_args.serving_model_dir)"))
+    before = sorted((project / "workspace" / "serving_model" / "proj").iterdir())
+    code, out, err = run_cli("run", "--config", str(project / "mlpipe.toml"), "--train-steps", "5", "--eval-steps", "2")
+    assert code == 1
+    assert "Result: FAILED at Trainer: serving contract: the SavedModel run_fn wrote has no callable model" in out
+    assert "set model.serving_contract = false" in out
+    assert sorted((project / "workspace" / "serving_model" / "proj").iterdir()) == before
+
+
 def test_user_models_package_does_not_shadow_mlpipe_or_get_shadowed(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "__init__.py").write_text("")
