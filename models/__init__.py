@@ -1,4 +1,5 @@
-"""The user's model code: feature definitions, the tf.Transform preprocessing_fn, the Trainer run_fn.
+"""mlpipe's default model (the taxi data): feature definitions, the tf.Transform preprocessing_fn, the
+Trainer run_fn; and signatures.py, the serving contract every pushed model gets (yours too, see [model]).
 
 This package never imports pipeline code: the pipeline refers to it by import path.
 """

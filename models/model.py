@@ -18,16 +18,15 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.Transform's Keras layer 
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 from tfx_bsl.public.tfxio import TensorFlowDatasetOptions  # noqa: E402
 
-from models import features  # noqa: E402
+from models import features, signatures  # noqa: E402
 
-SERVING_DEFAULT = "serving_default"
-RAW_SIGNATURE = "serving_raw"
-TRANSFORM_SIGNATURE = "transform_features"
-OUTPUT_KEY = "scores"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
+SERVING_DEFAULT = signatures.SERVING_DEFAULT
+RAW_SIGNATURE = signatures.RAW_SIGNATURE
+TRANSFORM_SIGNATURE = signatures.TRANSFORM_SIGNATURE
+OUTPUT_KEY = signatures.output_key("classification")
+CLASSIFY_METHOD = signatures.CLASSIFY_METHOD
 
 DEFAULT_HPARAMS = {"batch_size": 64, "learning_rate": 0.001, "hidden_units": [64, 32], "seed": 42}
 EMBEDDING_DIM = 8
@@ -83,66 +82,12 @@ def build_model(tf_transform_output, hidden_units, learning_rate):
     return model
 
 
-def _dense_column_to_sparse(values):
-    """[batch] tensor -> SparseTensor [batch, 1], what parse_example gives for a VarLen feature.
-
-    An empty string (string features) or NaN (float features) is a missing value, as in the CSV.
-    """
-    n = tf.shape(values, out_type=tf.int64)[0]
-    indices = tf.stack([tf.range(n), tf.zeros([n], tf.int64)], axis=1)
-    if values.dtype == tf.string:
-        present = tf.not_equal(values, "")
-    elif values.dtype.is_floating:
-        present = tf.logical_not(tf.math.is_nan(values))
-    else:
-        present = tf.ones([n], tf.bool)
-    return tf.SparseTensor(
-        tf.boolean_mask(indices, present), tf.boolean_mask(values, present), tf.stack([n, 1])
-    )
-
-
 def export_serving_model(model, tf_transform_output, export_dir):
-    """Saves `model` with the transform graph and the three signatures described above."""
-    model.tft_layer = tf_transform_output.transform_features_layer()
-    raw_spec = tf_transform_output.raw_feature_spec()
-    serving_spec = {k: v for k, v in raw_spec.items() if k != features.RAW_LABEL}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-    def classify_examples(inputs):
-        parsed = tf.io.parse_example(inputs, serving_spec)
-        return {OUTPUT_KEY: model(model.tft_layer(parsed))}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def transform_features(examples):
-        return model.tft_layer(tf.io.parse_example(examples, raw_spec))
-
-    raw_keys = list(features.MODEL_FEATURES)
-    raw_inputs = [tf.TensorSpec([None], raw_spec[k].dtype, name=k) for k in raw_keys]
-
-    @tf.function(input_signature=raw_inputs)
-    def predict_raw(*columns):
-        parsed = {k: _dense_column_to_sparse(v) for k, v in zip(raw_keys, columns)}
-        return {OUTPUT_KEY: model(model.tft_layer(parsed))}
-
-    signatures = {
-        SERVING_DEFAULT: classify_examples,
-        RAW_SIGNATURE: predict_raw,
-        TRANSFORM_SIGNATURE: transform_features,
-    }
-    tf.saved_model.save(model, export_dir, signatures=signatures)
-    _mark_as_classify_signature(export_dir, SERVING_DEFAULT)
-
-
-def _mark_as_classify_signature(export_dir, signature_name):
-    """TF2 exports every signature as 'predict'; TF Serving's Classify API needs 'classify'."""
-    path = os.path.join(export_dir, "saved_model.pb")
-    saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        saved_model.ParseFromString(f.read())
-    for meta_graph in saved_model.meta_graphs:
-        meta_graph.signature_def[signature_name].method_name = CLASSIFY_METHOD
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(saved_model.SerializeToString())
+    """Saves `model` with the transform graph and the serving contract's signatures (models/signatures.py)."""
+    signatures.export_serving_model(
+        model, tf_transform_output, export_dir,
+        raw_label_keys=(features.RAW_LABEL,), serving_features=features.MODEL_FEATURES,
+    )
 
 
 def input_dataset(file_pattern, data_accessor, tf_transform_output, batch_size, seed):

@@ -66,6 +66,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--beam-arg", action="append", metavar="--NAME=VALUE", default=None,
                    help="extra Beam pipeline argument, written with '=': --beam-arg=--NAME=VALUE; repeatable "
                    "(beam.extra_args)")
+    g.add_argument("--module-file", metavar="FILE",
+                   help="TFX module file with preprocessing_fn and run_fn (model.module_file)")
+    g.add_argument("--label-key", metavar="KEY", help="the label among the transformed features (model.label_key)")
     g.add_argument("--no-cache", action="store_true", help="re-run every component (enable_cache = false)")
     parser.add_argument("--verbose", "-v", action="store_true", help="also show the full TFX/Beam/TF logs live")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON (see README)")
@@ -84,6 +87,8 @@ def run_overrides(args: argparse.Namespace) -> dict:
         "beam.direct_num_workers": args.direct_num_workers,
         "beam.extra_args": args.beam_arg,
         "enable_cache": False if args.no_cache else None,
+        "model.module_file": getattr(args, "module_file", None),
+        "model.label_key": getattr(args, "label_key", None),
     }
 
 
@@ -94,9 +99,11 @@ def check_data(config: config_lib.Config, args: argparse.Namespace):
 
     try:
         copied = runner.ensure_default_data(config)
-        checked = inputs.check_csv_dir(config.data.root, inputs.column_types(), config.data.max_bad_row_fraction)
+        checked = runner.check_before_run(config)
     except inputs.InputDataError as e:
         raise CommandError(f"input data error: {e}", EXIT_USAGE) from None
+    except config_lib.ConfigError as e:  # found before the run: a [model] or data setting
+        raise CommandError(f"config error: {e}", EXIT_USAGE) from None
     if copied and not args.json:
         print(f"mlpipe: first use: copied the taxi sample shipped with tfx to {copied}", flush=True)
     if checked.bad_rows:
@@ -165,6 +172,7 @@ COMMAND_MODULES = [
     "pipeline.commands.retrain",
     "pipeline.commands.compile",
     "pipeline.commands.monitor",
+    "pipeline.commands.project",
     "serving.cli",
 ]
 

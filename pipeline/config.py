@@ -15,11 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from models import features as default_model  # mlpipe's taxi model: the defaults of [model] (no TFX import)
+
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "taxi"
 WORKSPACE_ENV = "MLPIPE_WORKSPACE"
 
-# Metrics the Evaluator computes (models/ decides how they are configured); thresholds may name these.
-THRESHOLD_METRICS = ("auc", "binary_accuracy", "precision", "recall")
+# TFMA metrics model.metrics may name: {name TFMA reports: TFMA class name}.
+METRIC_CLASSES = {
+    "example_count": "ExampleCount",
+    "auc": "AUC",
+    "binary_accuracy": "BinaryAccuracy",
+    "precision": "Precision",
+    "recall": "Recall",
+    "calibration": "Calibration",
+    "sparse_categorical_accuracy": "SparseCategoricalAccuracy",  # multi-class, integer labels
+    "mean_squared_error": "MeanSquaredError",  # regression
+    "mean_absolute_error": "MeanAbsoluteError",
+}
+# Metrics the value and change thresholds may name (higher is better).
+THRESHOLD_METRICS = ("auc", "binary_accuracy", "precision", "recall", "sparse_categorical_accuracy")
+COLUMN_TYPE_NAMES = ("int", "float", "string")
+MODEL_TASKS = ("classification", "regression")  # serving_default marked classify | regress
+MODEL_OUTPUTS = ("probabilities", "logits")
 BEAM_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
 BEAM_RUNNERS = ("direct", "dataflow", "flink", "spark")
 BEAM_ENVIRONMENTS = ("DOCKER", "LOOPBACK", "PROCESS", "EXTERNAL")
@@ -43,6 +60,40 @@ class DataConfig:
     # Rows with a value that does not parse as its column's type: up to this fraction of the checked
     # rows is skipped by ExampleGen (with a warning); more stops the run before anything runs. 0 = none.
     max_bad_row_fraction: float = 0.0
+    # How ExampleGen types each CSV column: {column = "int" | "float" | "string"}. Empty: the pinned
+    # schema's types (data.schema), else the default model's (models/features.py COLUMN_TYPES).
+    columns: dict[str, str] = field(default_factory=dict, hash=False)
+    infer_feature_shape: bool = False  # SchemaGen: dense features where every example has one value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The user's model code and what the pipeline needs to know about it (README "Your own model").
+
+    The defaults are mlpipe's taxi model (models/).
+    """
+
+    # A TFX module file defining preprocessing_fn and run_fn (relative to the config file); when set,
+    # it replaces the two import paths below. Loaded by file path, under a name no package can shadow.
+    module_file: str = ""
+    preprocessing_fn: str = "models.preprocessing.preprocessing_fn"
+    run_fn: str = "models.model.run_fn"
+    label_key: str = default_model.LABEL  # the label among the transformed features (Trainer, TFMA)
+    raw_label_keys: tuple[str, ...] = (default_model.RAW_LABEL,)  # raw columns absent at serving time
+    task: str = "classification"  # or "regression": serving_default is marked classify or regress
+    output: str = "probabilities"  # or "logits": the serving signatures apply sigmoid / softmax
+    prediction_key: str = ""  # serving_default output TFMA reads; "" = the contract's (scores | outputs)
+    slice_features: tuple[str, ...] = default_model.SLICE_FEATURES  # raw columns TFMA slices metrics by
+    metrics: tuple[str, ...] = ("example_count", "auc", "binary_accuracy", "precision", "recall", "calibration")
+    serving_features: tuple[str, ...] = ()  # serving_raw's inputs; empty = every raw column but the label's
+    serving_contract: bool = True  # false: push run_fn's export as it is (no serving_raw unless it made one)
+
+    @property
+    def evaluated_output(self) -> str:
+        """The serving_default output TFMA reads."""
+        if self.prediction_key:
+            return self.prediction_key
+        return "scores" if self.task == "classification" else "outputs"
 
 
 @dataclass(frozen=True)
@@ -169,6 +220,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     beam: BeamConfig = field(default_factory=BeamConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
@@ -215,6 +267,7 @@ _SECTIONS = {
     "data": DataConfig,
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
+    "model": ModelConfig,
     "beam": BeamConfig,
     "deploy": DeployConfig,
     "monitoring": MonitoringConfig,
@@ -253,6 +306,10 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
         ):
             raise ConfigError(key, f"must be a table of feature = number, got {value!r}")
         return {str(k): float(v) for k, v in value.items()}
+    if expected == "dict[str, str]":
+        if not isinstance(value, Mapping) or any(v not in COLUMN_TYPE_NAMES for v in value.values()):
+            raise ConfigError(key, f"must be a table of column = {' | '.join(map(repr, COLUMN_TYPE_NAMES))}, got {value!r}")
+        return {str(k): v for k, v in value.items()}
     raise AssertionError(f"unhandled config type {expected} for {key}")
 
 
@@ -314,17 +371,51 @@ def validate(config: Config) -> None:
     positive("training.learning_rate", t.learning_rate)
     if not t.hidden_units or any(u <= 0 for u in t.hidden_units):
         raise ConfigError("training.hidden_units", f"must be positive layer sizes, got {list(t.hidden_units)}")
+    validate_model(config.model)
     e = config.evaluation
     for key in ("value_metric", "change_metric"):
         if getattr(e, key) not in THRESHOLD_METRICS:
             raise ConfigError(
                 f"evaluation.{key}", f"must be one of {', '.join(THRESHOLD_METRICS)}, got {getattr(e, key)!r}"
             )
+        if getattr(e, key) not in config.model.metrics:
+            raise ConfigError(
+                f"evaluation.{key}",
+                f"{getattr(e, key)!r} is not computed: add it to model.metrics ({', '.join(config.model.metrics)})",
+            )
     if e.change_tolerance < 0:
         raise ConfigError("evaluation.change_tolerance", f"must be >= 0, got {e.change_tolerance}")
     validate_beam(config.beam)
     validate_deploy(config.deploy)
     validate_monitoring(config.monitoring)
+
+
+def validate_model(m: ModelConfig) -> None:
+    if m.module_file and not m.module_file.endswith(".py"):
+        raise ConfigError("model.module_file", f"must be a .py file, got {m.module_file!r}")
+    if m.module_file and not Path(m.module_file).is_file():
+        raise ConfigError("model.module_file", f"no module file at {m.module_file}")
+    if not m.module_file:
+        for key in ("preprocessing_fn", "run_fn"):
+            parts = getattr(m, key).split(".")
+            if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+                raise ConfigError(f"model.{key}", f"must be an import path like 'mypackage.module.{key}', got {getattr(m, key)!r}")
+    if not m.label_key:
+        raise ConfigError("model.label_key", "must name the label among the transformed features")
+    if m.task not in MODEL_TASKS:
+        raise ConfigError("model.task", f"must be one of {', '.join(MODEL_TASKS)}, got {m.task!r}")
+    if m.output not in MODEL_OUTPUTS:
+        raise ConfigError("model.output", f"must be one of {', '.join(MODEL_OUTPUTS)}, got {m.output!r}")
+    contract_key = "scores" if m.task == "classification" else "outputs"
+    if m.serving_contract and m.prediction_key not in ("", contract_key):
+        raise ConfigError(
+            "model.prediction_key",
+            f"the serving contract's serving_default outputs {contract_key!r}; leave it empty, "
+            "or set model.serving_contract = false to evaluate run_fn's own signature",
+        )
+    unknown = [name for name in m.metrics if name not in METRIC_CLASSES]
+    if unknown:
+        raise ConfigError("model.metrics", f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(METRIC_CLASSES)})")
 
 
 def validate_monitoring(m: MonitoringConfig) -> None:
@@ -419,6 +510,20 @@ def validate_deploy(d: DeployConfig) -> None:
             )
 
 
+# Path settings that, written relative in a config file, are relative to that file's directory.
+FILE_RELATIVE_PATHS = (("workspace",), ("data", "root"), ("data", "schema"), ("model", "module_file"))
+
+
+def _resolve_relative_paths(raw: dict, base: Path) -> None:
+    for *parents, leaf in FILE_RELATIVE_PATHS:
+        table = raw
+        for part in parents:
+            table = table.get(part) if isinstance(table, dict) else None
+        value = table.get(leaf) if isinstance(table, dict) else None
+        if isinstance(value, str) and value and "://" not in value and not Path(value).expanduser().is_absolute():
+            table[leaf] = str(base / Path(value).expanduser())
+
+
 def load(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file at `path`, then $MLPIPE_WORKSPACE, then `overrides`."""
     raw: dict[str, Any] = {}
@@ -430,6 +535,7 @@ def load(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError("--config", f"no such file: {path}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
+        _resolve_relative_paths(raw, Path(path).resolve().parent)
     config = from_mapping(raw)
     env_workspace = os.environ.get(WORKSPACE_ENV)
     merged = {"workspace": env_workspace} if env_workspace else {}

@@ -3,7 +3,7 @@
 One validator for `mlpipe run`, `mlpipe retrain` and `mlpipe ingest`: the header must name the
 declared columns, and every value must parse as its column's declared type the way ExampleGen
 encodes it (pipeline/typed_csv.py); an empty cell is a missing value. The declared types come from
-`column_types()`, the one function every reader of them calls.
+pipeline/dataset.py `column_types(config)`, the one function every reader of them calls.
 """
 
 from __future__ import annotations
@@ -11,23 +11,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 CSV_PATTERN = "*.csv"
 TYPE_NAMES = ("int", "float", "string")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DEFAULT_WHERE = "models/features.py CSV_COLUMNS"  # where the expected columns come from, for messages
 
 
 class InputDataError(ValueError):
     """The data directory or a CSV in it cannot be used; the message says what to do."""
-
-
-def column_types() -> dict[str, str]:
-    """{CSV column: "int" | "float" | "string"}: how ExampleGen encodes each column, and what the input
-    check parses each value as (today models/features.py COLUMN_TYPES)."""
-    from models import features
-
-    return dict(features.COLUMN_TYPES)
 
 
 def parse_problem(value: str, kind: str) -> str | None:
@@ -80,7 +73,9 @@ class DataCheck:
         self.first_bad = self.first_bad or other.first_bad
 
 
-def check_csv_dir(root: str | Path, types: Mapping[str, str], max_bad_row_fraction: float = 0.0) -> DataCheck:
+def check_csv_dir(
+    root: str | Path, types: Mapping[str, str], max_bad_row_fraction: float = 0.0, where: str = DEFAULT_WHERE
+) -> DataCheck:
     """Checks the CSV files a run reads under `root` (flat: every *.csv; span layout: the newest span)."""
     root = Path(root)
     if not root.is_dir():
@@ -93,15 +88,17 @@ def check_csv_dir(root: str | Path, types: Mapping[str, str], max_bad_row_fracti
             files = sorted(spans.span_dir(root, spans.list_spans(root)[-1]).glob(CSV_PATTERN))
     if not files:
         raise InputDataError(f"data directory {root} has no {CSV_PATTERN} files (nor span-<N>/*.csv)")
-    return check_csv_files(files, types, max_bad_row_fraction)
+    return check_csv_files(files, types, max_bad_row_fraction, where)
 
 
-def check_csv_files(files: list[Path], types: Mapping[str, str], max_bad_row_fraction: float = 0.0) -> DataCheck:
+def check_csv_files(
+    files: list[Path], types: Mapping[str, str], max_bad_row_fraction: float = 0.0, where: str = DEFAULT_WHERE
+) -> DataCheck:
     """Header and values of each file; raises InputDataError naming the first bad value when more than
     `max_bad_row_fraction` of all data rows have one (0: any bad value)."""
     total = DataCheck(files=[])
     for path in files:
-        check_csv_header(path, list(types))
+        check_csv_header(path, list(types), where)
         total.add(_check_values(Path(path), types, stop_at_first=max_bad_row_fraction <= 0))
         if total.bad_rows and max_bad_row_fraction <= 0:
             break
@@ -142,7 +139,7 @@ def _check_values(path: Path, types: Mapping[str, str], stop_at_first: bool) -> 
     return result
 
 
-def check_csv_header(path: Path, expected_columns) -> None:
+def check_csv_header(path: Path, expected_columns: Sequence[str], where: str = DEFAULT_WHERE) -> None:
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -159,5 +156,5 @@ def check_csv_header(path: Path, expected_columns) -> None:
         if extra:
             parts.append(f"unexpected column(s) {', '.join(extra)}")
         raise InputDataError(
-            f"{path}: {'; '.join(parts)} (the columns are listed in models/features.py CSV_COLUMNS)"
+            f"{path}: {'; '.join(parts)} (the columns come from {where})"
         )

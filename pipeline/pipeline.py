@@ -10,26 +10,16 @@ from tfx import v1 as tfx
 
 from data import spans
 from models import features
+from pipeline import user_code
 from pipeline.components import AnomaliesGate, BaselineModelStrategy
 from pipeline.components_drift import drift_gate
-from pipeline.config import Config
+from pipeline.config import METRIC_CLASSES, Config
+from pipeline.dataset import column_types
 from pipeline.inputs import CSV_PATTERN
 from pipeline.pusher import AtomicPusher
 from pipeline.typed_csv import TypedCsvExampleGen
 
 MODELS_DIR = Path(features.__file__).resolve().parent
-PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
-RUN_FN = "models.model.run_fn"
-
-# TFMA class names of the metrics the Evaluator computes, by the metric name it reports.
-METRIC_CLASSES = {
-    "example_count": "ExampleCount",
-    "auc": "AUC",
-    "binary_accuracy": "BinaryAccuracy",
-    "precision": "Precision",
-    "recall": "Recall",
-    "calibration": "Calibration",
-}
 # Node ids in the order the local runner executes them.
 COMPONENT_ORDER = (
     "CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
@@ -92,8 +82,8 @@ def eval_config(config: Config) -> tfma.EvalConfig:
         )
     )
     metrics = []
-    for name, class_name in METRIC_CLASSES.items():
-        metric = tfma.MetricConfig(class_name=class_name)
+    for name in config.model.metrics:
+        metric = tfma.MetricConfig(class_name=METRIC_CLASSES[name])
         if name in thresholds:  # gate on the overall slice only; slices are reported, not gated
             metric.per_slice_thresholds.append(
                 tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=thresholds[name])
@@ -103,23 +93,25 @@ def eval_config(config: Config) -> tfma.EvalConfig:
         model_specs=[
             tfma.ModelSpec(
                 signature_name="serving_default",
-                label_key=features.LABEL,
-                prediction_key="scores",
+                label_key=config.model.label_key,
+                prediction_key=config.model.evaluated_output,
                 preprocessing_function_names=["transform_features"],
             )
         ],
         slicing_specs=[tfma.SlicingSpec()]
-        + [tfma.SlicingSpec(feature_keys=[key]) for key in features.SLICE_FEATURES],
+        + [tfma.SlicingSpec(feature_keys=[key]) for key in config.model.slice_features],
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
     )
 
 
 def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
-    fingerprint = models_fingerprint()
+    fingerprint = user_code.code_fingerprint(config.model)
+    model_settings = user_code.settings(config.model)
     data_root = Path(config.data.root).resolve()
     # Span layout (data/spans.py): ExampleGen ingests the newest span each run; flat: every *.csv.
     use_spans = spans.uses_spans(data_root)
     example_gen = TypedCsvExampleGen(  # CsvExampleGen with declared column types
+        column_types=column_types(config),
         input_base=str(data_root),
         input_config=tfx.proto.Input(
             splits=[
@@ -140,7 +132,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         schema_gen = tfx.components.ImportSchemaGen(schema_file=str(Path(config.data.schema).resolve()))
     else:
         schema_gen = tfx.components.SchemaGen(
-            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False
+            statistics=statistics_gen.outputs["statistics"], infer_feature_shape=config.data.infer_feature_shape
         )
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
@@ -163,8 +155,9 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=training_examples,
         schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"models_fingerprint": fingerprint},
+        # A module file is loaded by path through the shim; an import path goes to TFX as it is.
+        preprocessing_fn=user_code.PREPROCESSING_SHIM if config.model.module_file else config.model.preprocessing_fn,
+        custom_config={"models_fingerprint": fingerprint, user_code.SETTINGS_KEY: user_code.transform_settings(config.model)},
     )
     transform.add_upstream_node(anomalies_gate)
     drift_resolver, drift_check = (None, None) if not use_spans else drift_gate(config, example_gen, statistics_gen, schema_gen)
@@ -181,7 +174,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         ).with_id(WARM_START_RESOLVER)
         trainer_inputs["base_model"] = warm_start_resolver.outputs["model"]
     trainer = tfx.components.Trainer(
-        run_fn=RUN_FN,
+        run_fn=user_code.RUN_SHIM,  # the user's run_fn, then the serving contract
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
@@ -189,6 +182,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         eval_args=tfx.proto.EvalArgs(num_steps=t.eval_steps),
         custom_config={
             "models_fingerprint": fingerprint,
+            user_code.SETTINGS_KEY: model_settings,
             "batch_size": t.batch_size,
             "learning_rate": t.learning_rate,
             "hidden_units": list(t.hidden_units),

@@ -737,7 +737,10 @@ def lineage(snap: Snapshot, version: int) -> dict:
         "trainer": snap.execution_summary(trainer),
         "train_args": _json_prop(trainer_exec, "train_args") if trainer_exec is not None else None,
         "eval_args": _json_prop(trainer_exec, "eval_args") if trainer_exec is not None else None,
-        "hyperparameters": {k: v_ for k, v_ in custom_config.items() if k not in ("models_fingerprint", "git_commit")},
+        "hyperparameters": {
+            k: v_ for k, v_ in custom_config.items() if k not in ("models_fingerprint", "git_commit", "mlpipe_model")
+        },
+        "model_settings": custom_config.get("mlpipe_model"),  # [model]: module file or import paths, label, ...
         "models_fingerprint": custom_config.get("models_fingerprint"),
         "git_commit": custom_config.get("git_commit")
         or (metadata.prop(trainer_exec, "git_commit") if trainer_exec is not None else None),

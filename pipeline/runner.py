@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import config as config_lib, inputs, metadata
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 
 Print = Callable[[str], None]
 
@@ -89,6 +89,7 @@ class RunSummary:
     failed_component: str | None = None
     error: str | None = None
     warm_start: dict | None = None  # the Trainer's warm-start report (models/model.py warm_start), if it warm-started
+    serving_contract: str | None = None  # what the pushed model's signatures are (README: the contract)
 
     @property
     def fully_cached(self) -> bool:
@@ -134,6 +135,8 @@ class RunSummary:
             lines += ["TFMA validation failures:"] + [f"  {m}" for m in self.validation_failures]
         if self.pushed_path:
             lines.append(f"Pushed model: {self.pushed_path}")
+            if self.serving_contract:
+                lines.append(f"Signatures: {self.serving_contract}")
         return lines
 
 
@@ -184,6 +187,41 @@ def _training_report(store, trainer_execution_id: int) -> dict:
     return {}
 
 
+def check_before_run(config: Config) -> inputs.DataCheck:
+    """What can be checked before anything runs: the CSV headers, the [model] column names, the user's code.
+
+    Returns what the data check found; raises inputs.InputDataError (the data) or ConfigError (a
+    setting; the message names it).
+    """
+    from pipeline import dataset, user_code
+
+    try:
+        columns = dataset.column_types(config)
+    except (OSError, ValueError) as e:
+        raise ConfigError("data.schema", f"cannot read column types from {config.data.schema}: {e}") from None
+    checked = inputs.check_csv_dir(
+        config.data.root, columns, config.data.max_bad_row_fraction, dataset.column_source(config)
+    )
+    m = config.model
+    for key, names in (("raw_label_keys", m.raw_label_keys), ("slice_features", m.slice_features),
+                       ("serving_features", m.serving_features)):
+        unknown = [n for n in names if n not in columns]
+        if unknown:
+            raise ConfigError(
+                f"model.{key}", f"{', '.join(map(repr, unknown))} not a column of the data (columns: {', '.join(columns)})"
+            )
+    user_code.check(m)
+    return checked
+
+
+def contract_description(config: Config) -> str:
+    m = config.model
+    if not m.serving_contract:
+        return "as run_fn exported them (model.serving_contract = false: no serving_raw unless run_fn made one)"
+    method = "classify" if m.task == "classification" else "regress"
+    return f"serving_default ({method}, output {m.evaluated_output}), serving_raw, transform_features"
+
+
 def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = None) -> RunSummary:
     """Runs the pipeline; never raises for a failed component (the summary says what failed).
 
@@ -192,7 +230,7 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     """
     if checked is None:
         ensure_default_data(config)
-        inputs.check_csv_dir(config.data.root, inputs.column_types(), config.data.max_bad_row_fraction)
+        check_before_run(config)
     config.workspace_path.mkdir(parents=True, exist_ok=True)
 
     from absl import flags
@@ -264,4 +302,5 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
             if metadata.custom_property(pushed, "pushed") == 1:
                 summary.pushed_version = metadata.custom_property(pushed, "pushed_version")
                 summary.pushed_path = metadata.custom_property(pushed, "pushed_destination")
+                summary.serving_contract = contract_description(config)
     return summary

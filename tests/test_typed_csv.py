@@ -30,13 +30,14 @@ def test_a_column_is_encoded_alike_whether_empty_or_full_of_integers(tmp_path, c
         assert feature["fare"].float_list.value == [pytest.approx(7.25)]
 
     with beam.Pipeline() as p:
-        examples = p | typed_csv._TypedCsvToExample({"input_base": str(tmp_path)}, "*.csv")
+        properties = {"input_base": str(tmp_path), "custom_config": typed_csv.types_config(features.COLUMN_TYPES)}
+        examples = p | typed_csv._TypedCsvToExample(properties, "*.csv")
         assert_that(examples, check)
 
 
 def test_a_column_without_a_declared_type_is_refused():
     with pytest.raises(ValueError, match="no declared type for column\\(s\\) surge"):
-        typed_csv.column_infos(["fare", "surge"])
+        typed_csv.column_infos(["fare", "surge"], features.COLUMN_TYPES)
 
 
 def test_every_csv_column_has_a_declared_type():

@@ -63,14 +63,16 @@ def _ingest(args: argparse.Namespace) -> int:
 
     from data import spans
     from models import features
-    from pipeline import inputs, logs
+    from pipeline import dataset, inputs, logs
     from pipeline.inputs import InputDataError
 
     config = cli.load_config(args)
-    types = inputs.column_types()
+    types = dataset.column_types(config)
     try:
         if Path(args.csv).is_file():  # else split_csv says so
-            checked = inputs.check_csv_files([Path(args.csv)], types, config.data.max_bad_row_fraction)
+            checked = inputs.check_csv_files(
+                [Path(args.csv)], types, config.data.max_bad_row_fraction, dataset.column_source(config)
+            )
             if checked.bad_rows:
                 print(f"mlpipe: warning: {checked.bad_rows} of {checked.rows} rows have values that do not parse "
                       f"(first: {checked.first_bad.describe()}); they are written, and ExampleGen will skip them "
