@@ -58,5 +58,6 @@ def test_rows_that_do_not_parse_as_their_declared_types_are_skipped(tmp_path):
         assert all(e.features.feature["fare"].float_list.value == [pytest.approx(7.25)] for e in examples)
 
     with beam.Pipeline() as p:
-        examples = p | typed_csv._TypedCsvToExample({"input_base": str(tmp_path)}, "*.csv")
+        properties = {"input_base": str(tmp_path), "custom_config": typed_csv.types_config(features.COLUMN_TYPES)}
+        examples = p | typed_csv._TypedCsvToExample(properties, "*.csv")
         assert_that(examples, check)
