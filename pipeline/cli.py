@@ -148,6 +148,7 @@ COMMAND_MODULES = [
     "pipeline.commands.retrain",
     "pipeline.commands.compile",
     "pipeline.commands.monitor",
+    "pipeline.commands.metadata",
     "serving.cli",
 ]
 
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as e:
         print(f"mlpipe: {e}", file=sys.stderr)
         return e.code
+    except config_lib.ConfigError as e:  # e.g. [metadata] settings that reach no database
+        print(f"mlpipe: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("mlpipe: interrupted", file=sys.stderr)
         return 130

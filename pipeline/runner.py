@@ -47,9 +47,9 @@ class ProgressWatcher(threading.Thread):
         if absl_logger.getEffectiveLevel() > logging.INFO:
             absl_logger.setLevel(logging.INFO)
         try:
-            if not metadata.store_initialized(self.config.metadata_path):
+            if not metadata.store_initialized(self.config):
                 return
-            store = metadata.open_store(self.config.metadata_path)
+            store = metadata.open_store(self.config)
             runs = [r for r in metadata.pipeline_runs(store, self.config.pipeline_name)
                     if r.create_time_since_epoch >= self.started_ms]
             executions = metadata.run_executions(store, self.config.pipeline_name, runs[0]) if runs else []
@@ -142,6 +142,7 @@ def run(config: Config, say: Print = print) -> RunSummary:
     Bad input data (inputs.InputDataError) raises before anything runs.
     """
     check_csv_dir(config.data.root, features.CSV_COLUMNS)
+    metadata.check_connection(config)  # bad [metadata] settings: raises before anything runs
     config.workspace_path.mkdir(parents=True, exist_ok=True)
 
     from absl import flags
@@ -157,13 +158,21 @@ def run(config: Config, say: Print = print) -> RunSummary:
     watcher.start()
     error: BaseException | None = None
     try:
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+        pipeline = create_pipeline(config)
+        pipeline.metadata_connection_config = metadata.connection_config(config)
+        with metadata.redacting(config):
+            tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:  # a component failed: report it, keep MLMD as it is
         error = e
         logging.getLogger(__name__).exception("pipeline run failed")
     finally:
         watcher.stop()
-    summary = summarize(config, started, time.time() - started)
+    try:
+        summary = summarize(config, started, time.time() - started)
+    except Exception as e:  # the metadata database went away: the run failed, say so in one line
+        logging.getLogger(__name__).exception("cannot read the run's metadata")
+        summary = RunSummary(run_id=None, seconds=time.time() - started, completed=False)
+        error = error or e
     if error is not None:
         summary.completed = False
         summary.failed_component = summary.failed_component or watcher.current
@@ -175,7 +184,7 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
     """Builds the run's summary from MLMD: the newest run that began after `started`."""
     from pipeline import evaluation
 
-    store = metadata.open_store(config.metadata_path)
+    store = metadata.open_store(config)
     runs = metadata.pipeline_runs(store, config.pipeline_name) if store else []
     runs = [r for r in runs if r.create_time_since_epoch >= int(started * 1000) - 1000]
     if not runs:
