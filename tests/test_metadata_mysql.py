@@ -180,7 +180,7 @@ def test_copy_moves_a_sqlite_history_into_mysql_and_answers_stay_the_same(first_
     assert copied["Artifact"] > 10 and copied["Event"] > 10 and copied["Attribution"] > 0
     # Every registry answer is the same from MySQL as from the SQLite file.
     code, models, _ = run_cli("models", *ws, "--json")
-    version = json.loads(models)["models"][0]["version"]
+    version = json.loads(models)["versions"][0]["version"]
     for argv in (["runs", "--json"], ["models", "--json"], ["lineage", str(version), "--json"]):
         on_sqlite = run_cli(*argv, *ws)
         on_mysql = run_cli(*argv, *ws, "--config", str(path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from pipeline import cli
 
@@ -100,6 +101,7 @@ def _retrain(args: argparse.Namespace) -> int:
             f"retrain needs the span layout ({root}/span-<N>/*.csv); create it with `mlpipe ingest`",
             cli.EXIT_USAGE,
         )
+    waited_since = time.monotonic()
     try:
         held = lock_lib.acquire(config.workspace_path, args.wait)
     except lock_lib.LockBusy as e:
@@ -107,7 +109,8 @@ def _retrain(args: argparse.Namespace) -> int:
         return EXIT_BUSY
     held_db = None
     try:
-        held_db = lock_lib.acquire_db(config, args.wait)  # shared metadata: one retrain across hosts
+        # Shared metadata: one retrain across hosts; --wait covers both locks.
+        held_db = lock_lib.acquire_db(config, max(0.0, args.wait - (time.monotonic() - waited_since)))
     except lock_lib.LockBusy as e:
         lock_lib.release(held)
         print(f"mlpipe: {e}; try again later (exit {EXIT_BUSY})", file=sys.stderr)
