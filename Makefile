@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mlpipe-installed
 
-.PHONY: setup run test bench clean-workspace
+.PHONY: setup run test bench clean-workspace test-services
 
 setup: $(STAMP)
 
@@ -25,6 +25,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/taxi_reference_bench.py
+
+test-services:  # MariaDB for the MLMD-on-MySQL tests (tools/test-services.sh)
+	tools/test-services.sh
 
 clean-workspace:
 	rm -rf workspace

@@ -93,7 +93,7 @@ def component_seconds(workspace: Path) -> dict[str, float]:
     from pipeline import metadata
 
     config = config_lib.load(None, {"workspace": str(workspace)})
-    store = metadata.open_store(config.metadata_path)
+    store = metadata.open_store(config)
     runs = metadata.pipeline_runs(store, config.pipeline_name) if store else []
     if not runs:
         return {}

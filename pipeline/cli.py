@@ -173,6 +173,7 @@ COMMAND_MODULES = [
     "pipeline.commands.compile",
     "pipeline.commands.monitor",
     "pipeline.commands.project",
+    "pipeline.commands.metadata",
     "serving.cli",
 ]
 
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         except CommandError as e:
             print(f"mlpipe: {e}", file=terminal())
             return e.code
+        except config_lib.ConfigError as e:  # e.g. [metadata] settings that reach no database
+            print(f"mlpipe: config error: {e}", file=terminal())
+            return EXIT_USAGE
         except KeyboardInterrupt:
             print("mlpipe: interrupted", file=terminal())
             return 130

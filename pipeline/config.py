@@ -19,6 +19,8 @@ from models import features as default_model  # mlpipe's taxi model: the default
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent / "data" / "taxi"
 WORKSPACE_ENV = "MLPIPE_WORKSPACE"
+METADATA_PASSWORD_ENV = "MLPIPE_METADATA_PASSWORD"  # default [metadata] password_env
+METADATA_BACKENDS = ("sqlite", "mysql")
 
 # TFMA metrics model.metrics may name: {name TFMA reports: TFMA class name}.
 METRIC_CLASSES = {
@@ -212,6 +214,24 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """Where ML Metadata lives (docs/metadata.md): the workspace's SQLite file, or a team's MySQL/MariaDB.
+
+    The password is never a config key: it is read at connection time from the environment variable
+    named by `password_env`, or from the file named by `password_file` (first line).
+    """
+
+    backend: str = "sqlite"  # sqlite | mysql
+    # backend = "mysql" only
+    host: str = ""
+    port: int = 3306
+    database: str = ""  # must exist (mlpipe never creates it); MLMD creates its tables in it
+    user: str = ""
+    password_env: str = METADATA_PASSWORD_ENV  # name of the environment variable holding the password
+    password_file: str = ""  # or: a file whose first line is the password (wins over password_env)
+
+
+@dataclass(frozen=True)
 class Config:
     workspace: str = "workspace"
     pipeline_name: str = "mlpipe-taxi"
@@ -224,6 +244,7 @@ class Config:
     beam: BeamConfig = field(default_factory=BeamConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
     # Paths derived from the workspace: one place for each.
     @property
@@ -271,6 +292,7 @@ _SECTIONS = {
     "beam": BeamConfig,
     "deploy": DeployConfig,
     "monitoring": MonitoringConfig,
+    "metadata": MetadataConfig,
 }
 _TOP_LEVEL = {"workspace", "pipeline_name", "model_name", "enable_cache"}
 
@@ -332,6 +354,9 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
         if key in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(key, "must be a table")
+            if key == "metadata" and "password" in value:
+                raise ConfigError("metadata.password", "never put the password in the config file; name an "
+                                  "environment variable (metadata.password_env) or a file (metadata.password_file)")
             sections[key] = _build(_SECTIONS[key], key, value)
         elif key in _TOP_LEVEL:
             top[key] = value
@@ -388,6 +413,27 @@ def validate(config: Config) -> None:
     validate_beam(config.beam)
     validate_deploy(config.deploy)
     validate_monitoring(config.monitoring)
+    validate_metadata(config.metadata)
+
+
+def validate_metadata(m: MetadataConfig) -> None:
+    if m.backend not in METADATA_BACKENDS:
+        raise ConfigError("metadata.backend", f"must be one of {', '.join(METADATA_BACKENDS)}, got {m.backend!r}")
+    if m.backend == "sqlite":
+        defaults = MetadataConfig()
+        for key in ("host", "port", "database", "user", "password_env", "password_file"):
+            if getattr(m, key) != getattr(defaults, key):
+                raise ConfigError(f"metadata.{key}", 'only applies to metadata.backend = "mysql"; remove it or '
+                                  'set backend = "mysql"')
+        return
+    for key, example in (("host", "mysql.example.com"), ("database", "mlmd"), ("user", "mlpipe")):
+        if not getattr(m, key):
+            raise ConfigError(f"metadata.{key}", f'required when metadata.backend = "mysql" (e.g. {example!r})')
+    if not 0 < m.port < 65536:
+        raise ConfigError("metadata.port", f"must be a TCP port (1-65535), got {m.port}")
+    if not m.password_file and not m.password_env:
+        raise ConfigError("metadata.password_env", "name the environment variable holding the password "
+                          "(or set metadata.password_file)")
 
 
 def validate_model(m: ModelConfig) -> None:

@@ -114,3 +114,86 @@ def workspace_lock(workspace: str | os.PathLike, wait_seconds: float = 0.0):
         yield lock
     finally:
         release(lock)
+
+
+# --- Across hosts: a lock held in the shared metadata database (MySQL/MariaDB GET_LOCK) ---------
+
+
+class DbLockBusy(LockBusy):
+    """Another connection holds the database lock; `holder` says which (connection id, client host)."""
+
+    def __init__(self, name: str, holder: dict):
+        Exception.__init__(
+            self, f"another retrain holds the database lock {name!r} (MySQL connection "
+            f"{holder.get('connection', '?')} from {holder.get('host', '?')})")
+        self.path = Path(name)
+        self.holder = holder
+
+
+@dataclass
+class DbLock:
+    name: str
+    connection: object  # the PyMySQL connection that owns the lock: the lock lives as long as it does
+
+
+def db_lock_name(config) -> str:
+    """One name per database and pipeline (MySQL allows 64 characters)."""
+    return f"mlpipe.retrain:{config.metadata.database}:{config.pipeline_name}"[:64]
+
+
+def _db_holder(cursor, name: str) -> dict:
+    cursor.execute("SELECT IS_USED_LOCK(%s)", (name,))
+    (connection_id,) = cursor.fetchone()
+    holder = {"connection": connection_id}
+    if connection_id is not None:
+        try:
+            cursor.execute("SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = %s", (connection_id,))
+            row = cursor.fetchone()
+            if row:
+                holder["host"] = row[0]
+        except Exception:  # the user may not see other users' connections
+            pass
+    return holder
+
+
+def acquire_db(config, wait_seconds: float = 0.0, poll_seconds: float = 0.5) -> DbLock | None:
+    """Takes the database lock of a MySQL-backed config (None for SQLite: the workspace lock suffices).
+
+    The lock belongs to a dedicated connection: the database frees it when that connection dies,
+    so a killed holder (or its lost host) never leaves it held. Raises DbLockBusy after `wait_seconds`.
+    Bad [metadata] settings raise pipeline.metadata.MetadataConnectionError.
+    """
+    if config.metadata.backend != "mysql":
+        return None
+    from pipeline import metadata
+
+    name = db_lock_name(config)
+    connection = metadata.mysql_connect(config)
+    deadline = time.monotonic() + max(0.0, wait_seconds)
+    try:
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute("SELECT GET_LOCK(%s, 0)", (name,))
+                if cursor.fetchone()[0] == 1:
+                    return DbLock(name, connection)
+                if time.monotonic() >= deadline:
+                    raise DbLockBusy(name, _db_holder(cursor, name))
+                time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())) or poll_seconds)
+    except BaseException:
+        connection.close()
+        raise
+
+
+def release_db(lock: DbLock | None) -> None:
+    if lock is None:
+        return
+    try:
+        with lock.connection.cursor() as cursor:
+            cursor.execute("SELECT RELEASE_LOCK(%s)", (lock.name,))
+    except Exception:  # the connection is gone, and with it the lock
+        pass
+    finally:
+        try:
+            lock.connection.close()
+        except Exception:
+            pass

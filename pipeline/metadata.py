@@ -14,6 +14,16 @@ from typing import Iterable
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from pipeline.config import Config
+from pipeline.metadata_connection import (  # noqa: F401 (the connection API, used as metadata.X)
+    MetadataConnectionError,
+    check_connection,
+    connection_config,
+    mysql_connect,
+    redacting,
+    sqlite_connection_config,
+)
+
 State = metadata_store_pb2.Execution.State
 STATE_NAMES = {
     State.NEW: "new",
@@ -39,18 +49,23 @@ class NodeExecution:
         return max(0, self.end_ms - self.start_ms) / 1000.0
 
 
-def open_store(path: str | Path, read_only: bool = True) -> mlmd.MetadataStore | None:
-    """The store at `path`, or None if there is no store yet (nothing has run)."""
-    if read_only and not Path(path).is_file():
+def open_store(target: "Config | str | Path", read_only: bool = True) -> mlmd.MetadataStore | None:
+    """The store of a Config (or of a SQLite file path), or None if a SQLite store does not exist yet.
+
+    A MySQL store is always there once the settings work (MLMD creates its tables on first use).
+    """
+    if isinstance(target, Config):
+        if target.metadata.backend == "sqlite":
+            return open_store(target.metadata_path, read_only)
+        check_connection(target)
+        try:
+            return mlmd.MetadataStore(connection_config(target))
+        except RuntimeError as e:  # MLMD's connect errors carry no cause; the check above passed
+            raise MetadataConnectionError("metadata.host", f"MLMD cannot use MySQL at {target.metadata.host}:"
+                                          f"{target.metadata.port}: {str(e)[:200]}") from None
+    if read_only and not Path(target).is_file():
         return None
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(path)
-    config.sqlite.connection_mode = (
-        metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-        if read_only
-        else metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    )
-    return mlmd.MetadataStore(config)
+    return mlmd.MetadataStore(sqlite_connection_config(target, read_only))
 
 
 def pipeline_runs(store: mlmd.MetadataStore, pipeline_name: str) -> list[metadata_store_pb2.Context]:
@@ -209,13 +224,19 @@ def put_registry_execution(
     return execution_id
 
 
-def store_initialized(path: str | Path) -> bool:
-    """Whether the SQLite file holds an MLMD schema yet (a first run may have just created it).
+def store_initialized(target: "Config | str | Path") -> bool:
+    """Whether the store holds an MLMD schema yet (a first run may have just created it).
 
-    A read-only MLMD connection cannot create the schema, so opening an empty file fails.
+    A read-only MLMD connection cannot create the schema, so opening an empty SQLite file fails.
+    A MySQL store: always (opening it creates the schema).
     """
     import sqlite3
 
+    if isinstance(target, Config):
+        if target.metadata.backend != "sqlite":
+            return True
+        target = target.metadata_path
+    path = target
     if not Path(path).is_file():
         return False
     try:

@@ -220,9 +220,6 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
             )
             if c is not None
         ],
-        enable_cache=config.enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            str(config.metadata_path)
-        ),
+        enable_cache=config.enable_cache,  # MLMD: the runner sets metadata.connection_config(config)
         beam_pipeline_args=config.beam.pipeline_args(),
     )

@@ -136,9 +136,9 @@ def open_snapshot(config: Config, attempts: int = 5) -> Snapshot | None:
     """
     for attempt in range(attempts):
         try:
-            if not metadata.store_initialized(config.metadata_path):
+            if not metadata.store_initialized(config):
                 return None
-            store = metadata.open_store(config.metadata_path)
+            store = metadata.open_store(config)
             return None if store is None else Snapshot(store, config)
         except Exception as e:  # MLMD raises its own error types for SQLite's "database is locked"
             if "lock" not in str(e).lower() and "busy" not in str(e).lower() or attempt == attempts - 1:
@@ -951,7 +951,7 @@ def _record_rollback(snap: Snapshot, plan: RollbackPlan, reason: str, user: str)
     config = snap.config
     by_version = {v.version: v for v in pushed_versions(snap)}
     target = by_version[str(plan.target)]
-    store = metadata.open_store(config.metadata_path, read_only=False)
+    store = metadata.open_store(config, read_only=False)
     inputs = [("target_pushed_model", target.pushed_model)]
     if target.model is not None:
         inputs.append(("model", target.model))

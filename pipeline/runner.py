@@ -46,9 +46,9 @@ class ProgressWatcher(threading.Thread):
         if absl_logger.getEffectiveLevel() > logging.INFO:
             absl_logger.setLevel(logging.INFO)
         try:
-            if not metadata.store_initialized(self.config.metadata_path):
+            if not metadata.store_initialized(self.config):
                 return
-            store = metadata.open_store(self.config.metadata_path)
+            store = metadata.open_store(self.config)
             runs = [r for r in metadata.pipeline_runs(store, self.config.pipeline_name)
                     if r.create_time_since_epoch >= self.started_ms]
             executions = metadata.run_executions(store, self.config.pipeline_name, runs[0]) if runs else []
@@ -211,6 +211,7 @@ def check_before_run(config: Config) -> inputs.DataCheck:
                 f"model.{key}", f"{', '.join(map(repr, unknown))} not a column of the data (columns: {', '.join(columns)})"
             )
     user_code.check(m)
+    metadata.check_connection(config)  # bad [metadata] settings: ConfigError naming the setting
     return checked
 
 
@@ -246,13 +247,21 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     watcher.start()
     error: BaseException | None = None
     try:
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+        pipeline = create_pipeline(config)
+        pipeline.metadata_connection_config = metadata.connection_config(config)
+        with metadata.redacting(config):
+            tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:  # a component failed: report it, keep MLMD as it is
         error = e
         logging.getLogger(__name__).exception("pipeline run failed")
     finally:
         watcher.stop()
-    summary = summarize(config, started, time.time() - started)
+    try:
+        summary = summarize(config, started, time.time() - started)
+    except Exception as e:  # the metadata database went away: the run failed, say so in one line
+        logging.getLogger(__name__).exception("cannot read the run's metadata")
+        summary = RunSummary(run_id=None, seconds=time.time() - started, completed=False)
+        error = error or e
     if error is not None:
         summary.completed = False
         summary.failed_component = summary.failed_component or watcher.current
@@ -264,7 +273,7 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
     """Builds the run's summary from MLMD: the newest run that began after `started`."""
     from pipeline import evaluation
 
-    store = metadata.open_store(config.metadata_path)
+    store = metadata.open_store(config)
     runs = metadata.pipeline_runs(store, config.pipeline_name) if store else []
     runs = [r for r in runs if r.create_time_since_epoch >= int(started * 1000) - 1000]
     if not runs:

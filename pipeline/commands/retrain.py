@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from pipeline import cli
 
@@ -44,7 +45,8 @@ def add_parser(subparsers) -> None:
         description="If the data root has a span newer than the ones the last completed run trained on, run the "
         "pipeline (ExampleGen ingests the newest span; Transform and Trainer use the latest data.window_spans "
         "spans; the Evaluator compares against the latest blessed model; Pusher pushes only a blessed model). "
-        "Otherwise print one line and exit 0. Holds <workspace>/.retrain.lock while it works. "
+        "Otherwise print one line and exit 0. Holds <workspace>/.retrain.lock while it works (and, with "
+        "[metadata] backend = \"mysql\", a lock in that database, so one retrain runs across hosts). "
         f"Exit codes: 0 done (pushed, not blessed, or no new data), 1 failed, 2 bad usage/config/data, "
         f"{EXIT_BUSY} another retrain is running.",
     )
@@ -122,11 +124,23 @@ def _retrain(args: argparse.Namespace) -> int:
         print(f"mlpipe: waiting up to {args.wait:g} s for the workspace lock, held by {who}",
               file=logs.terminal(), flush=True)
 
+    waited_since = time.monotonic()
     try:
         held = lock_lib.acquire(config.workspace_path, args.wait, on_wait=waiting)
     except lock_lib.LockBusy as e:
         print(f"mlpipe: {e}; try again later (exit {EXIT_BUSY})", file=logs.terminal())
         return EXIT_BUSY
+    held_db = None
+    try:
+        # Shared metadata: one retrain across hosts; --wait covers both locks.
+        held_db = lock_lib.acquire_db(config, max(0.0, args.wait - (time.monotonic() - waited_since)))
+    except lock_lib.LockBusy as e:
+        lock_lib.release(held)
+        print(f"mlpipe: {e}; try again later (exit {EXIT_BUSY})", file=logs.terminal())
+        return EXIT_BUSY
+    except BaseException:
+        lock_lib.release(held)
+        raise
     try:
         if held.stale:
             print(f"mlpipe: recovered a stale lock left by {lock_lib.describe(held.stale)} (it did not finish)",
@@ -147,13 +161,14 @@ def _retrain(args: argparse.Namespace) -> int:
                   f"{config.data.window_spans} span(s)", flush=True)
         return cli.run_and_report(config, args, checked)
     finally:
+        lock_lib.release_db(held_db)
         lock_lib.release(held)
 
 
 def _last_trained(config):
     from pipeline import metadata
 
-    store = metadata.open_store(config.metadata_path)
+    store = metadata.open_store(config)
     return metadata.last_trained_run(store, config.pipeline_name) if store else None
 
 

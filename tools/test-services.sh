@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the tests' throw-away services need: MariaDB from Debian's packages, for the tests
+# of ML Metadata on MySQL (tests/test_metadata_mysql*.py start their own server on 127.0.0.1 in a
+# temporary data directory; the system service is never used or left running).
+set -euo pipefail
+if command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "test-services: MariaDB is missing and cannot be installed here (needs root and apt-get);" \
+       "the MySQL metadata tests will be skipped" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+if [ ! -e /usr/sbin/policy-rc.d ]; then  # keep the package from starting the system service
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+apt-get install -y -q --no-install-recommends mariadb-server mariadb-client >/dev/null
+echo "test-services: installed $(/usr/sbin/mariadbd --version)"
