@@ -20,7 +20,7 @@ $(STAMP): requirements.lock requirements-test.lock setup.py
 run: setup
 	$(BIN)/mlpipe run $(ARGS)
 
-test: setup
+test: setup test-services
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
