@@ -24,11 +24,9 @@ class Report:
         return self.data["alert"]
 
 
-def slice_features() -> tuple[str, ...]:
-    """The features the model's evaluation is sliced by (models/features.py SLICE_FEATURES)."""
-    from models import features
-
-    return tuple(features.SLICE_FEATURES)
+def slice_features(config: Config) -> tuple[str, ...]:
+    """The features the model's evaluation is sliced by (model.slice_features; the taxi model's by default)."""
+    return tuple(config.model.slice_features)
 
 
 def seasonal_features(config: Config) -> set[str]:
@@ -48,7 +46,7 @@ def _compare(config: Config, check: str, version: int | None, base_rows: list[di
              phis: dict[str, float] | None = None,
              score_spans: list[int] | None = None) -> tuple[list[dict], dict[str, float]]:
     m = config.monitoring
-    found, phis = stats.compare(base_rows, rows, _kinds(), slice_features=slice_features(),
+    found, phis = stats.compare(base_rows, rows, _kinds(), slice_features=slice_features(config),
                                 seasonal=seasonal_features(config), alpha=m.alpha, min_distance=m.min_distance,
                                 feature_floors=dict(m.feature_thresholds), min_slice_examples=m.min_slice_examples,
                                 phis=phis)
@@ -175,7 +173,7 @@ def monitor(config: Config, since: float, until: float, log_dir: Path, version: 
         "unknown_versions": [{"version": v, "requests": traffic.requests[v], "reason": reason} for v, reason in unknown],
         "skipped_logs": traffic.skipped + [s for s in previous.skipped if s not in traffic.skipped],
         "method": {"alpha": config.monitoring.alpha, "min_distance": config.monitoring.min_distance,
-                   "slice_features": list(slice_features()), "seasonal_features": sorted(seasonal)},
+                   "slice_features": list(slice_features(config)), "seasonal_features": sorted(seasonal)},
         "checks": checks,
         "anomalies": anomalies,
         "notes": notes,
