@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
 import signal
 import subprocess
@@ -57,6 +58,10 @@ def exercised_words() -> set[str]:
 
 
 # Flags whose effect this module checks through the code the command calls (see below).
+# A real TFX module file (config checks that it exists): TFX's own taxi module, from the installed package.
+TFX_TAXI_MODULE = str(
+    Path(importlib.util.find_spec("tfx").origin).parent / "examples" / "chicago_taxi_pipeline" / "taxi_utils_native_keras.py"
+)
 PIPELINE_KNOBS = {  # flag: (value, config key)
     "--data-root": ("/tmp/some-data", "data.root"), "--schema": (None, "data.schema"),
     "--train-steps": ("7", "training.train_steps"), "--eval-steps": ("3", "training.eval_steps"),
@@ -65,6 +70,7 @@ PIPELINE_KNOBS = {  # flag: (value, config key)
     "--beam-runner": ("direct", "beam.runner"), "--direct-running-mode": ("multi_processing", "beam.direct_running_mode"),
     "--direct-num-workers": ("0", "beam.direct_num_workers"), "--beam-arg": ("--max_num_records=5", "beam.extra_args"),
     "--no-cache": (None, "enable_cache"), "--config": (None, None), "--workspace": ("/tmp/ws-x", "workspace"),
+    "--module-file": (TFX_TAXI_MODULE, "model.module_file"), "--label-key": ("tips_xf", "model.label_key"),
 }
 SERVE_FLAGS = {  # flag: (value, ServerOptions attribute path, expected)
     "--model_name": ("cabs", lambda o: o.models[0].name, "cabs"),

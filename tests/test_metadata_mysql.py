@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -190,6 +191,19 @@ def test_copy_moves_a_sqlite_history_into_mysql_and_answers_stay_the_same(first_
     code, out, err = run_cli("metadata", "copy", "--to", "mysql", "--config", str(path), *ws)
     assert code == 2 and err.count("\n") == 1 and "metadata.database" in err and "empty database" in err
     assert mariadb.admin(f"SELECT COUNT(*) FROM `{database}`.Artifact")[0][0] == copied["Artifact"]
+    # --from names the SQLite file to copy instead of the workspace's: here an empty workspace's config
+    # and a store kept elsewhere.
+    elsewhere = tmp_path / "kept" / "old-metadata.sqlite"
+    elsewhere.parent.mkdir()
+    shutil.copy2(workspace / "metadata.sqlite", elsewhere)
+    second = new_database(mariadb)
+    path2 = write_config(tmp_path / "c2.toml", mariadb, second)
+    empty_ws = ["--workspace", str(tmp_path / "empty-ws")]
+    code, out, err = run_cli("metadata", "copy", "--to", "mysql", "--from", str(elsewhere), "--config", str(path2),
+                             *empty_ws, "--json")
+    assert code == 0, err
+    assert json.loads(out)["copied"] == copied
+    assert mariadb.admin(f"SELECT COUNT(*) FROM `{second}`.Artifact")[0][0] == copied["Artifact"]
 
 
 def test_compile_with_mysql_metadata_embeds_no_connection_and_no_password(tmp_path, monkeypatch):
