@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mlpipe-installed
 
-.PHONY: setup run test bench clean-workspace test-services
+.PHONY: setup run test bench clean-workspace test-services lint fmt
 
 setup: $(STAMP)
 
@@ -20,8 +20,19 @@ $(STAMP): requirements.lock requirements-test.lock setup.py
 run: setup
 	$(BIN)/mlpipe run $(ARGS)
 
-test: setup test-services
+test: setup lint test-services
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Lint: ruff (rules and the 120-column format, pyproject.toml) and the import-layer contract
+# (lint-imports: no upward imports between pipeline/, serving/, models/, data/; docs/architecture.md).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+fmt: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: setup
 	$(BIN)/python bench/taxi_reference_bench.py
