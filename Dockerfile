@@ -22,6 +22,6 @@ COPY pipeline/ pipeline/
 COPY data/ data/
 COPY serving/ serving/
 # --no-deps: the base image (or the lock above) already holds TFX 1.16 and its pinned stack.
-RUN pip install --no-cache-dir --no-deps -e . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
  && python -c "import models.model, pipeline.components, pipeline.deploy"
 ENV TF_USE_LEGACY_KERAS=1

@@ -14,7 +14,7 @@ $(STAMP): requirements.lock requirements-test.lock setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --no-deps --ignore-requires-python -r requirements.lock
 	$(BIN)/pip install -q --no-deps -r requirements-test.lock
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 run: setup
