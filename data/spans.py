@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from data.csv_header import check_csv_header  # the one header check; imports no TFX
+
 SPAN_DIR_PREFIX = "span-"
 SPAN_PATTERN = "span-{SPAN}/*.csv"  # TFX input pattern, relative to the data root
 SPAN_CSV_GLOB = "span-*/*.csv"
@@ -98,8 +100,6 @@ def split_csv(
     spans that do not exist yet (replaying history a span at a time). An existing span is never
     overwritten unless `force`. Each span is written to a hidden temp dir and renamed into place.
     """
-    from pipeline.inputs import check_csv_header  # the one header check; imports no TFX
-
     if by not in PERIODS:
         raise SpanError(f"unknown period {by!r} (use one of {', '.join(PERIODS)})")
     if first_span < 1:

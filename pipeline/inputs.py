@@ -13,14 +13,12 @@ import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
+# The CSV header check and its error live in data/ (the bottom layer, below data.spans and this module).
+from data.csv_header import DEFAULT_WHERE, InputDataError, check_csv_header  # noqa: F401  (re-exported)
+
 CSV_PATTERN = "*.csv"
 TYPE_NAMES = ("int", "float", "string")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-DEFAULT_WHERE = "models/features.py CSV_COLUMNS"  # where the expected columns come from, for messages
-
-
-class InputDataError(ValueError):
-    """The data directory or a CSV in it cannot be used; the message says what to do."""
 
 
 def parse_problem(value: str, kind: str) -> str | None:
@@ -139,22 +137,3 @@ def _check_values(path: Path, types: Mapping[str, str], stop_at_first: bool) -> 
     return result
 
 
-def check_csv_header(path: Path, expected_columns: Sequence[str], where: str = DEFAULT_WHERE) -> None:
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise InputDataError(f"{path} is empty (expected a header row and data rows)")
-        if next(reader, None) is None:
-            raise InputDataError(f"{path} has a header but no data rows")
-    missing = [c for c in expected_columns if c not in header]
-    extra = [c for c in header if c not in expected_columns]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing column(s) {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected column(s) {', '.join(extra)}")
-        raise InputDataError(
-            f"{path}: {'; '.join(parts)} (the columns come from {where})"
-        )
