@@ -79,6 +79,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             key = dict(context.invocation_metadata() or ()).get(CLIENT_KEY_METADATA)
         if version is None and not label:
             label = router.pick(name, key)
+            if label:
+                self._calls.metrics.routed.labels(name, label).inc()
         start = time.perf_counter()
         try:
             with self._service.manager.acquire(name, version, label) as servable:

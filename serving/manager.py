@@ -20,6 +20,7 @@ from typing import Iterator
 from serving import inference
 from serving.config import ModelEntry, ModelRoot, discover_models
 from serving.errors import Code, ServingError, from_exception, invalid, not_found
+from serving.lineage import mlmd_uuid
 from serving.servable import Servable, is_complete
 
 log = logging.getLogger("serving.manager")
@@ -234,6 +235,9 @@ class ModelManager:
             self.metrics.version_state.labels(name, str(version)).set(1)
             if warmed:
                 self.metrics.warmup_requests.labels(name, str(version)).inc(warmed)
+            uuid = mlmd_uuid(path)
+            if uuid is not None:
+                self.metrics.mlmd_map.labels(name, str(version), uuid).set(1)
         log.info("model %s: version %d is available%s", name, version, f" (warmed up with {warmed} requests)" if warmed else "")
 
     def _begin_unload(self, model: _Model, slot: VersionSlot) -> None:

@@ -15,14 +15,15 @@ from urllib.parse import unquote
 
 import tornado.web
 
-from serving import inference, json_codec, metrics as metrics_mod
-from serving.errors import Code, ServingError, from_exception, invalid
+from serving import inference, json_codec, lineage, metrics as metrics_mod
+from serving.errors import Code, ServingError, from_exception, invalid, not_found
 from serving.traffic import CLIENT_KEY_HEADER, VERSION_HEADER
 
 log = logging.getLogger("serving.rest")
 
 # TF Serving's regexes (http_rest_api_util.cc), matched against the whole path.
 INFERENCE = ("predict", "classify", "regress")
+EXTRA_RE = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?/(lineage|traffic)")
 
 PREDICTION_RE = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
@@ -61,6 +62,11 @@ class RestApi:
                 match = PREDICTION_RE.fullmatch(path)
                 if match:
                     name, version_str, label, method = match.groups()
+            elif http_method == "GET" and EXTRA_RE.fullmatch(path):  # mlpipe's own: lineage, traffic
+                name, version_str, sub = EXTRA_RE.fullmatch(path).groups()
+                api, model = sub, unquote(name)
+                doc = self._extra(model, int(version_str) if version_str else None, sub)
+                return 200, json_codec.dumps(doc), None
             elif http_method == "GET":
                 match = STATUS_RE.fullmatch(path)
                 if match:
@@ -83,6 +89,8 @@ class RestApi:
                 raise invalid("Missing model name in request.")
             if api in INFERENCE and version is None and not label:
                 label = self.service.router.pick(model, client_key)
+                if label:
+                    self.metrics.routed.labels(model, label).inc()
             served_version, doc = getattr(self, "_" + api)(model, version, label, body)
             version = served_version if served_version is not None else version
             status, payload, code = 200, json_codec.dumps(doc), "OK"
@@ -108,6 +116,17 @@ class RestApi:
         router.record(model, request_id, "primary", "rest", api, label, version, seconds, error, doc, client_key)
         if label != router.shadow_label(model):
             router.submit_shadow(model, request_id, "rest", api, lambda shadow: getattr(self, "_" + api)(model, None, shadow, body))
+
+    def _extra(self, name, version, sub) -> dict:
+        entry = self.service.manager.entry(name)
+        if entry is None:
+            raise not_found(f"Servable not found for request: {name}")
+        if sub == "traffic":
+            labels = entry.label_map
+            return {"model": name, "labels": labels, **self.service.router.state(name)}
+        if version is None:
+            raise invalid(f"use /v1/models/{name}/versions/VERSION/lineage")
+        return lineage.version_lineage(name, entry.base_path, version)
 
     def _status(self, name, version, label, body):
         # The label is parsed but not used: GetModelStatusImpl only looks at the version
