@@ -148,6 +148,7 @@ COMMAND_MODULES = [
     "pipeline.commands.retrain",
     "pipeline.commands.compile",
     "pipeline.commands.monitor",
+    "pipeline.commands.compare",
     "serving.cli",
 ]
 

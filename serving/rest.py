@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import re
 import time
@@ -23,6 +24,7 @@ log = logging.getLogger("serving.rest")
 
 # TF Serving's regexes (http_rest_api_util.cc), matched against the whole path.
 INFERENCE = ("predict", "classify", "regress")
+MAX_LOGGED_BODY = 64 << 10  # request bodies up to this size go into the traffic log (traffic.json on)
 EXTRA_RE = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?/(lineage|traffic)")
 
 PREDICTION_RE = re.compile(
@@ -113,7 +115,13 @@ class RestApi:
         router = self.service.router
         request_id = router.new_request_id()
         error = None if code == "OK" else code
-        router.record(model, request_id, "primary", "rest", api, label, version, seconds, error, doc, client_key)
+        inputs = None
+        if len(body) <= MAX_LOGGED_BODY:  # the request's instances, for `mlpipe compare --slice FEATURE`
+            try:
+                inputs = json.loads(body).get("instances")
+            except (ValueError, AttributeError):
+                pass
+        router.record(model, request_id, "primary", "rest", api, label, version, seconds, error, doc, client_key, inputs)
         if label != router.shadow_label(model):
             router.submit_shadow(model, request_id, "rest", api, lambda shadow: getattr(self, "_" + api)(model, None, shadow, body))
 

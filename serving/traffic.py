@@ -179,7 +179,8 @@ class Router:
             return False
         return True
 
-    def record(self, model, request_id, role, protocol, api, label, version, seconds, error, outputs=None, key=None) -> None:
+    def record(self, model, request_id, role, protocol, api, label, version, seconds, error, outputs=None, key=None,
+               inputs=None) -> None:
         with self._lock:
             directory = self._log_dir
             if directory is None or model not in self._models:
@@ -188,7 +189,7 @@ class Router:
                 "time": round(time.time(), 6), "request_id": request_id, "model": model, "role": role,
                 "protocol": protocol, "api": api, "label": label, "version": version,
                 "latency_ms": round(seconds * 1000, 3), "ok": error is None, "error": error,
-                "client_key": key, "outputs": outputs,
+                "client_key": key, "outputs": outputs, "inputs": inputs,
             }, default=str)
             f = self._files.get(model)
             if f is None:

@@ -11,6 +11,7 @@ import threading
 import time
 
 import grpc
+import pytest
 import numpy as np
 import requests
 import tensorflow as tf
@@ -223,3 +224,46 @@ def test_a_bad_traffic_file_keeps_the_current_routing(toy_versions, tmp_path):
         assert all(post(session, server).headers["X-Model-Version"] == "2" for _ in range(10))
     finally:
         server.stop()
+
+
+def test_compare_reports_canary_and_shadow_from_the_traffic_log(toy_versions, tmp_path):
+    from tests.conftest import run_cli
+
+    base = toy_versions([1, 2, 3])
+    traffic = {"models": {"toy": {"split": {"stable": 3, "canary": 1}, "shadow": "candidate"}}}
+    server, config = config_server(tmp_path, base, [1, 2, 3], {"stable": 1, "canary": 2, "candidate": 3}, traffic)
+    session = requests.Session()
+    try:
+        for i in range(80):
+            body = {"instances": [0.0]}
+            r = session.post(f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict", json=body,
+                             headers={"X-Client-Key": f"k{i}"}, timeout=30)
+            assert r.status_code == 200
+        session.post(f"http://127.0.0.1:{server.rest_port}/v1/models/toy/versions/9:predict", json={"instances": [0.0]})
+        wait_until(lambda: sum(r["role"] == "shadow" for r in traffic_lines(tmp_path)) == 81)
+    finally:
+        server.stop()
+    settings = tmp_path / "mlpipe.toml"
+    settings.write_text('model_name = "toy"\n')
+    page = tmp_path / "compare.html"
+    code, out, err = run_cli("compare", "--config", str(settings), "--log-dir", str(tmp_path / "traffic_logs"),
+                             "--json", "--html", str(page))
+    assert code == 0, out + err
+    report = json.loads(out)
+    arms = {(a["role"], a["label"], a["version"]): a for a in report["arms"]}
+    stable, canary = arms[("primary", "stable", 1)], arms[("primary", "canary", 2)]
+    assert stable["requests"] + canary["requests"] == 80 and stable["mean_prediction"] == 1.0
+    assert canary["mean_prediction"] == 2.0 and stable["latency_ms"]["p50"] is not None
+    assert arms[("shadow", "candidate", 3)]["requests"] == 81  # failed requests are copied too
+    failed = [a for (role, label, version), a in arms.items() if role == "primary" and a["errors"]]
+    assert len(failed) == 1 and failed[0]["error_rate"] == 1.0  # the request for the missing version 9
+    (c,) = report["canaries"]
+    assert c["label"] == "canary" and c["primary_label"] == "stable" and c["mean_prediction_diff"] == 1.0
+    d = report["shadow"]["divergence"]
+    assert d["instances"] == 80 and d["max_abs_diff"] == 2.0 and d["mean_abs_diff"] == pytest.approx(
+        (stable["requests"] * 2.0 + canary["requests"] * 1.0) / 80, abs=1e-6)
+    assert "mlpipe compare" in page.read_text()
+    code, out, _ = run_cli("compare", "--config", str(settings), "--log-dir", str(tmp_path / "traffic_logs"))
+    assert code == 0 and "shadow candidate: 81 copies, 80 paired instances" in out
+    code, _, err = run_cli("compare", "--config", str(settings), "--log-dir", str(tmp_path / "nothing"))
+    assert code == 2 and "no traffic log" in err
