@@ -129,6 +129,8 @@ class Router:
 
     def pick(self, model: str, key: str | None) -> str | None:
         """The label an unlabelled request for `model` goes to, or None (no split: the latest version)."""
+        if model not in self._models:  # no traffic controls: no lock on the request path
+            return None
         with self._lock:
             t = self._models.get(model)
             if t is None or not t.split:

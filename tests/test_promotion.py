@@ -3,6 +3,7 @@ label history (including rollbacks), and warm-up requests written at push from l
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import FAST_FLAGS, run_cli
-from tests.serving import taxi_export
+from tests.test_monitor import _example, training_rows
 from tests.serving.conftest import start_server
 from tests.test_registry import cli_json, copy_workspace, version_dirs
 
@@ -44,10 +45,10 @@ def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_
     url = f"http://127.0.0.1:{server.rest_port}"
     try:
         # The answer says which version answered; the lineage endpoint is `mlpipe lineage --json`.
-        rows = taxi_export.rows()[:4]
-        for row in rows:
-            r = requests.post(f"{url}/v1/models/taxi/labels/stable:predict", timeout=30,
-                              json={"signature_name": "serving_raw", "instances": [taxi_export.raw_instance(row)]})
+        bodies = [{"instances": [{"b64": base64.b64encode(_example(row).SerializeToString()).decode()}]}
+                  for row in training_rows(ws)[:4]]
+        for body in bodies:
+            r = requests.post(f"{url}/v1/models/taxi/labels/stable:predict", timeout=30, json=body)
             assert r.status_code == 200 and r.headers["X-Model-Version"] == str(v1), r.text
         served = requests.get(f"{url}/v1/models/taxi/versions/{v1}/lineage", timeout=60).json()
         assert served == cli_json("lineage", str(v1), "--workspace", str(ws))
@@ -60,8 +61,7 @@ def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_
         moved = cli_json("label", "set", "canary", str(v1), "--workspace", str(ws), "--reason", "try it",
                          "--wait-server", url)
         assert moved["move"]["server_confirmed_seconds"] >= 0 and moved["move"]["to_version"] == v1
-        r = requests.post(f"{url}/v1/models/taxi/labels/canary:predict", timeout=30,
-                          json={"signature_name": "serving_raw", "instances": [taxi_export.raw_instance(rows[0])]})
+        r = requests.post(f"{url}/v1/models/taxi/labels/canary:predict", timeout=30, json=bodies[0])
         assert r.status_code == 200 and r.headers["X-Model-Version"] == str(v1)
     finally:
         server.stop()
@@ -76,7 +76,8 @@ def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_
     from tensorflow_serving.apis import prediction_log_pb2
 
     records = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.compat.v1.io.tf_record_iterator(str(warmup))]
-    assert len(records) == 4 and all(r.predict_log.request.model_spec.signature_name == "serving_raw" for r in records)
+    assert len(records) == 5 and all(r.predict_log.request.model_spec.signature_name in ("", "serving_default")
+                                     for r in records)  # the 4 stable requests and the canary one
     assert not any(r.predict_log.request.model_spec.HasField("version") for r in records)
 
     # Rollback goes through the same path: the labels on the replaced version follow, all in the history.
