@@ -174,6 +174,7 @@ COMMAND_MODULES = [
     "pipeline.commands.monitor",
     "pipeline.commands.project",
     "pipeline.commands.metadata",
+    "pipeline.commands.compare",
     "serving.cli",
 ]
 

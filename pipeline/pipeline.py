@@ -208,6 +208,8 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(config.serving_model_dir))
         ),
+        # warm-up requests from logged traffic (pipeline/serving_assets.py)
+        custom_config={"request_log_dir": str(config.workspace_path / "request_logs" / config.model_name)},
     ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -21,6 +21,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from pipeline import serving_assets
 from pipeline.lock import pid_alive
 
 TMP_PREFIX = ".tmp-"
@@ -51,14 +52,22 @@ def next_version(base: str) -> str:
     return str(max([int(time.time())] + [v + 1 for v in existing]))
 
 
-def atomic_push(model_path: str, base: str) -> tuple:
-    """Copies the SavedModel at `model_path` to a new `<base>/<version>`; returns (version, path)."""
+def atomic_push(model_path: str, base: str, extra_files: Dict[str, bytes] | None = None) -> tuple:
+    """Copies the SavedModel at `model_path` to a new `<base>/<version>`; returns (version, path).
+
+    `extra_files` ({relative path: content}, e.g. assets.extra/mlmd_uuid) are written into the copy
+    before it is renamed into place."""
     os.makedirs(base, exist_ok=True)
     for name in clean_stale_tmp_dirs(base):
         logging.warning("Removed a partial push left by a killed run: %s", os.path.join(base, name))
     version = next_version(base)
     tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
     shutil.copytree(model_path, tmp, copy_function=lambda src, dst: shutil.copy2(src, dst))
+    for relative, content in (extra_files or {}).items():
+        target = os.path.join(tmp, relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(content)
     final = os.path.join(base, version)
     os.rename(tmp, final)  # atomic: the version is either absent or complete
     return version, final
@@ -83,9 +92,12 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         if destination.WhichOneof("destination") != "filesystem":
             raise NotImplementedError("AtomicPusherExecutor pushes to a filesystem destination only")
-        version, serving_path = atomic_push(model_path, destination.filesystem.base_directory)
+        uuid = serving_assets.new_mlmd_uuid()
+        extra = serving_assets.extra_files(uuid, exec_properties.get("custom_config"), model_path)
+        version, serving_path = atomic_push(model_path, destination.filesystem.base_directory, extra)
         logging.info("Model written to serving path %s.", serving_path)
         io_utils.copy_dir(model_path, model_push.uri)
+        model_push.set_string_custom_property(serving_assets.MLMD_UUID_PROPERTY, uuid)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
 
 

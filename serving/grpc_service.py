@@ -16,8 +16,20 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from serving import inference
 from serving.config import ServingConfigError, entries_from_proto
 from serving.errors import Code, ServingError, from_exception, invalid
+from serving.traffic import CLIENT_KEY_METADATA, VERSION_METADATA
 
 log = logging.getLogger("serving.grpc")
+
+
+def _outputs(response) -> dict:
+    """A response's outputs as JSON-able lists, for the traffic log."""
+    import tensorflow as tf
+
+    if hasattr(response, "outputs"):
+        return {k: tf.make_ndarray(v).tolist() for k, v in response.outputs.items()}
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(response.result)
 
 
 def _spec_args(model_spec):
@@ -49,6 +61,8 @@ class _Calls:
             self.metrics.observe(name, version, api, "grpc", error.code_name, time.perf_counter() - start, tfs_api)
             context.abort(error.code, error.message)
         self.metrics.observe(name, version, api, "grpc", code, time.perf_counter() - start, tfs_api)
+        if version is not None:
+            context.set_trailing_metadata(((VERSION_METADATA, str(version)),))
         return response
 
 
@@ -57,28 +71,54 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._calls = _Calls(service, metrics)
         self._service = service
 
-    def _with_servable(self, request, fn, kind):
+    def _with_servable(self, request, fn, kind, context=None):
         name, version, label = _spec_args(request.model_spec)
-        with self._service.manager.acquire(name, version, label) as servable:
-            response = fn(servable, request)
-            self._service.maybe_log(kind, name, lambda: (response.model_spec, request, response))
-            return servable.version, response
+        router = self._service.router
+        key = None
+        if context is not None and router.active(name):
+            key = dict(context.invocation_metadata() or ()).get(CLIENT_KEY_METADATA)
+        if version is None and not label:
+            label = router.pick(name, key)
+            if label:
+                self._calls.metrics.routed.labels(name, label).inc()
+        start = time.perf_counter()
+        try:
+            with self._service.manager.acquire(name, version, label) as servable:
+                response = fn(servable, request)
+                self._service.maybe_log(kind, name, lambda: (response.model_spec, request, response))
+        except Exception as e:
+            if router.active(name):
+                router.record(name, router.new_request_id(), "primary", "grpc", kind[:-4], label, None,
+                              time.perf_counter() - start, from_exception(e).code_name, None, key)
+            raise
+        if router.active(name):
+            request_id = router.new_request_id()
+            router.record(name, request_id, "primary", "grpc", kind[:-4], label, servable.version,
+                          time.perf_counter() - start, None, _outputs(response), key)
+            if label != router.shadow_label(name):
+                router.submit_shadow(name, request_id, "grpc", kind[:-4], lambda shadow: self._shadow(request, fn, shadow))
+        return servable.version, response
+
+    def _shadow(self, request, fn, label):
+        name = request.model_spec.name
+        with self._service.manager.acquire(name, None, label) as servable:
+            return servable.version, _outputs(fn(servable, request))
 
     def Predict(self, request, context):
         return self._calls.run(
-            "predict", request, context, lambda: self._with_servable(request, inference.predict_from_proto, "predict_log"),
+            "predict", request, context, lambda: self._with_servable(request, inference.predict_from_proto, "predict_log", context),
             "Predict",
         )
 
     def Classify(self, request, context):
         return self._calls.run(
-            "classify", request, context, lambda: self._with_servable(request, inference.classify_from_proto, "classify_log"),
+            "classify", request, context, lambda: self._with_servable(request, inference.classify_from_proto, "classify_log", context),
             "Classify",
         )
 
     def Regress(self, request, context):
         return self._calls.run(
-            "regress", request, context, lambda: self._with_servable(request, inference.regress_from_proto, "regress_log"),
+            "regress", request, context, lambda: self._with_servable(request, inference.regress_from_proto, "regress_log", context),
             "Regress",
         )
 

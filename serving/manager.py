@@ -14,12 +14,13 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from serving import inference
 from serving.config import ModelEntry, ModelRoot, discover_models
 from serving.errors import Code, ServingError, from_exception, invalid, not_found
+from serving.lineage import mlmd_uuid
 from serving.servable import Servable, is_complete
 
 log = logging.getLogger("serving.manager")
@@ -156,8 +157,9 @@ class ModelManager:
                 if not self._stop.is_set():
                     self._sync(model)
 
-    def _sync(self, model: _Model) -> None:
-        entry = model.entry
+    def _sync(self, model: _Model, entry: ModelEntry | None = None, unload: bool = True) -> None:
+        """Loads what `entry` (default: the model's own) aspires to; with `unload`, unloads the rest."""
+        entry = entry or model.entry
         if not os.path.isdir(entry.base_path):
             if not model.warned_missing:
                 log.warning(
@@ -175,6 +177,8 @@ class ModelManager:
 
         for version in sorted(aspired, reverse=True):  # newest first: it is the one clients want
             self._maybe_load(model, version, complete[version])
+        if not unload:
+            return
 
         with self._lock:
             any_aspired_up = any(model.slots[v].state == AVAILABLE for v in aspired if v in model.slots)
@@ -231,6 +235,9 @@ class ModelManager:
             self.metrics.version_state.labels(name, str(version)).set(1)
             if warmed:
                 self.metrics.warmup_requests.labels(name, str(version)).inc(warmed)
+            uuid = mlmd_uuid(path)
+            if uuid is not None:
+                self.metrics.mlmd_map.labels(name, str(version), uuid).set(1)
         log.info("model %s: version %d is available%s", name, version, f" (warmed up with {warmed} requests)" if warmed else "")
 
     def _begin_unload(self, model: _Model, slot: VersionSlot) -> None:
@@ -289,9 +296,49 @@ class ModelManager:
         Models discovered under a serving root stay (a config naming one of them takes precedence)."""
         with self._poll_lock:
             self._explicit = list(entries)
-            models = self._apply(self._effective())
+            effective = self._staged(self._effective())
+            models = self._apply(effective)
             for model in models:
                 self._sync(model)
+
+    def _staged(self, entries: list[ModelEntry]) -> list[ModelEntry]:
+        """Under the poll lock: ordered label moves. For each model whose labels change, first loads and
+        warms the versions the new config wants while the old labels keep answering; a label whose new
+        version did not come up keeps its old version (logged), as TF Serving refuses a label on a version
+        that is not available. Returns the entries to apply."""
+        result = []
+        for entry in entries:
+            with self._lock:
+                model = self._models.get(entry.name)
+            if model is None or model.entry.base_path != entry.base_path or model.entry.labels == entry.labels:
+                result.append(entry)
+                continue
+            self._sync(model, entry, unload=False)  # load + warm-up first; nothing is unloaded yet
+            labels = dict(entry.labels)
+            old = model.entry.label_map
+            with self._lock:
+                for label, version in entry.labels:
+                    slot = model.slots.get(version)
+                    if slot is None or slot.state != AVAILABLE:
+                        log.warning(
+                            "model %s: label %s stays on %s: version %d is not available (%s)", entry.name, label,
+                            old.get(label, "nothing"), version, slot.error.message if slot and slot.error else "not loaded",
+                        )
+                        if label in old:
+                            labels[label] = old[label]
+                        else:
+                            del labels[label]
+            if labels != entry.label_map:
+                wanted = set(entry.policy.versions) | set(labels.values())
+                policy = entry.policy if entry.policy.kind != "specific" else replace(entry.policy, versions=tuple(sorted(wanted)))
+                entry = replace(entry, labels=tuple(sorted(labels.items())), policy=policy)
+            else:
+                for label, version in entry.labels:
+                    if old.get(label) != version:
+                        log.info("model %s: label %s moved %s -> %d after version %d was loaded and warmed up",
+                                 entry.name, label, old.get(label, "nothing"), version, version)
+            result.append(entry)
+        return result
 
     def _apply(self, entries: list[ModelEntry]) -> list[_Model]:
         """Under the poll lock: makes `entries` the model list (unloading dropped models); returns the models."""
@@ -332,9 +379,9 @@ class ModelManager:
         """The servable for a request, held (not unloaded) until the block ends."""
         if version is not None and label:
             raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
-        if label:
-            version = self.resolve_label(name, label)
-        with self._lock:
+        with self._lock:  # label -> version and version -> slot under one lock: a label move never falls between
+            if label:
+                version = self.resolve_label(name, label)
             if self.stopping:
                 raise ServingError(Code.UNAVAILABLE, "Server is shutting down; retry against another replica")
             if version is None:

@@ -150,6 +150,18 @@ class Metrics:
             ("model", "version"),
             registry=self.registry,
         )
+        self.mlmd_map = Gauge(
+            "mlpipe_serving_mlmd_map",
+            "1 per loaded version with its assets.extra/mlmd_uuid (TF Serving's /tensorflow/serving/mlmd_map).",
+            ("model_name", "version", "mlmd_uuid"),
+            registry=self.registry,
+        )
+        self.routed = Counter(
+            "mlpipe_serving_routed_requests",
+            "Requests naming neither version nor label, routed by traffic.json's split, by the label picked.",
+            ("model", "label"),
+            registry=self.registry,
+        )
         self.tf_serving = TfServingMetrics()
         self.logged_requests = Counter(
             "mlpipe_serving_logged_requests",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import re
 import time
@@ -15,12 +16,17 @@ from urllib.parse import unquote
 
 import tornado.web
 
-from serving import inference, json_codec, metrics as metrics_mod
-from serving.errors import Code, ServingError, from_exception, invalid
+from serving import inference, json_codec, lineage, metrics as metrics_mod
+from serving.errors import Code, ServingError, from_exception, invalid, not_found
+from serving.traffic import CLIENT_KEY_HEADER, VERSION_HEADER
 
 log = logging.getLogger("serving.rest")
 
 # TF Serving's regexes (http_rest_api_util.cc), matched against the whole path.
+INFERENCE = ("predict", "classify", "regress")
+MAX_LOGGED_BODY = 64 << 10  # request bodies up to this size go into the traffic log (traffic.json on)
+EXTRA_RE = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?/(lineage|traffic)")
+
 PREDICTION_RE = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
 )
@@ -42,9 +48,13 @@ class RestApi:
         self.service = service
         self.metrics = metrics
 
-    def handle(self, http_method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    def handle(self, http_method: str, path: str, body: bytes, client_key: str | None = None) -> tuple[int, bytes]:
+        return self.handle_versioned(http_method, path, body, client_key)[:2]
+
+    def handle_versioned(self, http_method: str, path: str, body: bytes, client_key: str | None = None):
+        """(status, payload, version that answered or None): the version goes out as the X-Model-Version header."""
         start = time.perf_counter()
-        api, model, version, tfs_api = "unknown", "", None, ""
+        api, model, version, tfs_api, label, doc = "unknown", "", None, "", None, None
         try:
             name = version_str = label = method = sub = None
             match = None
@@ -54,6 +64,11 @@ class RestApi:
                 match = PREDICTION_RE.fullmatch(path)
                 if match:
                     name, version_str, label, method = match.groups()
+            elif http_method == "GET" and EXTRA_RE.fullmatch(path):  # mlpipe's own: lineage, traffic
+                name, version_str, sub = EXTRA_RE.fullmatch(path).groups()
+                api, model = sub, unquote(name)
+                doc = self._extra(model, int(version_str) if version_str else None, sub)
+                return 200, json_codec.dumps(doc), None
             elif http_method == "GET":
                 match = STATUS_RE.fullmatch(path)
                 if match:
@@ -74,6 +89,10 @@ class RestApi:
                 raise invalid(f"Malformed request: {http_method} {path}")
             if api in ("status", "metadata") and not model:
                 raise invalid("Missing model name in request.")
+            if api in INFERENCE and version is None and not label:
+                label = self.service.router.pick(model, client_key)
+                if label:
+                    self.metrics.routed.labels(model, label).inc()
             served_version, doc = getattr(self, "_" + api)(model, version, label, body)
             version = served_version if served_version is not None else version
             status, payload, code = 200, json_codec.dumps(doc), "OK"
@@ -85,8 +104,37 @@ class RestApi:
             version = None  # keep client-chosen values out of metric labels
         if model and self.service.manager.entry(model) is None:
             model = "<unknown>"
-        self.metrics.observe(model, version, api, "rest", code, time.perf_counter() - start, tfs_api=tfs_api)
-        return status, payload
+        seconds = time.perf_counter() - start
+        self.metrics.observe(model, version, api, "rest", code, seconds, tfs_api=tfs_api)
+        if api in INFERENCE and self.service.router.active(model):
+            self._route_log(model, api, label, version, seconds, code, doc, client_key, body)
+        return status, payload, version if code == "OK" and api in ("predict", "classify", "regress", "metadata") else None
+
+    def _route_log(self, model, api, label, version, seconds, code, doc, client_key, body) -> None:
+        """With traffic controls on: logs the caller's answer, then hands a copy to the shadow label."""
+        router = self.service.router
+        request_id = router.new_request_id()
+        error = None if code == "OK" else code
+        inputs = None
+        if len(body) <= MAX_LOGGED_BODY:  # the request's instances, for `mlpipe compare --slice FEATURE`
+            try:
+                inputs = json.loads(body).get("instances")
+            except (ValueError, AttributeError):
+                pass
+        router.record(model, request_id, "primary", "rest", api, label, version, seconds, error, doc, client_key, inputs)
+        if label != router.shadow_label(model):
+            router.submit_shadow(model, request_id, "rest", api, lambda shadow: getattr(self, "_" + api)(model, None, shadow, body))
+
+    def _extra(self, name, version, sub) -> dict:
+        entry = self.service.manager.entry(name)
+        if entry is None:
+            raise not_found(f"Servable not found for request: {name}")
+        if sub == "traffic":
+            labels = entry.label_map
+            return {"model": name, "labels": labels, **self.service.router.state(name)}
+        if version is None:
+            raise invalid(f"use /v1/models/{name}/versions/VERSION/lineage")
+        return lineage.version_lineage(name, entry.base_path, version)
 
     def _status(self, name, version, label, body):
         # The label is parsed but not used: GetModelStatusImpl only looks at the version
@@ -236,11 +284,16 @@ class ApiHandler(_Base):
             return self.reject()
         server = self.server
         loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(server.executor, server.rest_api.handle, method, self.request.path, bytes(self._body))
+        key = self.request.headers.get(CLIENT_KEY_HEADER)
+        call = loop.run_in_executor(
+            server.executor, server.rest_api.handle_versioned, method, self.request.path, bytes(self._body), key
+        )
         server.track(+1)
         try:
             timeout = server.options.rest_api_timeout_in_ms / 1000 if server.options.rest_api_timeout_in_ms > 0 else None
-            status, payload = await asyncio.wait_for(asyncio.shield(call), timeout)
+            status, payload, version = await asyncio.wait_for(asyncio.shield(call), timeout)
+            if version is not None:
+                self.set_header(VERSION_HEADER, str(version))
         except asyncio.TimeoutError:
             status, payload = 504, json_codec.dumps({"error": "Request timed out (see --rest_api_timeout_in_ms)"})
         finally:

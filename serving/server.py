@@ -16,6 +16,7 @@ from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.rest import RestApi, make_app
 from serving.service import LogOptions, Service
+from serving.traffic import sidecar_path
 
 log = logging.getLogger("serving")
 
@@ -94,6 +95,8 @@ class ModelServer:
                     "%s=%s accepts connections from other machines and no --auth_token is set: anyone who "
                     "can reach this port can call the model", what, host,
                 )
+        if opts.model_config_file:
+            self.service.router.load(sidecar_path(opts.model_config_file))
         self.manager.start()
         if opts.port is not None:
             from serving.grpc_service import make_server
@@ -165,6 +168,7 @@ class ModelServer:
                     log.info("model config file changed; applying it")
                     self.manager.reload(entries)
                 last = entries
+                self.service.router.load(sidecar_path(self.options.model_config_file))
             except Exception as e:
                 log.warning("re-reading %s failed: %s; keeping the current models", self.options.model_config_file, e)
 

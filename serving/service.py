@@ -10,6 +10,7 @@ from serving import inference
 from serving.errors import invalid
 from serving.manager import ModelManager
 from serving.request_log import RequestLogger, make_log
+from serving.traffic import Router
 
 _STATE_NUMBERS = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
@@ -29,6 +30,7 @@ class Service:
         self.log_options = log_options
         self._loggers: dict[tuple, RequestLogger] = {}
         self._lock = threading.Lock()
+        self.router = Router(seed=log_options.seed if log_options.seed is not None else 0)
 
     # ---- request logging --------------------------------------------------------------------
 
@@ -60,6 +62,7 @@ class Service:
             logger.write(make_log(kind, model_spec, request, response, logger.sampling_rate, self.manager.tags))
 
     def close(self) -> None:
+        self.router.close()
         with self._lock:
             for logger in self._loggers.values():
                 logger.close()

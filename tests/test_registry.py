@@ -346,8 +346,10 @@ def test_labels_write_a_tf_serving_model_config(versions_ws, tmp_path):
     result = cli_json("rollback", "--workspace", str(ws), "--reason", "test")
     assert result["models_config"] == str(path)
     parsed = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
-    assert list(parsed.model_config_list.config[0].model_version_policy.specific.versions) == [v1, v2, v2 + 1]
-    assert cli_json("models", "--workspace", str(ws))["serving"]["loaded"] == [v1, v2, v2 + 1]
+    # ... and the label on the replaced version (canary on v2) follows to the re-published one (issue 16).
+    assert list(parsed.model_config_list.config[0].model_version_policy.specific.versions) == [v1, v2 + 1]
+    assert dict(parsed.model_config_list.config[0].version_labels) == {"stable": v1, "canary": v2 + 1}
+    assert cli_json("models", "--workspace", str(ws))["serving"]["loaded"] == [v1, v2 + 1]
     cli_json("label", "remove", "canary", "--workspace", str(ws))
     assert cli_json("label", "list", "--workspace", str(ws))["labels"] == {"stable": v1}
 

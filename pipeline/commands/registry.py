@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import cli, registry
+from pipeline import cli, promotion, registry
 
 
 def _snapshot(args: argparse.Namespace):
@@ -191,6 +191,7 @@ def _lineage(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     config = cli.load_config(args)
     result = registry.rollback(config, args.to, args.reason, dry_run=args.dry_run)
+    result["label_moves"] = promotion.after_rollback(config, result)
     if args.json:
         _dump(result)
     elif args.dry_run:
@@ -229,19 +230,35 @@ def _label_list(args: argparse.Namespace) -> int:
 
 def _label_set(args: argparse.Namespace) -> int:
     config = cli.load_config(args)
-    path = registry.set_label(config, args.name, args.version)
+    move = promotion.move_label(config, args.name, args.version, args.reason, wait_url=args.wait_server)
+    path = move["models_config"]
     state = _label_state(config)
     if args.json:
-        _dump(state)
+        _dump({**state, "move": move})
     else:
-        print(f"mlpipe: {args.name} -> version {args.version} in {path}")
+        print(f"mlpipe: {args.name} -> version {args.version} in {path} (was {move['from_version'] or 'unset'}; "
+              f"recorded as MLMD execution {move['execution_id']})")
+        if "server_confirmed_seconds" in move:
+            print(f"mlpipe: the server at {args.wait_server} answers {args.name} with version {args.version} "
+                  f"(after {move['server_confirmed_seconds']}s: loaded and warmed up before the label moved)")
         print(f"mlpipe: serve with: mlpipe serve --model_config_file {path}")
+    return cli.EXIT_OK
+
+
+def _label_history(args: argparse.Namespace) -> int:
+    moves = promotion.label_history(cli.load_config(args), args.label)
+    if args.json:
+        _dump({"moves": moves})
+    elif not moves:
+        print("mlpipe: no label moves recorded yet; move one with `mlpipe label set stable VERSION --reason TEXT`")
+    for m in [] if args.json else moves:
+        print(f"{m['time']}  {m['user']:<10} {m['label']:<10} {m['from_version'] or '-'} -> {m['to_version'] or '-'}  {m['reason']}")
     return cli.EXIT_OK
 
 
 def _label_remove(args: argparse.Namespace) -> int:
     config = cli.load_config(args)
-    path = registry.remove_label(config, args.name)
+    path = promotion.move_label(config, args.name, None, args.reason)["models_config"]
     _dump(_label_state(config)) if args.json else print(f"mlpipe: removed label {args.name} from {path}")
     return cli.EXIT_OK
 
@@ -308,12 +325,23 @@ def add_parser(subparsers) -> None:
     q = label_sub.add_parser("set", help="point a label at a version", description="Point label NAME at VERSION.")
     q.add_argument("name", metavar="NAME", help="label, e.g. stable or canary")
     q.add_argument("version", type=int, metavar="VERSION", help="a version directory under serving_model/<model>/")
+    q.add_argument("--reason", default="", metavar="TEXT", help="why (kept in ML Metadata, see `label history`)")
+    q.add_argument("--wait-server", metavar="URL", help="wait until the server at URL (e.g. http://127.0.0.1:8501) "
+                   "answers the label with VERSION: it loads and warms the version before moving the label")
     _common(q)
     q.set_defaults(func=_guard(_label_set))
+    q = label_sub.add_parser(
+        "history", help="every label move: who, when, from, to, why",
+        description="Every label move recorded in ML Metadata (label set/remove, and rollbacks, which move "
+        "'(latest)' and the labels of the replaced version), newest first.")
+    q.add_argument("--label", metavar="NAME", help="only this label's moves")
+    _common(q)
+    q.set_defaults(func=_guard(_label_history))
     q = label_sub.add_parser("list", help="show the labels", description="Show the labels and their versions.")
     _common(q)
     q.set_defaults(func=_guard(_label_list))
     q = label_sub.add_parser("remove", help="delete a label", description="Delete label NAME.")
     q.add_argument("name", metavar="NAME")
+    q.add_argument("--reason", default="", metavar="TEXT", help="why (kept in ML Metadata)")
     _common(q)
     q.set_defaults(func=_guard(_label_remove))

@@ -1,0 +1,66 @@
+"""Which pipeline run produced a served version: `GET /v1/models/M/versions/V/lineage`, and `mlmd_uuid`.
+
+The lineage is read live from the workspace's ML Metadata store (so it shows rollbacks and later
+label moves), through mlpipe's registry view: ml_metadata only, no TFX orchestration is imported
+(tests/serving/test_traffic.py checks that no `tfx` module gets loaded). The store is found beside
+the model's base path: `<workspace>/serving_model/<model>` -> `<workspace>/metadata.sqlite`.
+Reading MLMD at request time rather than writing a JSON file at push time keeps one home for the
+lineage logic (pipeline/registry.py) and shows what happened after the push.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from serving.errors import not_found
+
+MLMD_UUID_FILE = ("assets.extra", "mlmd_uuid")  # read by TF Serving into its /tensorflow/serving/mlmd_map gauge
+
+
+def mlmd_uuid(version_path: str) -> str | None:
+    """The whole content of `<version>/assets.extra/mlmd_uuid`, as TF Serving reads it (no trimming)."""
+    path = os.path.join(version_path, *MLMD_UUID_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def find_metadata(base_path: str) -> Path | None:
+    """`metadata.sqlite` in the workspace holding `base_path` (up to two levels above it)."""
+    for parent in list(Path(base_path).resolve().parents)[:2]:
+        candidate = parent / "metadata.sqlite"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def version_lineage(model_name: str, base_path: str, version: int) -> dict:
+    """What `mlpipe lineage VERSION --json` prints for this version."""
+    store_path = find_metadata(base_path)
+    if store_path is None:
+        raise not_found(
+            f"No ML Metadata store for model {model_name}: expected metadata.sqlite in the workspace above "
+            f"{base_path} (the lineage endpoint serves models pushed by an mlpipe pipeline)"
+        )
+    from pipeline import metadata as mlmd_view  # ml_metadata only: no TFX orchestration
+    from pipeline import registry
+    from pipeline.config import Config
+
+    store = mlmd_view.open_store(store_path)
+    names = [c.name for c in store.get_contexts_by_type("pipeline")] if store is not None else []
+    if not names:
+        raise not_found(f"{store_path} has no pipeline run yet")
+    workspace = store_path.parent
+    for name in names:
+        config = Config(workspace=str(workspace), pipeline_name=name, model_name=model_name)
+        snap = registry.open_snapshot(config)
+        if snap is None:
+            continue
+        try:
+            return registry.lineage(snap, version)
+        except registry.RegistryError:
+            continue
+    raise not_found(f"version {version} of model {model_name} was never pushed by a pipeline recorded in {store_path}")
