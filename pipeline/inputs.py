@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 # The CSV header check and its error live in data/ (the bottom layer, below data.spans and this module).
 from data.csv_header import DEFAULT_WHERE, InputDataError, check_csv_header  # noqa: F401  (re-exported)

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 from typing import IO, Iterator
 
-
 # The terminal's stderr (a stream and its fd) while quiet_stderr() sends file descriptor 2 to a log.
 _terminal: IO[str] | None = None
 _terminal_fd: int | None = None

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from pipeline import config as config_lib, inputs, metadata
+from pipeline import config as config_lib
+from pipeline import inputs, metadata
 from pipeline.config import Config, ConfigError
 
 Print = Callable[[str], None]

@@ -65,8 +65,7 @@ class BatchingParameters:
 
 
 def _batching_message_class():
-    from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2  # noqa: F401
-    from google.protobuf import message_factory
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2  # noqa: F401
 
     pool = descriptor_pool.Default()
     name = "mlpipe.serving.BatchingParameters"

@@ -158,7 +158,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def build_options(args: argparse.Namespace):
     """Flags (and the workspace config) -> ServerOptions; raises ServingConfigError with a fix."""
     from pipeline import config as pipeline_config
-
     from serving.server import ServerOptions
     from serving.service import LogOptions
 

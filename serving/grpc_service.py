@@ -15,7 +15,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from serving import inference
 from serving.config import ServingConfigError, entries_from_proto
-from serving.errors import Code, ServingError, from_exception, invalid
+from serving.errors import Code, from_exception, invalid
 from serving.traffic import CLIENT_KEY_METADATA, VERSION_METADATA
 
 log = logging.getLogger("serving.grpc")

@@ -16,7 +16,8 @@ from urllib.parse import unquote
 
 import tornado.web
 
-from serving import inference, json_codec, lineage, metrics as metrics_mod
+from serving import inference, json_codec, lineage
+from serving import metrics as metrics_mod
 from serving.errors import Code, ServingError, from_exception, invalid, not_found
 from serving.traffic import CLIENT_KEY_HEADER, VERSION_HEADER
 

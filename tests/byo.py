@@ -11,6 +11,7 @@ from pathlib import Path
 
 import requests
 import tensorflow as tf
+
 from tests.conftest import run_cli
 
 TFX_EXAMPLES = Path(tf.__file__).resolve().parent.parent / "tfx" / "examples"
@@ -73,7 +74,6 @@ def mlpipe_serve(config: Path):
     """`mlpipe serve` on the config's pushed model, in-process, on free ports."""
     from pipeline import cli
     from pipeline.config import load
-
     from serving import cli as serving_cli
     from serving.server import ModelServer
 

@@ -14,8 +14,8 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from tests.conftest import run_cli
 from pipeline import config as config_lib
+from tests.conftest import run_cli
 
 
 def beam(**values) -> config_lib.BeamConfig:

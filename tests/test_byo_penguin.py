@@ -5,10 +5,10 @@ data alone: `mlpipe schema` infers a schema once, the config pins it (column typ
 
 import numpy as np
 import pytest
-from tests import byo
-from tests.conftest import run_cli
 
 from pipeline import dataset
+from tests import byo
+from tests.conftest import run_cli
 
 palmerpenguins = pytest.importorskip("palmerpenguins", reason="test dependency in requirements-test.lock")
 

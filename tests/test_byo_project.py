@@ -4,11 +4,11 @@ errors in [model] settings are one line naming the setting, before anything runs
 import sys
 
 import pytest
-from tests import byo
-from tests.conftest import run_cli
 
 from pipeline import config as config_lib
 from pipeline import user_code
+from tests import byo
+from tests.conftest import run_cli
 
 IRIS_LIKE = "width,height,color,kind\n" + "".join(
     f"{w / 10},{h / 10},{c},{k}\n"

@@ -8,11 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
-from tests import byo
-from tests.conftest import run_cli
 
 from models import features
 from pipeline import metadata
+from tests import byo
+from tests.conftest import run_cli
 
 MODULE = byo.TFX_EXAMPLES / "chicago_taxi_pipeline" / "taxi_utils_native_keras.py"
 # CsvExampleGen's inference on the taxi data (what TFX's module expects: integer codes, not strings).

@@ -188,7 +188,8 @@ def test_served_traffic_logged_then_monitored_with_all_and_version(first_run, ta
     import requests
 
     from models import features
-    from tests.test_docs import env as docs_env, free_port
+    from tests.test_docs import env as docs_env
+    from tests.test_docs import free_port
 
     ws = tmp_path / "ws"
     shutil.copytree(first_run[0], ws)

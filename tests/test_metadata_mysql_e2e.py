@@ -192,7 +192,8 @@ def _read_until(process: subprocess.Popen, text: str) -> list[str]:
 
 def test_two_retrains_from_two_workspaces_sharing_a_database_one_runs_the_other_exits_75(
         mariadb, mysql_env, spans, tmp_path):  # noqa: F811
-    from pipeline import config as config_lib, lock
+    from pipeline import config as config_lib
+    from pipeline import lock
 
     config = write_config(tmp_path / "team.toml", mariadb, new_database(mariadb))
     first = _mlpipe("retrain", "--config", str(config), "--workspace", str(tmp_path / "host-a"),

@@ -19,8 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import FAST_FLAGS, run_cli
 
 REPO = Path(__file__).resolve().parent.parent

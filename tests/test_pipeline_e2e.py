@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tests.conftest import FAST_FLAGS, run_cli
 
 from models import features
 from models import model as model_lib
-from pipeline import metadata
+from pipeline import metadata, pusher
 from pipeline import pipeline as pipeline_lib
-from pipeline import pusher
 from pipeline.config import Config
+from tests.conftest import FAST_FLAGS, run_cli
 
 PIPELINE = Config().pipeline_name
 REPO = str(Path(__file__).resolve().parent.parent)

@@ -13,8 +13,8 @@ from pathlib import Path
 import requests
 
 from tests.conftest import FAST_FLAGS, run_cli
-from tests.test_monitor import _example, training_rows
 from tests.serving.conftest import start_server
+from tests.test_monitor import _example, training_rows
 from tests.test_registry import cli_json, copy_workspace, version_dirs
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from data import spans, taxi_sample
+from data import taxi_sample
 from pipeline import lock as lock_lib
 from pipeline import metadata
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = "mlpipe-taxi"

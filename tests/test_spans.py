@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
 from data import spans
 from models import features
 from pipeline import lock as lock_lib
+from tests.conftest import run_cli
 
 
 def ts(year: int, month: int, day: int = 15) -> int:

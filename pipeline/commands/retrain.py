@@ -106,7 +106,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _retrain(args: argparse.Namespace) -> int:
     from data import spans
-    from pipeline import lock as lock_lib, logs
+    from pipeline import lock as lock_lib
+    from pipeline import logs
 
     overrides = cli.run_overrides(args)
     overrides.update({"data.window_spans": args.window_spans, "training.warm_start": args.warm_start})

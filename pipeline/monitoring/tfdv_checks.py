@@ -67,8 +67,9 @@ def threshold_for(config: Config, check: str, feature: str, kind: str) -> float:
 
 def monitoring_schema(schema, config: Config, kinds: dict[str, str], check: str | None):
     """A copy of `schema` with TRAINING/SERVING environments and, for `check` ('skew'/'drift'), comparators."""
-    from models import features as model_features
     from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from models import features as model_features
 
     copy = schema_pb2.Schema()
     copy.CopyFrom(schema)

@@ -17,10 +17,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tests.serving import toy_model  # noqa: E402
-
 from serving.config import ModelEntry, VersionPolicy  # noqa: E402
 from serving.server import ModelServer, ServerOptions  # noqa: E402
+from tests.serving import toy_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

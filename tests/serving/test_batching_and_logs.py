@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tests.serving.conftest import entry, start_server
 
 from serving.batching import BatchingParameters, BatchScheduler, parse_batching_parameters
 from serving.errors import ServingError
 from serving.request_log import RequestLogger, log_files, make_log, read_logs
 from serving.service import LogOptions
+from tests.serving.conftest import entry, start_server
 
 
 def test_batching_parameters_file_text_format():

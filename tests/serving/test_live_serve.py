@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import requests
+
 from tests.serving import toy_model
 from tests.serving.conftest import MLPIPE, REPO, live_serve, wait_until
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import grpc
 import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tests.serving import toy_model
-from tests.serving.conftest import entry, listening_addresses, live_serve, start_server
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving import cli
+from tests.serving import toy_model
+from tests.serving.conftest import entry, listening_addresses, live_serve, start_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tests.conftest import taxi_rows
-from tests.serving.conftest import REPO, entry, live_serve, start_server
 
 from models import features
+from tests.conftest import taxi_rows
+from tests.serving.conftest import REPO, entry, live_serve, start_server
 
 
 @pytest.fixture(scope="module")

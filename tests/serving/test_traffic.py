@@ -11,15 +11,15 @@ import threading
 import time
 
 import grpc
-import pytest
 import numpy as np
+import pytest
 import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from tests.serving.conftest import start_server, wait_until
-from tests.serving.test_versions import _warmup_request, _write_warmup, states
 
 from serving.config import read_model_config_file
+from tests.serving.conftest import start_server, wait_until
+from tests.serving.test_versions import _warmup_request, _write_warmup, states
 
 
 def write_models_config(path, base, versions, labels):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tests.serving import toy_model
-from tests.serving.conftest import entry, start_server, wait_until
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from serving.config import VersionPolicy, parse_labels, parse_version_policy, ServingConfigError
+from serving.config import ServingConfigError, VersionPolicy, parse_labels, parse_version_policy
+from tests.serving import toy_model
+from tests.serving.conftest import entry, start_server, wait_until
 
 POLL = 0.2
 
