@@ -45,8 +45,7 @@ HOLDOUT = 0.3
 
 
 def mlpipe(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=REPO, env=ENV, capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=REPO, env=ENV, capture_output=True, text=True)
     if check and done.returncode not in (0, 3):
         raise RuntimeError(f"mlpipe {' '.join(argv)} exited {done.returncode}: {done.stderr[-3000:]}")
     return done
@@ -91,8 +90,19 @@ def prepare(workdir: Path, train_steps: int, seed: int) -> dict:
         for _ in TRAIN_QUARTERS:
             mlpipe("ingest", str(train_csv), "--data-root", str(spans), "--by", "quarter", "--next", "1")
             started = time.time()
-            mlpipe("run", "--config", str(config), "--workspace", str(ws), "--data-root", str(spans),
-                   "--train-steps", str(train_steps), "--eval-steps", "50")
+            mlpipe(
+                "run",
+                "--config",
+                str(config),
+                "--workspace",
+                str(ws),
+                "--data-root",
+                str(spans),
+                "--train-steps",
+                str(train_steps),
+                "--eval-steps",
+                "50",
+            )
             print(f"  trained on the spans so far in {time.time() - started:.0f} s", file=sys.stderr)
         done_marker.write_text(json.dumps({"train_rows": len(train), "seed": seed}))
     return {"workspace": ws, "same": same, "next": nxt, "train_rows": len(train)}
@@ -131,8 +141,12 @@ def scenario_rows(name: str, pools: dict, n: int, rng: random.Random) -> list[di
             r["dropoff_latitude"] = ""
         return rows
     if name == "conditional_card_rush_miles":  # card trips in the morning rush are twice as long
-        return [_scale(r, "trip_miles", 2.0) if r["payment_type"] == "Credit Card" and 7 <= int(r["trip_start_hour"]) <= 10
-                else r for r in rows]
+        return [
+            _scale(r, "trip_miles", 2.0)
+            if r["payment_type"] == "Credit Card" and 7 <= int(r["trip_start_hour"]) <= 10
+            else r
+            for r in rows
+        ]
     if name == "company_share_shift":  # one fleet takes over 15% of the rows from the others
         for r in rng.sample(rows, (3 * n) // 20):
             r["company"] = "Blue Ribbon Taxi Association Inc."
@@ -173,9 +187,22 @@ def start_server(workspace: Path):
     import requests
 
     rest, grpc_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "pipeline", "serve", "--rest_api_port", str(rest),
-           "--port", str(grpc_port), "--log_level", "WARNING", "--request_log_sampling_rate", "1",
-           "--request_log_max_file_seconds", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "serve",
+        "--rest_api_port",
+        str(rest),
+        "--port",
+        str(grpc_port),
+        "--log_level",
+        "WARNING",
+        "--request_log_sampling_rate",
+        "1",
+        "--request_log_max_file_seconds",
+        "5",
+    ]
     env = dict(ENV, MLPIPE_WORKSPACE=str(workspace))  # `mlpipe serve` serves the workspace's pushed versions
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -272,14 +299,17 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir)
     started = time.time()
     pools = prepare(workdir, args.train_steps, args.seed)
-    print(f"trained on {pools['train_rows']} rows of 2013 Q1-Q3 (spans 1-3) in {time.time() - started:.0f} s; "
-          f"held out {len(pools['same'])} rows of Q1-Q3, next quarter {len(pools['next'])} rows", file=sys.stderr)
+    print(
+        f"trained on {pools['train_rows']} rows of 2013 Q1-Q3 (spans 1-3) in {time.time() - started:.0f} s; "
+        f"held out {len(pools['same'])} rows of Q1-Q3, next quarter {len(pools['next'])} rows",
+        file=sys.stderr,
+    )
     if args.prepare_only:
         return 0
     rng = random.Random(args.seed)
     nxt = list(pools["next"])
     rng.shuffle(nxt)
-    pools["next_previous"], pools["next_current"] = nxt[: len(nxt) // 2], nxt[len(nxt) // 2:]
+    pools["next_previous"], pools["next_current"] = nxt[: len(nxt) // 2], nxt[len(nxt) // 2 :]
     n = min(args.requests, len(pools["next_current"]), len(pools["same"]))
     log_dir = workdir / "ws" / "request_logs"
     history = workdir / "ws" / "monitoring"
@@ -296,8 +326,17 @@ def main(argv=None) -> int:
         # the eval splits) and caches it in the workspace: done once here, timed apart.
         since, until = run_window(session, port, [dict(r) for r in pools["next_previous"][:120]])
         t0 = time.time()
-        mlpipe("monitor", "--workspace", str(workdir / "ws"), "--since", iso(since), "--until", iso(until), "--json",
-               "--no-notify")
+        mlpipe(
+            "monitor",
+            "--workspace",
+            str(workdir / "ws"),
+            "--since",
+            iso(since),
+            "--until",
+            iso(until),
+            "--json",
+            "--no-notify",
+        )
         print(f"baseline built (first monitor run of the version) in {time.time() - t0:.1f} s", file=sys.stderr)
         time.sleep(until - since + 1.5)
         for name, expected, slice_, prediction in SCENARIOS:
@@ -311,26 +350,48 @@ def main(argv=None) -> int:
                 since, until = run_window(session, port, current)
                 length = until - since
                 t0 = time.time()
-                done = mlpipe("monitor", "--workspace", str(workdir / "ws"), "--since", iso(since), "--until",
-                              iso(until), "--json", "--no-notify")
+                done = mlpipe(
+                    "monitor",
+                    "--workspace",
+                    str(workdir / "ws"),
+                    "--since",
+                    iso(since),
+                    "--until",
+                    iso(until),
+                    "--json",
+                    "--no-notify",
+                )
                 seconds = time.time() - t0
                 report = json.loads(done.stdout)
                 verdict = judge(report, expected, slice_, prediction)
-                results.append({"scenario": name, "repeat": repeat, "shift": bool(expected), "alert": report["alert"],
-                                "requests": report["requests"], "seconds": round(seconds, 1),
-                                "check_seconds": report["timing"]["seconds"], **verdict})
+                results.append(
+                    {
+                        "scenario": name,
+                        "repeat": repeat,
+                        "shift": bool(expected),
+                        "alert": report["alert"],
+                        "requests": report["requests"],
+                        "seconds": round(seconds, 1),
+                        "check_seconds": report["timing"]["seconds"],
+                        **verdict,
+                    }
+                )
                 print(json.dumps(results[-1]), file=sys.stderr)
                 time.sleep(length + 1.5)  # the next scenario's drift window does not see this one
     finally:
         stop_server(proc)
     print(f"\nmlpipe drift scenarios: {n} requests per window, seed {args.seed}, {args.repeats} window(s) each")
-    print(f"{'SCENARIO':<28} {'LABEL':<7} {'VERDICT':<8} {'CORRECT':<8} {'WALL':>6} {'CHECK':>6}  ALERTS (strongest slices)")
+    print(
+        f"{'SCENARIO':<28} {'LABEL':<7} {'VERDICT':<8} {'CORRECT':<8} {'WALL':>6} {'CHECK':>6}  ALERTS (strongest slices)"
+    )
     for r in results:
         label = "shift" if r["shift"] else "normal"
         slices = f" ({'; '.join(r['slices'])})" if r["slices"] else ""
-        print(f"{r['scenario']:<28} {label:<7} {'ALERT' if r['alert'] else 'quiet':<8} "
-              f"{'yes' if r['correct'] else 'NO':<8} {r['seconds']:>5.1f}s {r['check_seconds']:>5.2f}s  "
-              f"{', '.join(r['alerting']) or '-'}{slices}")
+        print(
+            f"{r['scenario']:<28} {label:<7} {'ALERT' if r['alert'] else 'quiet':<8} "
+            f"{'yes' if r['correct'] else 'NO':<8} {r['seconds']:>5.1f}s {r['check_seconds']:>5.2f}s  "
+            f"{', '.join(r['alerting']) or '-'}{slices}"
+        )
     tp = sum(r["shift"] and r["alert"] for r in results)
     fn = sum(r["shift"] and not r["alert"] for r in results)
     fp = sum(not r["shift"] and r["alert"] for r in results)
@@ -339,8 +400,10 @@ def main(argv=None) -> int:
     print("\nconfusion        alert  quiet")
     print(f"  shift          {tp:>5}  {fn:>5}   (attributed to the right feature/slice: {right}/{tp + fn})")
     print(f"  normal         {fp:>5}  {tn:>5}")
-    print("WALL: the `mlpipe monitor --json` subprocess (Python, TensorFlow and TFDV imports included); "
-          "CHECK: its check after the imports (report timing.seconds)")
+    print(
+        "WALL: the `mlpipe monitor --json` subprocess (Python, TensorFlow and TFDV imports included); "
+        "CHECK: its check after the imports (report timing.seconds)"
+    )
     return 0 if fp == 0 and fn == 0 and right == tp + fn else 1
 
 

@@ -29,9 +29,15 @@ MODES = {
     "multi_processing": ["--direct-running-mode", "multi_processing", "--direct-num-workers", "0"],
 }
 SHORT = {
-    "CsvExampleGen": "ExGen", "StatisticsGen": "Stats", "SchemaGen": "Schema",
-    "ExampleValidator": "Valid", "AnomaliesGate": "Gate", "Transform": "Transform",
-    "Trainer": "Trainer", "latest_blessed_model_resolver": "Resolv", "Evaluator": "Evaluator",
+    "CsvExampleGen": "ExGen",
+    "StatisticsGen": "Stats",
+    "SchemaGen": "Schema",
+    "ExampleValidator": "Valid",
+    "AnomaliesGate": "Gate",
+    "Transform": "Transform",
+    "Trainer": "Trainer",
+    "latest_blessed_model_resolver": "Resolv",
+    "Evaluator": "Evaluator",
     "Pusher": "Pusher",
 }
 
@@ -102,9 +108,20 @@ def component_seconds(workspace: Path) -> dict[str, float]:
 
 def run_one(rows: int, mode: str, data_dir: Path, workspace: Path, train_steps: int) -> dict:
     cmd = [
-        sys.executable, "-m", "pipeline", "run", "--json",
-        "--workspace", str(workspace), "--data-root", str(data_dir),
-        "--train-steps", str(train_steps), "--eval-steps", "10", *MODES[mode],
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--json",
+        "--workspace",
+        str(workspace),
+        "--data-root",
+        str(data_dir),
+        "--train-steps",
+        str(train_steps),
+        "--eval-steps",
+        "10",
+        *MODES[mode],
     ]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     env.pop("MLPIPE_WORKSPACE", None)  # --workspace decides
@@ -142,13 +159,10 @@ def print_table(results: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in results:
-        cells = " ".join(
-            f"{r['components'][n]:>9.1f}" if n in r["components"] else f"{'-':>9}" for n in nodes
-        )
+        cells = " ".join(f"{r['components'][n]:>9.1f}" if n in r["components"] else f"{'-':>9}" for n in nodes)
         print(
             f"{r['rows']:>8} {r['mode']:<16} {r['wall_seconds']:>7.1f} {r['seconds_per_1k_rows']:>6.2f} "
-            f"{r['peak_rss_mb']:>8} {cells}"
-            + ("" if r["exit_code"] == 0 else f"  FAILED: {r['error']}")
+            f"{r['peak_rss_mb']:>8} {cells}" + ("" if r["exit_code"] == 0 else f"  FAILED: {r['error']}")
         )
     print("Per-component columns: seconds from MLMD (execution start to last update).")
 
@@ -157,13 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the pipeline at several data sizes and Beam DirectRunner modes; print the cost curve.",
     )
-    parser.add_argument("--rows", type=int, nargs="+", default=[15000, 100000, 1000000],
-                        help="row counts to run (default 15000 100000 1000000)")
-    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=sorted(MODES),
-                        help="DirectRunner modes (default both)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=[15000, 100000, 1000000],
+        help="row counts to run (default 15000 100000 1000000)",
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=sorted(MODES), default=sorted(MODES), help="DirectRunner modes (default both)"
+    )
     parser.add_argument("--train-steps", type=int, default=50, help="training steps per run (default 50)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
-                        help="where data, workspaces and results.json go (default bench/out)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "out",
+        help="where data, workspaces and results.json go (default bench/out)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data generator (default 0)")
     parser.add_argument("--json", action="store_true", help="print the results as a JSON list instead of a table")
     args = parser.parse_args(argv)
@@ -177,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             workspace = args.out / f"ws-{rows}-{mode}-{int(time.time())}"
             print(f"bench: {rows} rows, {mode} ...", file=sys.stderr, flush=True)
             result = run_one(rows, mode, data_dir, workspace, args.train_steps)
-            print(f"bench: {rows} rows, {mode}: {result['wall_seconds']} s, peak {result['peak_rss_mb']} MB, "
-                  f"{result['outcome']}", file=sys.stderr, flush=True)
+            print(
+                f"bench: {rows} rows, {mode}: {result['wall_seconds']} s, peak {result['peak_rss_mb']} MB, "
+                f"{result['outcome']}",
+                file=sys.stderr,
+                flush=True,
+            )
             results.append(result)
             (args.out / "results.json").write_text(json.dumps(results, indent=2))  # after each run
     if args.json:

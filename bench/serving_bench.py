@@ -35,10 +35,22 @@ from models.features import COLUMN_TYPES  # noqa: E402
 
 SIGNATURE = "serving_raw"
 _VALUES = {
-    "trip_miles": 2.0, "fare": 10.0, "trip_seconds": 600, "pickup_latitude": 41.9, "pickup_longitude": -87.6,
-    "dropoff_latitude": 41.8, "dropoff_longitude": -87.7, "payment_type": "Credit Card", "company": "Flash Cab",
-    "trip_start_hour": 9, "trip_start_day": 3, "trip_start_month": 5, "pickup_community_area": 8,
-    "dropoff_community_area": 32, "pickup_census_tract": 17031081500, "dropoff_census_tract": 17031320100,
+    "trip_miles": 2.0,
+    "fare": 10.0,
+    "trip_seconds": 600,
+    "pickup_latitude": 41.9,
+    "pickup_longitude": -87.6,
+    "dropoff_latitude": 41.8,
+    "dropoff_longitude": -87.7,
+    "payment_type": "Credit Card",
+    "company": "Flash Cab",
+    "trip_start_hour": 9,
+    "trip_start_day": 3,
+    "trip_start_month": 5,
+    "pickup_community_area": 8,
+    "dropoff_community_area": 32,
+    "pickup_census_tract": 17031081500,
+    "dropoff_census_tract": 17031320100,
 }
 # Each raw column in the type the pushed model's serving_raw signature declares (codes are strings).
 ROW = {k: {"string": str, "float": float, "int": int}[COLUMN_TYPES[k]](v) for k, v in _VALUES.items()}
@@ -181,16 +193,34 @@ def grpc_call(port: int):
 
 def start_server(base_path: str, batching: bool, workdir: str):
     rest, grpc_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "serving", "--model_name", "taxi", "--model_base_path", base_path,
-           "--rest_api_port", str(rest), "--port", str(grpc_port), "--log_level", "WARNING",
-           "--workspace", workdir]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model_name",
+        "taxi",
+        "--model_base_path",
+        base_path,
+        "--rest_api_port",
+        str(rest),
+        "--port",
+        str(grpc_port),
+        "--log_level",
+        "WARNING",
+        "--workspace",
+        workdir,
+    ]
     if batching:
         params = os.path.join(workdir, "batching.config")
         with open(params, "w") as f:
-            f.write("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\n"
-                    "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 1000 }\n")
+            f.write(
+                "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\n"
+                "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 1000 }\n"
+            )
         cmd += ["--enable_batching", "--batching_parameters_file", params]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     import requests
 
     deadline = time.monotonic() + 180
@@ -219,7 +249,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_base_path", help="taxi model versions to serve (default: build one in a temp dir)")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads (default 1 8 32)")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads (default 1 8 32)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all cells, interleaved (default 3)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds <= 0 or any(c <= 0 for c in args.concurrency):
@@ -228,9 +260,13 @@ def main(argv=None) -> int:
     workdir = tempfile.mkdtemp(prefix="serving-bench-")
     try:
         base = os.path.abspath(args.model_base_path) if args.model_base_path else build_taxi_model(workdir)
-        print(f"model: {base}  signature: {SIGNATURE}  one row per request  {args.seconds:g}s per cell  cores: {os.cpu_count()}")
-        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  load average at start: "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(
+            f"model: {base}  signature: {SIGNATURE}  one row per request  {args.seconds:g}s per cell  cores: {os.cpu_count()}"
+        )
+        print(
+            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  load average at start: "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        )
         paths = {("in-process", "-"): in_process_call(base), ("prebound", "-"): in_process_prebound_call(base)}
         servers = []
         try:
@@ -251,8 +287,10 @@ def main(argv=None) -> int:
         finally:
             for proc in servers:
                 stop_server(proc)
-        header = (f"{'path':<11}{'batching':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}"
-                  f"{'req/s vs in-process':>21}{'p50 - in-process':>18}{'errors':>8}")
+        header = (
+            f"{'path':<11}{'batching':<10}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}"
+            f"{'req/s vs in-process':>21}{'p50 - in-process':>18}{'errors':>8}"
+        )
         print(header)
         print("-" * len(header))
         for c in args.concurrency:
@@ -261,12 +299,16 @@ def main(argv=None) -> int:
                 ratios = [r["rps"] / b["rps"] if b["rps"] else float("nan") for r, b in zip(runs, base_runs)]
                 extra = [r["p50_ms"] - b["p50_ms"] for r, b in zip(runs, base_runs)]
                 med = lambda xs: float(np.median(xs))  # noqa: E731
-                print(f"{name:<11}{mode:<10}{c:>5}{med([r['p50_ms'] for r in runs]):>9.2f}"
-                      f"{med([r['p99_ms'] for r in runs]):>9.2f}{med([r['rps'] for r in runs]):>8.0f}"
-                      f"{med(ratios):>20.2f}x{med(extra):>+15.2f} ms{sum(r['errors'] for r in runs):>8}")
+                print(
+                    f"{name:<11}{mode:<10}{c:>5}{med([r['p50_ms'] for r in runs]):>9.2f}"
+                    f"{med([r['p99_ms'] for r in runs]):>9.2f}{med([r['rps'] for r in runs]):>8.0f}"
+                    f"{med(ratios):>20.2f}x{med(extra):>+15.2f} ms{sum(r['errors'] for r in runs):>8}"
+                )
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print("in-process: the signature called with tf.constant inputs (the reference); prebound: Servable.call, "
-              f"the server's model call. Medians over {args.rounds} rounds; each ratio is taken within a round.")
+        print(
+            "in-process: the signature called with tf.constant inputs (the reference); prebound: Servable.call, "
+            f"the server's model call. Medians over {args.rounds} rounds; each ratio is taken within a round."
+        )
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

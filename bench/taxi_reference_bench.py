@@ -85,8 +85,21 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = taxi_sample.materialize()
     mlpipe_ws, ref_ws = out / "mlpipe", out / "reference"
-    mlpipe = [sys.executable, "-m", "pipeline", "run", "--workspace", str(mlpipe_ws), "--data-root", str(data_dir),
-              "--train-steps", str(args.train_steps), "--eval-steps", str(args.eval_steps), "--no-cache"]
+    mlpipe = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--workspace",
+        str(mlpipe_ws),
+        "--data-root",
+        str(data_dir),
+        "--train-steps",
+        str(args.train_steps),
+        "--eval-steps",
+        str(args.eval_steps),
+        "--no-cache",
+    ]
     reference = [sys.executable, "-c", REFERENCE_SCRIPT, str(ref_ws), str(data_dir)]
 
     print(f"data: {data_dir} (15,002 rows); train/eval steps {args.train_steps}/{args.eval_steps}; beam {BEAM_ARGS}")
@@ -98,10 +111,20 @@ def main() -> int:
 
     # Each model on its own pipeline's eval split: the same rows (the same hash split of the same
     # CSV), encoded with that pipeline's column types (mlpipe declares codes as strings).
-    mlpipe_q = score(artifacts(mlpipe_ws, "Trainer/model/*/Format-Serving")[0], "serving_default", "inputs",
-                     "scores", artifacts(mlpipe_ws, "CsvExampleGen/examples/*/Split-eval/*"))
-    ref_q = score(artifacts(ref_ws, "Trainer/model/*/Format-Serving")[0], "serving_default", "examples",
-                  "outputs", artifacts(ref_ws, "CsvExampleGen/examples/*/Split-eval/*"))
+    mlpipe_q = score(
+        artifacts(mlpipe_ws, "Trainer/model/*/Format-Serving")[0],
+        "serving_default",
+        "inputs",
+        "scores",
+        artifacts(mlpipe_ws, "CsvExampleGen/examples/*/Split-eval/*"),
+    )
+    ref_q = score(
+        artifacts(ref_ws, "Trainer/model/*/Format-Serving")[0],
+        "serving_default",
+        "examples",
+        "outputs",
+        artifacts(ref_ws, "CsvExampleGen/examples/*/Split-eval/*"),
+    )
 
     rows = [("mlpipe run", mlpipe_s, mlpipe_q), ("TFX taxi_pipeline_native_keras", ref_s, ref_q)]
     print(f"{'pipeline':<32} {'wall s':>8} {'eval AUC':>9} {'eval acc':>9}")

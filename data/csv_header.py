@@ -33,6 +33,4 @@ def check_csv_header(path: Path, expected_columns: Sequence[str], where: str = D
             parts.append(f"missing column(s) {', '.join(missing)}")
         if extra:
             parts.append(f"unexpected column(s) {', '.join(extra)}")
-        raise InputDataError(
-            f"{path}: {'; '.join(parts)} (the columns come from {where})"
-        )
+        raise InputDataError(f"{path}: {'; '.join(parts)} (the columns come from {where})")

@@ -2,22 +2,48 @@
 
 # Every column of the input CSV, in file order. A CSV whose header differs is rejected before the run.
 CSV_COLUMNS = (
-    "pickup_community_area", "fare", "trip_start_month", "trip_start_hour", "trip_start_day",
-    "trip_start_timestamp", "pickup_latitude", "pickup_longitude", "dropoff_latitude",
-    "dropoff_longitude", "trip_miles", "pickup_census_tract", "dropoff_census_tract",
-    "payment_type", "company", "trip_seconds", "dropoff_community_area", "tips",
+    "pickup_community_area",
+    "fare",
+    "trip_start_month",
+    "trip_start_hour",
+    "trip_start_day",
+    "trip_start_timestamp",
+    "pickup_latitude",
+    "pickup_longitude",
+    "dropoff_latitude",
+    "dropoff_longitude",
+    "trip_miles",
+    "pickup_census_tract",
+    "dropoff_census_tract",
+    "payment_type",
+    "company",
+    "trip_seconds",
+    "dropoff_community_area",
+    "tips",
 )
 
 # How ExampleGen encodes each CSV column (instead of inferring types per run, which drifts between
 # spans: a column that is empty in one span and has values in another). Categorical codes are
 # strings, so that "" can stand for a missing value everywhere, the raw serving signature included.
 COLUMN_TYPES = {
-    "pickup_community_area": "string", "fare": "float", "trip_start_month": "int",
-    "trip_start_hour": "int", "trip_start_day": "int", "trip_start_timestamp": "int",
-    "pickup_latitude": "float", "pickup_longitude": "float", "dropoff_latitude": "float",
-    "dropoff_longitude": "float", "trip_miles": "float", "pickup_census_tract": "string",
-    "dropoff_census_tract": "string", "payment_type": "string", "company": "string",
-    "trip_seconds": "int", "dropoff_community_area": "string", "tips": "float",
+    "pickup_community_area": "string",
+    "fare": "float",
+    "trip_start_month": "int",
+    "trip_start_hour": "int",
+    "trip_start_day": "int",
+    "trip_start_timestamp": "int",
+    "pickup_latitude": "float",
+    "pickup_longitude": "float",
+    "dropoff_latitude": "float",
+    "dropoff_longitude": "float",
+    "trip_miles": "float",
+    "pickup_census_tract": "string",
+    "dropoff_census_tract": "string",
+    "payment_type": "string",
+    "company": "string",
+    "trip_seconds": "int",
+    "dropoff_community_area": "string",
+    "tips": "float",
 }
 
 # Numeric features: missing values are filled with the training mean, then z-scored.
@@ -30,8 +56,15 @@ BUCKET_COUNT = 10
 # Categorical features (strings or integer codes): a vocabulary each; a missing value is its own
 # category (MISSING_CATEGORY), unseen values fall into OOV buckets.
 CATEGORICAL_FEATURES = (
-    "payment_type", "company", "trip_start_hour", "trip_start_day", "trip_start_month",
-    "pickup_community_area", "dropoff_community_area", "pickup_census_tract", "dropoff_census_tract",
+    "payment_type",
+    "company",
+    "trip_start_hour",
+    "trip_start_day",
+    "trip_start_month",
+    "pickup_community_area",
+    "dropoff_community_area",
+    "pickup_census_tract",
+    "dropoff_census_tract",
 )
 VOCAB_SIZE = 1000
 OOV_BUCKETS = 10

@@ -85,8 +85,11 @@ def build_model(tf_transform_output, hidden_units, learning_rate):
 def export_serving_model(model, tf_transform_output, export_dir):
     """Saves `model` with the transform graph and the serving contract's signatures (models/signatures.py)."""
     signatures.export_serving_model(
-        model, tf_transform_output, export_dir,
-        raw_label_keys=(features.RAW_LABEL,), serving_features=features.MODEL_FEATURES,
+        model,
+        tf_transform_output,
+        export_dir,
+        raw_label_keys=(features.RAW_LABEL,),
+        serving_features=features.MODEL_FEATURES,
     )
 
 
@@ -140,8 +143,10 @@ def warm_start(model, base_model_dir, vocabularies=None):
             continue  # no mapping: its weights are carried only if they need none (reported below)
         old_vocab = read_vocabulary(path)
         maps[key] = _row_map(old_vocab, new_vocab)
-        report["vocabularies"][key] = {"kept": len(maps[key]) - features.OOV_BUCKETS,
-                                       "new": len(new_vocab) - (len(maps[key]) - features.OOV_BUCKETS)}
+        report["vocabularies"][key] = {
+            "kept": len(maps[key]) - features.OOV_BUCKETS,
+            "new": len(new_vocab) - (len(maps[key]) - features.OOV_BUCKETS),
+        }
     output_kernel = f"{OUTPUT_LAYER}/kernel:0"
     for weight in model.trainable_weights:
         name, fresh = weight.name, weight.numpy()
@@ -151,13 +156,16 @@ def warm_start(model, base_model_dir, vocabularies=None):
             continue
         if value.shape != fresh.shape:
             report["not_carried"].append(
-                {"weight": name, "reason": f"shape {list(value.shape)} in the base model, {list(fresh.shape)} now"})
+                {"weight": name, "reason": f"shape {list(value.shape)} in the base model, {list(fresh.shape)} now"}
+            )
             continue
         if vocabularies is not None:
             key = next((k for k in vocabularies if name == f"{embedding_layer_name(k)}/embeddings:0"), None)
             if key is not None:
                 if key not in maps:
-                    report["not_carried"].append({"weight": name, "reason": f"the base model has no vocabulary for {key}"})
+                    report["not_carried"].append(
+                        {"weight": name, "reason": f"the base model has no vocabulary for {key}"}
+                    )
                     continue
                 value = _remap(value, fresh, maps[key])
             elif name == output_kernel:
@@ -165,7 +173,8 @@ def warm_start(model, base_model_dir, vocabularies=None):
                 missing = [k for k in categorical if k not in maps]
                 if missing:
                     report["not_carried"].append(
-                        {"weight": name, "reason": f"the base model has no vocabulary for {', '.join(missing)}"})
+                        {"weight": name, "reason": f"the base model has no vocabulary for {', '.join(missing)}"}
+                    )
                     continue
                 first = value.shape[0] - len(categorical) * CATEGORICAL_IDS  # the one-hot blocks are last
                 remapped = value.copy()
@@ -189,7 +198,9 @@ def run_fn(fn_args):
     keras.utils.set_random_seed(hp["seed"])
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     train = input_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, hp["batch_size"], hp["seed"])
-    evaluation = input_dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, hp["batch_size"], hp["seed"])
+    evaluation = input_dataset(
+        fn_args.eval_files, fn_args.data_accessor, tf_transform_output, hp["batch_size"], hp["seed"]
+    )
     model = build_model(tf_transform_output, hp["hidden_units"], hp["learning_rate"])
     report = {"warm_start": None}
     if fn_args.base_model:  # the Trainer's optional base_model input (the pipeline's training.warm_start)

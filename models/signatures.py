@@ -55,9 +55,7 @@ def dense_column_to_sparse(values):
         present = tf.logical_not(tf.math.is_nan(values))
     else:
         present = tf.ones([n], tf.bool)
-    return tf.SparseTensor(
-        tf.boolean_mask(indices, present), tf.boolean_mask(values, present), tf.stack([n, 1])
-    )
+    return tf.SparseTensor(tf.boolean_mask(indices, present), tf.boolean_mask(values, present), tf.stack([n, 1]))
 
 
 def _raw_column(values, spec):
@@ -120,7 +118,9 @@ def _check_keys(raw_spec, raw_label_keys, serving_features):
     columns = ", ".join(sorted(raw_spec))
     for k in raw_label_keys:
         if k not in raw_spec:
-            raise ServingContractError(f"model.raw_label_keys: {k!r} is not a raw feature (the raw features: {columns})")
+            raise ServingContractError(
+                f"model.raw_label_keys: {k!r} is not a raw feature (the raw features: {columns})"
+            )
     for k in serving_features or ():
         if k not in raw_spec or k in raw_label_keys:
             raise ServingContractError(
@@ -167,7 +167,10 @@ def has_contract(export_dir, task="classification") -> bool:
     for meta_graph in saved_model.meta_graphs:
         sigs = meta_graph.signature_def
         if all(k in sigs for k in (SERVING_DEFAULT, RAW_SIGNATURE, TRANSFORM_SIGNATURE)):
-            return sigs[SERVING_DEFAULT].method_name == method_name(task) and output_key(task) in sigs[SERVING_DEFAULT].outputs
+            return (
+                sigs[SERVING_DEFAULT].method_name == method_name(task)
+                and output_key(task) in sigs[SERVING_DEFAULT].outputs
+            )
     return False
 
 
@@ -204,9 +207,11 @@ def model_caller(loaded, transformed_keys):
             "tf.saved_model.save(model, fn_args.serving_model_dir) has one); export a Keras model, or set "
             "model.serving_contract = false to push run_fn's export as it is"
         )
-    specs = structure if isinstance(structure, dict) else {
-        s.name: s for s in (structure if isinstance(structure, (list, tuple)) else [structure])
-    }
+    specs = (
+        structure
+        if isinstance(structure, dict)
+        else {s.name: s for s in (structure if isinstance(structure, (list, tuple)) else [structure])}
+    )
     unknown = [k for k in specs if k not in transformed_keys]
     if unknown:
         raise ServingContractError(
@@ -226,7 +231,13 @@ def model_caller(loaded, transformed_keys):
 
 
 def rebuild(
-    export_dir, tf_transform_output, *, raw_label_keys, serving_features=(), task="classification", logits=False,
+    export_dir,
+    tf_transform_output,
+    *,
+    raw_label_keys,
+    serving_features=(),
+    task="classification",
+    logits=False,
     keep_original=None,
 ):
     """Re-exports the SavedModel a run_fn wrote at `export_dir` with the contract's signatures, in place.

@@ -54,20 +54,40 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--schema", metavar="FILE", help="pin a curated schema.pbtxt instead of inferring one (data.schema)")
     g.add_argument("--train-steps", type=int, metavar="N", help="training steps (training.train_steps)")
     g.add_argument("--eval-steps", type=int, metavar="N", help="evaluation steps during training (training.eval_steps)")
-    g.add_argument("--value-threshold", type=float, metavar="X",
-                   help="lower bound of the value-thresholded metric (evaluation.value_lower_bound)")
-    g.add_argument("--change-tolerance", type=float, metavar="X",
-                   help="how far below the baseline the change-thresholded metric may fall (evaluation.change_tolerance)")
+    g.add_argument(
+        "--value-threshold",
+        type=float,
+        metavar="X",
+        help="lower bound of the value-thresholded metric (evaluation.value_lower_bound)",
+    )
+    g.add_argument(
+        "--change-tolerance",
+        type=float,
+        metavar="X",
+        help="how far below the baseline the change-thresholded metric may fall (evaluation.change_tolerance)",
+    )
     g.add_argument("--beam-runner", choices=config_lib.BEAM_RUNNERS, help="Beam runner preset (beam.runner)")
-    g.add_argument("--direct-running-mode", choices=config_lib.BEAM_RUNNING_MODES,
-                   help="Beam DirectRunner mode (beam.direct_running_mode)")
-    g.add_argument("--direct-num-workers", type=int, metavar="N",
-                   help="Beam DirectRunner workers, 0 = one per core (beam.direct_num_workers)")
-    g.add_argument("--beam-arg", action="append", metavar="--NAME=VALUE", default=None,
-                   help="extra Beam pipeline argument, written with '=': --beam-arg=--NAME=VALUE; repeatable "
-                   "(beam.extra_args)")
-    g.add_argument("--module-file", metavar="FILE",
-                   help="TFX module file with preprocessing_fn and run_fn (model.module_file)")
+    g.add_argument(
+        "--direct-running-mode",
+        choices=config_lib.BEAM_RUNNING_MODES,
+        help="Beam DirectRunner mode (beam.direct_running_mode)",
+    )
+    g.add_argument(
+        "--direct-num-workers",
+        type=int,
+        metavar="N",
+        help="Beam DirectRunner workers, 0 = one per core (beam.direct_num_workers)",
+    )
+    g.add_argument(
+        "--beam-arg",
+        action="append",
+        metavar="--NAME=VALUE",
+        default=None,
+        help="extra Beam pipeline argument, written with '=': --beam-arg=--NAME=VALUE; repeatable " "(beam.extra_args)",
+    )
+    g.add_argument(
+        "--module-file", metavar="FILE", help="TFX module file with preprocessing_fn and run_fn (model.module_file)"
+    )
     g.add_argument("--label-key", metavar="KEY", help="the label among the transformed features (model.label_key)")
     g.add_argument("--no-cache", action="store_true", help="re-run every component (enable_cache = false)")
     parser.add_argument("--verbose", "-v", action="store_true", help="also show the full TFX/Beam/TF logs live")
@@ -107,9 +127,13 @@ def check_data(config: config_lib.Config, args: argparse.Namespace):
     if copied and not args.json:
         print(f"mlpipe: first use: copied the taxi sample shipped with tfx to {copied}", flush=True)
     if checked.bad_rows:
-        print(f"mlpipe: warning: ExampleGen will skip {checked.bad_rows} of {checked.rows} rows whose values do not "
-              f"parse (first: {checked.first_bad.describe()}); data.max_bad_row_fraction = "
-              f"{config.data.max_bad_row_fraction:g}", file=logs.terminal(), flush=True)
+        print(
+            f"mlpipe: warning: ExampleGen will skip {checked.bad_rows} of {checked.rows} rows whose values do not "
+            f"parse (first: {checked.first_bad.describe()}); data.max_bad_row_fraction = "
+            f"{config.data.max_bad_row_fraction:g}",
+            file=logs.terminal(),
+            flush=True,
+        )
     return checked
 
 
@@ -119,13 +143,15 @@ def run_and_report(config: config_lib.Config, args: argparse.Namespace, checked=
     from pipeline import logs, runner
 
     checked = checked or check_data(config, args)
-    log_path = logs.new_log(config.log_dir, "run", f"mlpipe {args.command}: pipeline '{config.pipeline_name}' "
-                            f"on {config.data.root}")
+    log_path = logs.new_log(
+        config.log_dir, "run", f"mlpipe {args.command}: pipeline '{config.pipeline_name}' " f"on {config.data.root}"
+    )
     _exit_log = log_path
     if not args.json:
         print(f"mlpipe: running pipeline '{config.pipeline_name}' on {config.data.root}", flush=True)
         print(f"mlpipe: full logs in {log_path}", flush=True)
     with logs.capture_output(log_path, verbose=args.verbose) as console:
+
         def say(line: str) -> None:
             if not args.json:
                 console.write(line + "\n")

@@ -28,8 +28,10 @@ class CompareError(Exception):
 
 def read_lines(log_dir: Path, since: float | None = None) -> list[dict]:
     if not log_dir.is_dir():
-        raise CompareError(f"no traffic log at {log_dir}: put a traffic.json beside the server's models.config "
-                           "(docs/serving.md, traffic controls) and send requests first")
+        raise CompareError(
+            f"no traffic log at {log_dir}: put a traffic.json beside the server's models.config "
+            "(docs/serving.md, traffic controls) and send requests first"
+        )
     rows = []
     for path in sorted(log_dir.glob("traffic-*.jsonl")):
         with open(path) as f:
@@ -89,7 +91,11 @@ def _arm(rows: list[dict]) -> dict:
         "requests": len(rows),
         "errors": errors,
         "error_rate": round(errors / len(rows), 4) if rows else 0.0,
-        "latency_ms": {"p50": percentile(latencies, 50), "p90": percentile(latencies, 90), "p99": percentile(latencies, 99)},
+        "latency_ms": {
+            "p50": percentile(latencies, 50),
+            "p90": percentile(latencies, 90),
+            "p99": percentile(latencies, 99),
+        },
         "mean_prediction": round(sum(preds) / len(preds), 6) if preds else None,
     }
 
@@ -103,8 +109,12 @@ def _divergence(pairs: list[tuple[list[float], list[float]]]) -> dict:
         flips += (a[0] >= 0.5) != (b[0] >= 0.5)
     if not diffs:
         return {"instances": 0, "mean_abs_diff": None, "max_abs_diff": None, "decision_flip_rate": None}
-    return {"instances": len(diffs), "mean_abs_diff": round(sum(diffs) / len(diffs), 6),
-            "max_abs_diff": round(max(diffs), 6), "decision_flip_rate": round(flips / len(diffs), 4)}
+    return {
+        "instances": len(diffs),
+        "mean_abs_diff": round(sum(diffs) / len(diffs), 6),
+        "max_abs_diff": round(max(diffs), 6),
+        "decision_flip_rate": round(flips / len(diffs), 4),
+    }
 
 
 def _slice_value(inputs, i: int, feature: str) -> str:
@@ -120,8 +130,12 @@ def compare(log_dir: Path, since: float | None = None, slice_feature: str | None
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["role"], r.get("label") or "(latest)", r.get("version"))].append(r)
-    arms = [{"role": role, "label": label, "version": version, **_arm(items)}
-            for (role, label, version), items in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), str(kv[0][2])))]
+    arms = [
+        {"role": role, "label": label, "version": version, **_arm(items)}
+        for (role, label, version), items in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), str(kv[0][2]))
+        )
+    ]
 
     primaries = [r for r in rows if r["role"] == "primary"]
     by_label: dict[str, list[dict]] = defaultdict(list)
@@ -135,9 +149,16 @@ def compare(log_dir: Path, since: float | None = None, slice_feature: str | None
         if label == main:
             continue
         mean = _arm(items)["mean_prediction"]
-        canaries.append({"label": label, "primary_label": main, "requests": len(items),
-                         "mean_prediction": mean, "primary_mean_prediction": main_mean,
-                         "mean_prediction_diff": None if mean is None or main_mean is None else round(mean - main_mean, 6)})
+        canaries.append(
+            {
+                "label": label,
+                "primary_label": main,
+                "requests": len(items),
+                "mean_prediction": mean,
+                "primary_mean_prediction": main_mean,
+                "mean_prediction_diff": None if mean is None or main_mean is None else round(mean - main_mean, 6),
+            }
+        )
 
     by_id = {r["request_id"]: r for r in primaries}
     shadows = [r for r in rows if r["role"] == "shadow"]
@@ -159,8 +180,14 @@ def compare(log_dir: Path, since: float | None = None, slice_feature: str | None
             "divergence": _divergence(pairs),
             "by_slice": {k: _divergence(v) for k, v in sorted(sliced.items())} if slice_feature else None,
         }
-    return {"log_dir": str(log_dir), "lines": len(rows), "slice_feature": slice_feature,
-            "arms": arms, "canaries": canaries, "shadow": shadow}
+    return {
+        "log_dir": str(log_dir),
+        "lines": len(rows),
+        "slice_feature": slice_feature,
+        "arms": arms,
+        "canaries": canaries,
+        "shadow": shadow,
+    }
 
 
 def _fmt(value) -> str:
@@ -168,36 +195,48 @@ def _fmt(value) -> str:
 
 
 def table(report: dict) -> list[str]:
-    out = [f"mlpipe compare: {report['lines']} logged answers in {report['log_dir']}",
-           f"{'role':<8} {'label':<10} {'version':>11} {'requests':>8} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} "
-           f"{'p99 ms':>8} {'mean pred':>10}"]
+    out = [
+        f"mlpipe compare: {report['lines']} logged answers in {report['log_dir']}",
+        f"{'role':<8} {'label':<10} {'version':>11} {'requests':>8} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} "
+        f"{'p99 ms':>8} {'mean pred':>10}",
+    ]
     for a in report["arms"]:
         lat = a["latency_ms"]
-        out.append(f"{a['role']:<8} {a['label']:<10} {_fmt(a['version']):>11} {a['requests']:>8} "
-                   f"{a['error_rate']:>7.2%} {_fmt(lat['p50']):>8} {_fmt(lat['p90']):>8} {_fmt(lat['p99']):>8} "
-                   f"{_fmt(a['mean_prediction']):>10}")
+        out.append(
+            f"{a['role']:<8} {a['label']:<10} {_fmt(a['version']):>11} {a['requests']:>8} "
+            f"{a['error_rate']:>7.2%} {_fmt(lat['p50']):>8} {_fmt(lat['p90']):>8} {_fmt(lat['p99']):>8} "
+            f"{_fmt(a['mean_prediction']):>10}"
+        )
     for c in report["canaries"]:
-        out.append(f"canary {c['label']} vs {c['primary_label']}: mean prediction {_fmt(c['mean_prediction'])} vs "
-                   f"{_fmt(c['primary_mean_prediction'])} (diff {_fmt(c['mean_prediction_diff'])})")
+        out.append(
+            f"canary {c['label']} vs {c['primary_label']}: mean prediction {_fmt(c['mean_prediction'])} vs "
+            f"{_fmt(c['primary_mean_prediction'])} (diff {_fmt(c['mean_prediction_diff'])})"
+        )
     s = report["shadow"]
     if s:
         d = s["divergence"]
-        out.append(f"shadow {s['label']}: {s['copies']} copies, {d['instances']} paired instances: mean |diff| "
-                   f"{_fmt(d['mean_abs_diff'])}, max {_fmt(d['max_abs_diff'])}, decisions flipped "
-                   f"{_fmt(d['decision_flip_rate'])}")
+        out.append(
+            f"shadow {s['label']}: {s['copies']} copies, {d['instances']} paired instances: mean |diff| "
+            f"{_fmt(d['mean_abs_diff'])}, max {_fmt(d['max_abs_diff'])}, decisions flipped "
+            f"{_fmt(d['decision_flip_rate'])}"
+        )
         for value, d in (s["by_slice"] or {}).items():
-            out.append(f"  {report['slice_feature']}={value}: {d['instances']} instances, mean |diff| "
-                       f"{_fmt(d['mean_abs_diff'])}, flipped {_fmt(d['decision_flip_rate'])}")
+            out.append(
+                f"  {report['slice_feature']}={value}: {d['instances']} instances, mean |diff| "
+                f"{_fmt(d['mean_abs_diff'])}, flipped {_fmt(d['decision_flip_rate'])}"
+            )
     return out
 
 
 def write_html(report: dict, path: Path) -> None:
     lines = table(report)
-    rows = lines[2:2 + len(report["arms"])]
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in ("role", "label", "version", "requests", "errors",
-                                                               "p50 ms", "p90 ms", "p99 ms", "mean pred"))
+    rows = lines[2 : 2 + len(report["arms"])]
+    cells = "".join(
+        f"<th>{html.escape(h)}</th>"
+        for h in ("role", "label", "version", "requests", "errors", "p50 ms", "p90 ms", "p99 ms", "mean pred")
+    )
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row.split()) + "</tr>" for row in rows)
-    rest = "".join(f"<p>{html.escape(line)}</p>" for line in lines[2 + len(report["arms"]):])
+    rest = "".join(f"<p>{html.escape(line)}</p>" for line in lines[2 + len(report["arms"]) :])
     path.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>mlpipe compare</title></head>"
         f"<body style='font-family:sans-serif'><h1>{html.escape(lines[0])}</h1>"

@@ -99,8 +99,11 @@ def drift_checks(current, previous, schema, monitoring_config):
     config = Config(monitoring=monitoring_config)
     kinds = tfdv_checks._feature_kinds(previous, current)
     anomalies = tfdv.validate_statistics(
-        current, tfdv_checks.monitoring_schema(schema, config, kinds, "drift"),
-        environment=tfdv_checks.TRAINING, previous_statistics=previous)
+        current,
+        tfdv_checks.monitoring_schema(schema, config, kinds, "drift"),
+        environment=tfdv_checks.TRAINING,
+        previous_statistics=previous,
+    )
     return anomalies, tfdv_checks._measurements(anomalies, "drift", None)
 
 
@@ -136,18 +139,21 @@ def DriftCheck(
         anomalies, checks = anomalies_pb2.Anomalies(), []
     else:
         anomalies, checks = drift_checks(
-            _load_split(statistics), _load_split(previous_statistics), schema_proto, monitoring_config)
+            _load_split(statistics), _load_split(previous_statistics), schema_proto, monitoring_config
+        )
     with open(os.path.join(out_dir, "SchemaDiff.pb"), "wb") as f:
         f.write(anomalies.SerializeToString())
     alerts = [c for c in checks if c["alert"]]
     drift.set_int_custom_property("drift_alert", int(bool(alerts)))
     drift.set_string_custom_property("checks", json.dumps(checks))
     if alerts and mode == "block":
-        described = ", ".join(f"{c['feature']} {c['statistic']} {c['distance']:.4f} > {c['threshold']:.4f}"
-                              for c in alerts)
+        described = ", ".join(
+            f"{c['feature']} {c['statistic']} {c['distance']:.4f} > {c['threshold']:.4f}" for c in alerts
+        )
         raise DataDriftError(
             f"span {span} drifted from span {previous_span}: {described} "
-            "(monitoring.pipeline_drift = \"block\"; raise the thresholds or set it to \"warn\" to train anyway)")
+            '(monitoring.pipeline_drift = "block"; raise the thresholds or set it to "warn" to train anyway)'
+        )
 
 
 def drift_gate(config, example_gen, statistics_gen, schema_gen):
@@ -160,11 +166,15 @@ def drift_gate(config, example_gen, statistics_gen, schema_gen):
         current=statistics_gen.outputs["statistics"],
         # Every ExampleStatistics of the pipeline (a channel spec unlike `current`'s, which TFX would merge).
         statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
-        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples,
-                                 producer_component_id=example_gen.id, output_key="examples"),
+        examples=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.Examples, producer_component_id=example_gen.id, output_key="examples"
+        ),
     ).with_id(PREVIOUS_STATISTICS_RESOLVER)
-    thresholds = {"drift_categorical": m.drift_categorical, "drift_numeric": m.drift_numeric,
-                  "feature_thresholds": dict(m.feature_thresholds)}
+    thresholds = {
+        "drift_categorical": m.drift_categorical,
+        "drift_numeric": m.drift_numeric,
+        "feature_thresholds": dict(m.feature_thresholds),
+    }
     check = DriftCheck(
         statistics=statistics_gen.outputs["statistics"],
         examples=example_gen.outputs["examples"],

@@ -317,9 +317,7 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
         return value
     if expected in ("tuple[int, ...]", "tuple[str, ...]"):
         item = int if "int" in expected else str
-        if not isinstance(value, (list, tuple)) or any(
-            isinstance(v, bool) or not isinstance(v, item) for v in value
-        ):
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, item) for v in value):
             raise ConfigError(key, f"must be a list of {item.__name__}s, got {value!r}")
         return tuple(value)
     if expected == "dict[str, float]":
@@ -330,7 +328,9 @@ def _check_type(key: str, value: Any, expected: Any) -> Any:
         return {str(k): float(v) for k, v in value.items()}
     if expected == "dict[str, str]":
         if not isinstance(value, Mapping) or any(v not in COLUMN_TYPE_NAMES for v in value.values()):
-            raise ConfigError(key, f"must be a table of column = {' | '.join(map(repr, COLUMN_TYPE_NAMES))}, got {value!r}")
+            raise ConfigError(
+                key, f"must be a table of column = {' | '.join(map(repr, COLUMN_TYPE_NAMES))}, got {value!r}"
+            )
         return {str(k): v for k, v in value.items()}
     raise AssertionError(f"unhandled config type {expected} for {key}")
 
@@ -355,8 +355,11 @@ def from_mapping(raw: Mapping[str, Any]) -> Config:
             if not isinstance(value, Mapping):
                 raise ConfigError(key, "must be a table")
             if key == "metadata" and "password" in value:
-                raise ConfigError("metadata.password", "never put the password in the config file; name an "
-                                  "environment variable (metadata.password_env) or a file (metadata.password_file)")
+                raise ConfigError(
+                    "metadata.password",
+                    "never put the password in the config file; name an "
+                    "environment variable (metadata.password_env) or a file (metadata.password_file)",
+                )
             sections[key] = _build(_SECTIONS[key], key, value)
         elif key in _TOP_LEVEL:
             top[key] = value
@@ -423,8 +426,10 @@ def validate_metadata(m: MetadataConfig) -> None:
         defaults = MetadataConfig()
         for key in ("host", "port", "database", "user", "password_env", "password_file"):
             if getattr(m, key) != getattr(defaults, key):
-                raise ConfigError(f"metadata.{key}", 'only applies to metadata.backend = "mysql"; remove it or '
-                                  'set backend = "mysql"')
+                raise ConfigError(
+                    f"metadata.{key}",
+                    'only applies to metadata.backend = "mysql"; remove it or ' 'set backend = "mysql"',
+                )
         return
     for key, example in (("host", "mysql.example.com"), ("database", "mlmd"), ("user", "mlpipe")):
         if not getattr(m, key):
@@ -432,8 +437,10 @@ def validate_metadata(m: MetadataConfig) -> None:
     if not 0 < m.port < 65536:
         raise ConfigError("metadata.port", f"must be a TCP port (1-65535), got {m.port}")
     if not m.password_file and not m.password_env:
-        raise ConfigError("metadata.password_env", "name the environment variable holding the password "
-                          "(or set metadata.password_file)")
+        raise ConfigError(
+            "metadata.password_env",
+            "name the environment variable holding the password " "(or set metadata.password_file)",
+        )
 
 
 def validate_model(m: ModelConfig) -> None:
@@ -445,7 +452,9 @@ def validate_model(m: ModelConfig) -> None:
         for key in ("preprocessing_fn", "run_fn"):
             parts = getattr(m, key).split(".")
             if len(parts) < 2 or not all(p.isidentifier() for p in parts):
-                raise ConfigError(f"model.{key}", f"must be an import path like 'mypackage.module.{key}', got {getattr(m, key)!r}")
+                raise ConfigError(
+                    f"model.{key}", f"must be an import path like 'mypackage.module.{key}', got {getattr(m, key)!r}"
+                )
     if not m.label_key:
         raise ConfigError("model.label_key", "must name the label among the transformed features")
     if m.task not in MODEL_TASKS:
@@ -461,7 +470,9 @@ def validate_model(m: ModelConfig) -> None:
         )
     unknown = [name for name in m.metrics if name not in METRIC_CLASSES]
     if unknown:
-        raise ConfigError("model.metrics", f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(METRIC_CLASSES)})")
+        raise ConfigError(
+            "model.metrics", f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(METRIC_CLASSES)})"
+        )
 
 
 def validate_monitoring(m: MonitoringConfig) -> None:
@@ -500,10 +511,16 @@ def validate_beam(b: BeamConfig) -> None:
         raise ConfigError("beam.direct_num_workers", f"must be >= 0, got {b.direct_num_workers}")
     defaults = BeamConfig()
     owners = {  # key: the runners it applies to
-        "direct_running_mode": ("direct",), "direct_num_workers": ("direct",),
-        "project": ("dataflow",), "region": ("dataflow",), "temp_location": ("dataflow",),
-        "flink_master": ("flink",), "spark_master_url": ("spark",), "job_endpoint": ("flink", "spark"),
-        "sdk_container_image": ("dataflow", "flink", "spark"), "environment_type": ("dataflow", "flink", "spark"),
+        "direct_running_mode": ("direct",),
+        "direct_num_workers": ("direct",),
+        "project": ("dataflow",),
+        "region": ("dataflow",),
+        "temp_location": ("dataflow",),
+        "flink_master": ("flink",),
+        "spark_master_url": ("spark",),
+        "job_endpoint": ("flink", "spark"),
+        "sdk_container_image": ("dataflow", "flink", "spark"),
+        "environment_type": ("dataflow", "flink", "spark"),
     }
     for key, runners in owners.items():
         if b.runner not in runners and getattr(b, key) != getattr(defaults, key):
@@ -513,7 +530,11 @@ def validate_beam(b: BeamConfig) -> None:
                 f"only applies to beam.runner = {applies}, but the runner is {b.runner!r}; remove it or change the runner",
             )
     if b.runner == "dataflow":
-        for key, example in (("project", "my-gcp-project"), ("region", "us-central1"), ("temp_location", "gs://my-bucket/tmp")):
+        for key, example in (
+            ("project", "my-gcp-project"),
+            ("region", "us-central1"),
+            ("temp_location", "gs://my-bucket/tmp"),
+        ):
             if not getattr(b, key):
                 raise ConfigError(f"beam.{key}", f'required when beam.runner = "dataflow" (e.g. {example!r})')
         if not b.temp_location.startswith("gs://"):

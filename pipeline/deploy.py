@@ -43,20 +43,32 @@ def _locations(config: Config) -> tuple[str, str, str]:
     """(pipeline_root, data_root, serving_model_dir) on the cluster; ConfigError if one is missing."""
     d = config.deploy
     if not d.image:
-        raise ConfigError("deploy.image", "required to compile: the container image with mlpipe installed "
-                          "(set [deploy] image or pass --image; see docs/scale-out.md)")
+        raise ConfigError(
+            "deploy.image",
+            "required to compile: the container image with mlpipe installed "
+            "(set [deploy] image or pass --image; see docs/scale-out.md)",
+        )
     if not d.pipeline_root:
-        raise ConfigError("deploy.pipeline_root", "required to compile: an artifact root the cluster can write, "
-                          "e.g. gs://my-bucket/mlpipe (set [deploy] pipeline_root or pass --pipeline-root)")
+        raise ConfigError(
+            "deploy.pipeline_root",
+            "required to compile: an artifact root the cluster can write, "
+            "e.g. gs://my-bucket/mlpipe (set [deploy] pipeline_root or pass --pipeline-root)",
+        )
     if not PIPELINE_NAME_RE.match(config.pipeline_name):
-        raise ConfigError("pipeline_name", "Vertex AI and KFP need lowercase letters, digits and '-', "
-                          f"starting with a letter; got {config.pipeline_name!r}")
+        raise ConfigError(
+            "pipeline_name",
+            "Vertex AI and KFP need lowercase letters, digits and '-', "
+            f"starting with a letter; got {config.pipeline_name!r}",
+        )
     root = d.pipeline_root.rstrip("/")
     data_root = d.data_root or config.data.root
     if "://" not in data_root and not d.data_root:
-        raise ConfigError("deploy.data_root", f"required to compile: data.root {config.data.root} is a local "
-                          "directory the cluster cannot read; upload the CSVs and set [deploy] data_root "
-                          "(e.g. gs://my-bucket/taxi) or pass --deploy-data-root")
+        raise ConfigError(
+            "deploy.data_root",
+            f"required to compile: data.root {config.data.root} is a local "
+            "directory the cluster cannot read; upload the CSVs and set [deploy] data_root "
+            "(e.g. gs://my-bucket/taxi) or pass --deploy-data-root",
+        )
     serving = d.serving_model_dir or f"{root}/serving_model/{config.model_name}"
     return root, data_root, serving
 
@@ -79,8 +91,11 @@ def portable_pipeline(config: Config):
     nodes = list(local.components)
     by_id = {n.id: n for n in nodes}
     if WINDOW_RESOLVER in by_id:
-        raise ConfigError("data.root", f"{config.data.root} has the span layout, whose rolling window "
-                          "(a custom resolver) KFP v2 cannot compile; compile with a flat data directory")
+        raise ConfigError(
+            "data.root",
+            f"{config.data.root} has the span layout, whose rolling window "
+            "(a custom resolver) KFP v2 cannot compile; compile with a flat data directory",
+        )
 
     # The new Pipeline prepends the Beam args to each Beam component again: drop the local copy.
     for node in nodes:
@@ -88,12 +103,10 @@ def portable_pipeline(config: Config):
         prefix = list(local.beam_pipeline_args or [])
         args = getattr(spec, "beam_pipeline_args", None)
         if isinstance(args, list) and args[: len(prefix)] == prefix:
-            spec.beam_pipeline_args = spec.beam_pipeline_args[len(prefix):]
+            spec.beam_pipeline_args = spec.beam_pipeline_args[len(prefix) :]
     by_id["CsvExampleGen"].exec_properties["input_base"] = data_root
     pusher = by_id["Pusher"]
-    destination = tfx.proto.PushDestination(
-        filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving)
-    )
+    destination = tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving))
     pusher.exec_properties["push_destination"] = json_format.MessageToJson(
         destination, sort_keys=True, preserving_proto_field_name=True
     )
@@ -142,8 +155,11 @@ def compile_pipeline(config: Config, target: str, output: str | Path) -> Compile
         if config.deploy.schedule.startswith(("TZ=", "CRON_TZ=")):
             raise ConfigError("deploy.schedule", "Kubeflow Pipelines schedules run in UTC; remove the TZ= prefix")
         if output.suffix not in (".yaml", ".yml"):
-            raise ConfigError("-o", f"kfp.Client reads .yaml/.yml pipeline packages; name the output "
-                              f"e.g. {output.with_suffix('.yaml').name}")
+            raise ConfigError(
+                "-o",
+                f"kfp.Client reads .yaml/.yml pipeline packages; name the output "
+                f"e.g. {output.with_suffix('.yaml').name}",
+            )
     root, data_root, serving = _locations(config)  # checked before the slow TFX import
     from tfx import v1 as tfx
 

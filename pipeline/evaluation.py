@@ -87,10 +87,13 @@ def validation_failures(eval_uri: str) -> list[str]:
     result = tfma.load_validation_result(eval_uri)
     messages = []
     for per_slice in result.metric_validations_per_slice:
-        where = ", ".join(
-            f"{k.column}={k.bytes_value.decode() if k.HasField('bytes_value') else k.int64_value or k.float_value}"
-            for k in per_slice.slice_key.single_slice_keys
-        ) or "overall"
+        where = (
+            ", ".join(
+                f"{k.column}={k.bytes_value.decode() if k.HasField('bytes_value') else k.int64_value or k.float_value}"
+                for k in per_slice.slice_key.single_slice_keys
+            )
+            or "overall"
+        )
         for failure in per_slice.failures:
             value = failure.metric_value.double_value.value
             messages.append(f"{failure.metric_key.name} = {value:.4f} on slice {where} {failure.message}".rstrip())

@@ -104,8 +104,10 @@ def check_csv_files(
         if max_bad_row_fraction <= 0:
             tail = "fix or remove the row (data.max_bad_row_fraction = 0 allows no bad rows)"
         else:
-            tail = (f"fix or remove the rows ({total.bad_rows} of {total.rows} rows are bad; "
-                    f"data.max_bad_row_fraction = {max_bad_row_fraction:g} allows {int(max_bad_row_fraction * total.rows)})")
+            tail = (
+                f"fix or remove the rows ({total.bad_rows} of {total.rows} rows are bad; "
+                f"data.max_bad_row_fraction = {max_bad_row_fraction:g} allows {int(max_bad_row_fraction * total.rows)})"
+            )
         raise InputDataError(f"{total.first_bad.describe()}; {tail}")
     return total
 
@@ -135,5 +137,3 @@ def _check_values(path: Path, types: Mapping[str, str], stop_at_first: bool) -> 
                 if stop_at_first:
                     break
     return result
-
-

@@ -62,8 +62,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire(workspace: str | os.PathLike, wait_seconds: float = 0.0, poll_seconds: float = 0.5,
-            on_wait: Callable[[dict], None] | None = None) -> Lock:
+def acquire(
+    workspace: str | os.PathLike,
+    wait_seconds: float = 0.0,
+    poll_seconds: float = 0.5,
+    on_wait: Callable[[dict], None] | None = None,
+) -> Lock:
     """Takes the lock, waiting up to `wait_seconds` for a holder to finish; raises LockBusy after that.
 
     `on_wait(holder)` is called once, when the lock is found busy and there is time to wait."""
@@ -124,8 +128,10 @@ class DbLockBusy(LockBusy):
 
     def __init__(self, name: str, holder: dict):
         Exception.__init__(
-            self, f"another retrain holds the database lock {name!r} (MySQL connection "
-            f"{holder.get('connection', '?')} from {holder.get('host', '?')})")
+            self,
+            f"another retrain holds the database lock {name!r} (MySQL connection "
+            f"{holder.get('connection', '?')} from {holder.get('host', '?')})",
+        )
         self.path = Path(name)
         self.holder = holder
 

@@ -61,8 +61,10 @@ def open_store(target: "Config | str | Path", read_only: bool = True) -> mlmd.Me
         try:
             return mlmd.MetadataStore(connection_config(target))
         except RuntimeError as e:  # MLMD's connect errors carry no cause; the check above passed
-            raise MetadataConnectionError("metadata.host", f"MLMD cannot use MySQL at {target.metadata.host}:"
-                                          f"{target.metadata.port}: {str(e)[:200]}") from None
+            raise MetadataConnectionError(
+                "metadata.host",
+                f"MLMD cannot use MySQL at {target.metadata.host}:" f"{target.metadata.port}: {str(e)[:200]}",
+            ) from None
     if read_only and not Path(target).is_file():
         return None
     return mlmd.MetadataStore(sqlite_connection_config(target, read_only))
@@ -83,7 +85,7 @@ def node_ids_by_execution(store: mlmd.MetadataStore, pipeline_name: str) -> dict
     for node in store.get_contexts_by_type("node"):
         if node.name.startswith(prefix):
             for execution in store.get_executions_by_context(node.id):
-                result[execution.id] = node.name[len(prefix):]
+                result[execution.id] = node.name[len(prefix) :]
     return result
 
 

@@ -25,12 +25,16 @@ def password(config: Config) -> str:
         try:
             lines = Path(m.password_file).expanduser().read_text().splitlines()
         except OSError as e:
-            raise MetadataConnectionError("metadata.password_file", f"cannot read {m.password_file}: "
-                                          f"{e.strerror or e}") from None
+            raise MetadataConnectionError(
+                "metadata.password_file", f"cannot read {m.password_file}: " f"{e.strerror or e}"
+            ) from None
         return lines[0] if lines else ""
     if m.password_env not in os.environ:
-        raise MetadataConnectionError("metadata.password_env", f"environment variable {m.password_env} is not set; "
-                                      "export the database password in it (or set metadata.password_file)")
+        raise MetadataConnectionError(
+            "metadata.password_env",
+            f"environment variable {m.password_env} is not set; "
+            "export the database password in it (or set metadata.password_file)",
+        )
     return os.environ[m.password_env]
 
 
@@ -68,10 +72,14 @@ def connection_config(config: Config, read_only: bool = False) -> metadata_store
 _ERRNO_SETTING = {
     1044: ("metadata.database", "user {user} may not use database {database}"),
     1045: ("metadata.password_env", "access denied for user {user} (wrong user or password)"),
-    1049: ("metadata.database", "database {database} does not exist on {host}:{port}; create it "
-                                "(CREATE DATABASE) or fix the name"),
-    2003: ("metadata.host", "cannot connect to MySQL at {host}:{port}; check metadata.host and metadata.port "
-                            "and that the server runs"),
+    1049: (
+        "metadata.database",
+        "database {database} does not exist on {host}:{port}; create it " "(CREATE DATABASE) or fix the name",
+    ),
+    2003: (
+        "metadata.host",
+        "cannot connect to MySQL at {host}:{port}; check metadata.host and metadata.port " "and that the server runs",
+    ),
     2005: ("metadata.host", "unknown host {host}"),
 }
 _checked: set = set()
@@ -87,16 +95,24 @@ def mysql_connect(config: Config, timeout: float = 10.0):
     m = config.metadata
     secret = password(config)
     try:
-        return pymysql.connect(host=m.host, port=m.port, user=m.user, password=secret, database=m.database,
-                               connect_timeout=timeout, autocommit=True)
+        return pymysql.connect(
+            host=m.host,
+            port=m.port,
+            user=m.user,
+            password=secret,
+            database=m.database,
+            connect_timeout=timeout,
+            autocommit=True,
+        )
     except pymysql.err.MySQLError as e:
         code = e.args[0] if e.args and isinstance(e.args[0], int) else None
         key, message = _ERRNO_SETTING.get(code, ("metadata.host", "cannot use MySQL at {host}:{port}: {error}"))
         if key == "metadata.password_env" and m.password_file:
             key = "metadata.password_file"
         error = str(e.args[1] if len(e.args) > 1 else e).replace(secret, "***") if secret else str(e)
-        raise MetadataConnectionError(key, message.format(host=m.host, port=m.port, user=m.user,
-                                                          database=m.database, error=error)) from None
+        raise MetadataConnectionError(
+            key, message.format(host=m.host, port=m.port, user=m.user, database=m.database, error=error)
+        ) from None
 
 
 def check_connection(config: Config) -> None:

@@ -17,9 +17,20 @@ from pipeline.config import Config, ConfigError
 
 # Insert order: types first, then nodes, then the links between them.
 TABLES = (
-    "Type", "TypeProperty", "ParentType",
-    "Artifact", "ArtifactProperty", "Execution", "ExecutionProperty", "Context", "ContextProperty",
-    "ParentContext", "Event", "EventPath", "Association", "Attribution",
+    "Type",
+    "TypeProperty",
+    "ParentType",
+    "Artifact",
+    "ArtifactProperty",
+    "Execution",
+    "ExecutionProperty",
+    "Context",
+    "ContextProperty",
+    "ParentContext",
+    "Event",
+    "EventPath",
+    "Association",
+    "Attribution",
 )
 HISTORY_TABLES = ("Artifact", "Execution", "Context")
 BATCH = 500
@@ -57,20 +68,28 @@ def copy_sqlite_to_mysql(source: str | Path, config: Config) -> dict[str, int]:
                 cur.execute("SELECT schema_version FROM MLMDEnv")
                 (dst_version,) = cur.fetchone()
                 if src_version != dst_version:
-                    raise CopyError("--from", f"MLMD schema version {src_version} at the source, {dst_version} "
-                                    "in the database; open the source with this mlpipe first")
+                    raise CopyError(
+                        "--from",
+                        f"MLMD schema version {src_version} at the source, {dst_version} "
+                        "in the database; open the source with this mlpipe first",
+                    )
                 for table in HISTORY_TABLES:
                     cur.execute(f"SELECT COUNT(*) FROM `{table}`")
                     (count,) = cur.fetchone()
                     if count:
-                        raise CopyError("metadata.database", f"{config.metadata.database} already holds MLMD "
-                                        f"history ({count} rows in {table}); copy only into an empty database")
+                        raise CopyError(
+                            "metadata.database",
+                            f"{config.metadata.database} already holds MLMD "
+                            f"history ({count} rows in {table}); copy only into an empty database",
+                        )
                 # A fresh store holds MLMD's built-in types; they must match the source's to be replaced.
                 cur.execute("SELECT id, name FROM Type")
                 builtin = set(cur.fetchall())
                 if not builtin <= set(src.execute("SELECT id, name FROM Type").fetchall()):
-                    raise CopyError("metadata.database", "its MLMD types differ from the source's; copy only "
-                                    "into an empty database")
+                    raise CopyError(
+                        "metadata.database",
+                        "its MLMD types differ from the source's; copy only " "into an empty database",
+                    )
                 copied = {}
                 dst.begin()
                 try:
@@ -79,8 +98,10 @@ def copy_sqlite_to_mysql(source: str | Path, config: Config) -> dict[str, int]:
                     for table in TABLES:
                         rows = src.execute(f"SELECT * FROM `{table}`")
                         columns = [d[0] for d in rows.description]
-                        sql = (f"INSERT INTO `{table}` ({', '.join(f'`{c}`' for c in columns)}) "
-                               f"VALUES ({', '.join(['%s'] * len(columns))})")
+                        sql = (
+                            f"INSERT INTO `{table}` ({', '.join(f'`{c}`' for c in columns)}) "
+                            f"VALUES ({', '.join(['%s'] * len(columns))})"
+                        )
                         copied[table] = 0
                         while batch := rows.fetchmany(BATCH):
                             cur.executemany(sql, batch)

@@ -22,8 +22,16 @@ from pipeline.typed_csv import TypedCsvExampleGen
 MODELS_DIR = Path(features.__file__).resolve().parent
 # Node ids in the order the local runner executes them.
 COMPONENT_ORDER = (
-    "CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
-    "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher",
+    "CsvExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "AnomaliesGate",
+    "Transform",
+    "Trainer",
+    "latest_blessed_model_resolver",
+    "Evaluator",
+    "Pusher",
 )
 
 
@@ -40,9 +48,7 @@ class SpanWindowStrategy(tfx.dsl.experimental.SpanRangeStrategy):
     """
 
     def __init__(self, num_spans: int):
-        super().__init__(
-            range_config=tfx.proto.RangeConfig(rolling_range=tfx.proto.RollingRange(num_spans=num_spans))
-        )
+        super().__init__(range_config=tfx.proto.RangeConfig(rolling_range=tfx.proto.RollingRange(num_spans=num_spans)))
 
     def resolve_artifacts(self, store, input_dict):
         resolved = super().resolve_artifacts(store, input_dict)
@@ -157,10 +163,15 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         schema=schema_gen.outputs["schema"],
         # A module file is loaded by path through the shim; an import path goes to TFX as it is.
         preprocessing_fn=user_code.PREPROCESSING_SHIM if config.model.module_file else config.model.preprocessing_fn,
-        custom_config={"models_fingerprint": fingerprint, user_code.SETTINGS_KEY: user_code.transform_settings(config.model)},
+        custom_config={
+            "models_fingerprint": fingerprint,
+            user_code.SETTINGS_KEY: user_code.transform_settings(config.model),
+        },
     )
     transform.add_upstream_node(anomalies_gate)
-    drift_resolver, drift_check = (None, None) if not use_spans else drift_gate(config, example_gen, statistics_gen, schema_gen)
+    drift_resolver, drift_check = (
+        (None, None) if not use_spans else drift_gate(config, example_gen, statistics_gen, schema_gen)
+    )
     if drift_check is not None:  # monitoring.pipeline_drift: nothing is trained on a drifted span
         transform.add_upstream_node(drift_check)
     t = config.training
@@ -217,8 +228,20 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         components=[
             c
             for c in (
-                example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-                drift_resolver, drift_check, window_resolver, transform, warm_start_resolver, trainer, baseline_resolver, evaluator, pusher,
+                example_gen,
+                statistics_gen,
+                schema_gen,
+                example_validator,
+                anomalies_gate,
+                drift_resolver,
+                drift_check,
+                window_resolver,
+                transform,
+                warm_start_resolver,
+                trainer,
+                baseline_resolver,
+                evaluator,
+                pusher,
             )
             if c is not None
         ],

@@ -36,8 +36,15 @@ LABEL_MOVE_EXECUTION_TYPE = "mlpipe.LabelMove"
 LATEST = "(latest)"  # the pseudo-label a rollback moves: the highest version
 
 
-def move_label(config: Config, name: str, version: int | None, reason: str = "", *,
-               wait_url: str | None = None, wait_seconds: float = 120.0) -> dict:
+def move_label(
+    config: Config,
+    name: str,
+    version: int | None,
+    reason: str = "",
+    *,
+    wait_url: str | None = None,
+    wait_seconds: float = 120.0,
+) -> dict:
     """Points label `name` at `version` (None: removes it), records the move; returns the record."""
     before = read_labels(config).get(name)
     if version is None:
@@ -48,7 +55,8 @@ def move_label(config: Config, name: str, version: int | None, reason: str = "",
     record["models_config"] = str(path)
     if wait_url and version is not None:
         record["server_confirmed_seconds"] = wait_for_label(
-            wait_url, config.model_name, name, version, wait_seconds, str(models_config_path(config)))
+            wait_url, config.model_name, name, version, wait_seconds, str(models_config_path(config))
+        )
     return record
 
 
@@ -77,13 +85,17 @@ def _record(config: Config, name: str, before, after, reason: str) -> dict:
     def put():
         store = metadata.open_store(config.metadata_path, read_only=False)
         props = {k: ("" if v is None else str(v)) for k, v in record.items()}
-        return metadata.put_registry_execution(store, LABEL_MOVE_EXECUTION_TYPE, config.pipeline_name, props, inputs, [])
+        return metadata.put_registry_execution(
+            store, LABEL_MOVE_EXECUTION_TYPE, config.pipeline_name, props, inputs, []
+        )
 
     try:
         record["execution_id"] = _with_retries(put)
     except Exception as e:
-        raise RegistryError(f"the label moved but recording it in ML Metadata failed ({e}); "
-                            f"check {config.metadata_path} and run the command again") from None
+        raise RegistryError(
+            f"the label moved but recording it in ML Metadata failed ({e}); "
+            f"check {config.metadata_path} and run the command again"
+        ) from None
     return record
 
 
@@ -97,15 +109,17 @@ def label_history(config: Config, label: str | None = None) -> list[dict]:
         p = {k: v.string_value for k, v in e.custom_properties.items()}
         if p.get("model", config.model_name) != config.model_name or (label and p.get("label") != label):
             continue
-        rows.append({
-            "execution_id": e.id,
-            "time": p.get("time"),
-            "user": p.get("user"),
-            "label": p.get("label"),
-            "from_version": int(p["from_version"]) if p.get("from_version") else None,
-            "to_version": int(p["to_version"]) if p.get("to_version") else None,
-            "reason": p.get("reason"),
-        })
+        rows.append(
+            {
+                "execution_id": e.id,
+                "time": p.get("time"),
+                "user": p.get("user"),
+                "label": p.get("label"),
+                "from_version": int(p["from_version"]) if p.get("from_version") else None,
+                "to_version": int(p["to_version"]) if p.get("to_version") else None,
+                "reason": p.get("reason"),
+            }
+        )
     return sorted(rows, key=lambda r: r["execution_id"], reverse=True)
 
 

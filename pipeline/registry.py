@@ -183,12 +183,25 @@ def recorded_thresholds(evaluator_execution) -> list[dict]:
             for threshold in thresholds:
                 value = _get(threshold, "value_threshold")
                 if value is not None:
-                    rules.append({"metric": name, "kind": "value",
-                                  "lower_bound": _get(value, "lower_bound"), "upper_bound": _get(value, "upper_bound")})
+                    rules.append(
+                        {
+                            "metric": name,
+                            "kind": "value",
+                            "lower_bound": _get(value, "lower_bound"),
+                            "upper_bound": _get(value, "upper_bound"),
+                        }
+                    )
                 change = _get(threshold, "change_threshold")
                 if change is not None:
-                    rules.append({"metric": name, "kind": "change", "absolute": change.get("absolute"),
-                                  "relative": change.get("relative"), "direction": change.get("direction")})
+                    rules.append(
+                        {
+                            "metric": name,
+                            "kind": "change",
+                            "absolute": change.get("absolute"),
+                            "relative": change.get("relative"),
+                            "direction": change.get("direction"),
+                        }
+                    )
     return rules
 
 
@@ -213,8 +226,14 @@ def threshold_checks(evaluator_execution, eval_uri: str | None) -> list[dict]:
     checks = []
     for rule in recorded_thresholds(evaluator_execution):
         value = values.get((rule["metric"], candidate, False))
-        check = {"metric": rule["metric"], "kind": rule["kind"], "value": value, "bound": None,
-                 "baseline_value": None, "passed": None}
+        check = {
+            "metric": rule["metric"],
+            "kind": rule["kind"],
+            "value": value,
+            "bound": None,
+            "baseline_value": None,
+            "passed": None,
+        }
         if rule["kind"] == "value":
             lower, upper = rule.get("lower_bound"), rule.get("upper_bound")
             check["bound"] = lower if lower is not None else upper
@@ -291,9 +310,13 @@ def pushed_versions(snap: Snapshot) -> list[Version]:
             if version is None or version in versions or source is None:
                 continue
             versions[version] = dataclasses.replace(
-                source, version=version, pushed_ms=snap.executions[execution_id].create_time_since_epoch,
+                source,
+                version=version,
+                pushed_ms=snap.executions[execution_id].create_time_since_epoch,
                 destination=metadata.prop(artifact, "pushed_destination", artifact.uri),
-                pushed_model=artifact, execution_id=execution_id, rollback_of=source.version,
+                pushed_model=artifact,
+                execution_id=execution_id,
+                rollback_of=source.version,
             )
     return sorted(versions.values(), key=lambda v: int(v.version))
 
@@ -315,8 +338,11 @@ def baseline_version(snap: Snapshot, versions: list[Version], blessing) -> dict 
     if not model_id:
         return None
     pushed = [v.version for v in versions if v.model is not None and v.model.id == model_id and not v.is_rollback]
-    return {"model_id": model_id, "model_uri": metadata.prop(blessing, "baseline_model"),
-            "version": int(pushed[0]) if pushed else None}
+    return {
+        "model_id": model_id,
+        "model_uri": metadata.prop(blessing, "baseline_model"),
+        "version": int(pushed[0]) if pushed else None,
+    }
 
 
 def example_artifacts_of_model(snap: Snapshot, model) -> list:
@@ -455,7 +481,7 @@ def _error_in_log(log: Path, execution_id: int) -> str | None:
         if match and not lines[i].startswith(("INFO", "WARNING", "ERROR", "DEBUG")):
             name = match.group(1).rsplit(".", 1)[-1]
             more = []
-            for line in lines[i + 1:i + 6]:
+            for line in lines[i + 1 : i + 6]:
                 if not line.startswith((" ", "\t")):
                     break
                 more.append(line.strip())
@@ -616,11 +642,23 @@ def refused_candidates(snap: Snapshot) -> list[dict]:
     for row in list_runs(snap):
         if row["outcome"] != "not_blessed":
             continue
-        evaluator = next((i for i, r in snap.run_of.items() if r == row["run_id"] and i in snap.executions
-                          and snap.node(i) == "Evaluator"), None)
+        evaluator = next(
+            (
+                i
+                for i, r in snap.run_of.items()
+                if r == row["run_id"] and i in snap.executions and snap.node(i) == "Evaluator"
+            ),
+            None,
+        )
         blessings = snap.output_artifacts(evaluator, "blessing") if evaluator is not None else []
-        refused.append({"run_id": row["run_id"], "started": row["started"], "failed_checks": row["failed_checks"],
-                        "baseline": baseline_version(snap, versions, blessings[0] if blessings else None)})
+        refused.append(
+            {
+                "run_id": row["run_id"],
+                "started": row["started"],
+                "failed_checks": row["failed_checks"],
+                "baseline": baseline_version(snap, versions, blessings[0] if blessings else None),
+            }
+        )
     return refused
 
 
@@ -683,10 +721,14 @@ def _drift_check(snap: Snapshot, statistics) -> dict | None:
             except ValueError:
                 checks = []
             previous = metadata.prop(artifact, "previous_span", -1)
-            return {"uri": artifact.uri, "mode": metadata.prop(artifact, "mode"), "state": snap.state(execution),
-                    "previous_span": None if previous in (None, -1) else int(previous),
-                    "alert": metadata.prop(artifact, "drift_alert") == 1,
-                    "alerts": [c for c in checks if c.get("alert")]}
+            return {
+                "uri": artifact.uri,
+                "mode": metadata.prop(artifact, "mode"),
+                "state": snap.state(execution),
+                "previous_span": None if previous in (None, -1) else int(previous),
+                "alert": metadata.prop(artifact, "drift_alert") == 1,
+                "alerts": [c for c in checks if c.get("alert")],
+            }
     return None
 
 
@@ -701,7 +743,9 @@ def lineage(snap: Snapshot, version: int) -> dict:
     v = by_version.get(str(version))
     if v is None:
         known = ", ".join(by_version) or "none yet"
-        raise RegistryError(f"version {version} was never pushed (known versions: {known}); see `mlpipe models`", code=2)
+        raise RegistryError(
+            f"version {version} was never pushed (known versions: {known}); see `mlpipe models`", code=2
+        )
     config = snap.config
     source = by_version[original_version(by_version, v.version)]
     record = version_record(snap, versions, v)
@@ -749,10 +793,14 @@ def lineage(snap: Snapshot, version: int) -> dict:
     }
     base_models = snap.input_artifacts(trainer, "base_model") if trainer is not None else []
     if base_models:
-        pushed = [x.version for x in versions if x.model is not None and x.model.id == base_models[0].id
-                  and not x.is_rollback]
-        chain["model"]["warm_started_from"] = {"model_id": base_models[0].id, "uri": base_models[0].uri,
-                                               "version": int(pushed[0]) if pushed else None}
+        pushed = [
+            x.version for x in versions if x.model is not None and x.model.id == base_models[0].id and not x.is_rollback
+        ]
+        chain["model"]["warm_started_from"] = {
+            "model_id": base_models[0].id,
+            "uri": base_models[0].uri,
+            "version": int(pushed[0]) if pushed else None,
+        }
     # Transform.
     graphs = snap.input_artifacts(trainer, "transform_graph") if trainer is not None else []
     transform = snap.producing_execution(graphs[0]) if graphs else None
@@ -762,7 +810,9 @@ def lineage(snap: Snapshot, version: int) -> dict:
         "graph_uri": graphs[0].uri if graphs else None,
         "execution": snap.execution_summary(transform),
         "preprocessing_fn": metadata.prop(transform_exec, "preprocessing_fn") if transform_exec is not None else None,
-        "models_fingerprint": transform_config.get("models_fingerprint") if isinstance(transform_config, dict) else None,
+        "models_fingerprint": transform_config.get("models_fingerprint")
+        if isinstance(transform_config, dict)
+        else None,
     }
     # Examples, with their statistics, schema and anomalies.
     examples = []
@@ -776,19 +826,21 @@ def lineage(snap: Snapshot, version: int) -> dict:
             if out:
                 statistics = out[0]
                 break
-        examples.append({
-            "artifact_id": artifact.id,
-            "uri": artifact.uri,
-            "span": int(metadata.prop(artifact, "span", 0) or 0),
-            "version": metadata.prop(artifact, "version"),
-            "splits": _split_names(artifact),
-            "row_counts": _row_counts(statistics),
-            "input_base": metadata.prop(gen_exec, "input_base") if gen_exec is not None else None,
-            "input_fingerprint": metadata.prop(gen_exec, "input_fingerprint") if gen_exec is not None else None,
-            "example_gen": snap.execution_summary(gen),
-            "statistics_uri": statistics.uri if statistics is not None else None,
-            "drift_check": _drift_check(snap, statistics),
-        })
+        examples.append(
+            {
+                "artifact_id": artifact.id,
+                "uri": artifact.uri,
+                "span": int(metadata.prop(artifact, "span", 0) or 0),
+                "version": metadata.prop(artifact, "version"),
+                "splits": _split_names(artifact),
+                "row_counts": _row_counts(statistics),
+                "input_base": metadata.prop(gen_exec, "input_base") if gen_exec is not None else None,
+                "input_fingerprint": metadata.prop(gen_exec, "input_fingerprint") if gen_exec is not None else None,
+                "example_gen": snap.execution_summary(gen),
+                "statistics_uri": statistics.uri if statistics is not None else None,
+                "drift_check": _drift_check(snap, statistics),
+            }
+        )
     chain["examples"] = examples
     schemas = snap.input_artifacts(trainer, "schema") if trainer is not None else []
     schema = schemas[0] if schemas else None
@@ -812,9 +864,7 @@ def lineage(snap: Snapshot, version: int) -> dict:
 def versions_trained_on_span(snap: Snapshot, span: int) -> list[int]:
     """Published versions whose training Examples include `span`."""
     return [
-        int(v.version)
-        for v in pushed_versions(snap)
-        if span in spans_of(example_artifacts_of_model(snap, v.model))
+        int(v.version) for v in pushed_versions(snap) if span in spans_of(example_artifacts_of_model(snap, v.model))
     ]
 
 
@@ -842,14 +892,16 @@ def plan_rollback(snap: Snapshot, to: int | None) -> RollbackPlan:
     current_origin = original_version(by_version, str(current))
     if to is None:
         earlier = [
-            v for v in versions
-            if not v.is_rollback and int(v.version) < int(current_origin) and v.version != current_origin
+            v
+            for v in versions
+            if not v.is_rollback
+            and int(v.version) < int(current_origin)
+            and v.version != current_origin
             and (config.serving_model_dir / v.version).is_dir()
         ]
         if not earlier:
             raise RegistryError(
-                f"no blessed version before the current one ({current}); "
-                "pass --to VERSION (see `mlpipe models`)"
+                f"no blessed version before the current one ({current}); " "pass --to VERSION (see `mlpipe models`)"
             )
         target = int(earlier[-1].version)
     else:
@@ -935,7 +987,7 @@ ROLLBACK_TMP_PREFIX = ".rollback-"  # + "<pid>-<target version>"; not an integer
 def _clean_stale_rollback_dirs(base: Path) -> None:
     """Removes temp copies left by rollbacks that were killed (their pid is gone)."""
     for path in base.glob(f"{ROLLBACK_TMP_PREFIX}*"):
-        pid = path.name[len(ROLLBACK_TMP_PREFIX):].split("-", 1)[0]
+        pid = path.name[len(ROLLBACK_TMP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
@@ -961,8 +1013,9 @@ def _record_rollback(snap: Snapshot, plan: RollbackPlan, reason: str, user: str)
         if replaced.model is not None and (target.model is None or replaced.model.id != target.model.id):
             inputs.append(("replaced_model", replaced.model))
     pushed_type = store.get_artifact_type("PushedModel")
-    new = metadata_store_pb2.Artifact(type_id=pushed_type.id, uri=str(plan.new_dir),
-                                      state=metadata_store_pb2.Artifact.LIVE)
+    new = metadata_store_pb2.Artifact(
+        type_id=pushed_type.id, uri=str(plan.new_dir), state=metadata_store_pb2.Artifact.LIVE
+    )
     new.custom_properties["pushed"].int_value = 1
     new.custom_properties["pushed_version"].string_value = str(plan.new_version)
     new.custom_properties["pushed_destination"].string_value = str(plan.new_dir)

@@ -50,8 +50,11 @@ class ProgressWatcher(threading.Thread):
             if not metadata.store_initialized(self.config):
                 return
             store = metadata.open_store(self.config)
-            runs = [r for r in metadata.pipeline_runs(store, self.config.pipeline_name)
-                    if r.create_time_since_epoch >= self.started_ms]
+            runs = [
+                r
+                for r in metadata.pipeline_runs(store, self.config.pipeline_name)
+                if r.create_time_since_epoch >= self.started_ms
+            ]
             executions = metadata.run_executions(store, self.config.pipeline_name, runs[0]) if runs else []
         except Exception:  # the writer holds the database right now: look again next time
             return
@@ -157,13 +160,18 @@ def ensure_default_data(config: Config) -> Path | None:
 
 def warm_start_lines(report: dict) -> list[str]:
     """What the Trainer carried over from the base model, and what it could not."""
+
     def loss(key):
         return "n/a" if report.get(key) is None else f"{report[key]:.4f}"
 
-    lines = [f"Warm start: {len(report['carried'])} weights carried over from {report['base_model']}"
-             + (", all of them" if not report["not_carried"] else "")]
-    lines.append(f"  loss before training {loss('loss_warm')} (cold start {loss('loss_cold')}; "
-                 f"the base model's final loss {loss('base_final_loss')})")
+    lines = [
+        f"Warm start: {len(report['carried'])} weights carried over from {report['base_model']}"
+        + (", all of them" if not report["not_carried"] else "")
+    ]
+    lines.append(
+        f"  loss before training {loss('loss_warm')} (cold start {loss('loss_cold')}; "
+        f"the base model's final loss {loss('base_final_loss')})"
+    )
     new = {k: v["new"] for k, v in report.get("vocabularies", {}).items() if v["new"]}
     if new:
         lines.append("  new in this window (fresh rows): " + ", ".join(f"{k} {n} token(s)" for k, n in new.items()))
@@ -204,12 +212,16 @@ def check_before_run(config: Config) -> inputs.DataCheck:
         config.data.root, columns, config.data.max_bad_row_fraction, dataset.column_source(config)
     )
     m = config.model
-    for key, names in (("raw_label_keys", m.raw_label_keys), ("slice_features", m.slice_features),
-                       ("serving_features", m.serving_features)):
+    for key, names in (
+        ("raw_label_keys", m.raw_label_keys),
+        ("slice_features", m.slice_features),
+        ("serving_features", m.serving_features),
+    ):
         unknown = [n for n in names if n not in columns]
         if unknown:
             raise ConfigError(
-                f"model.{key}", f"{', '.join(map(repr, unknown))} not a column of the data (columns: {', '.join(columns)})"
+                f"model.{key}",
+                f"{', '.join(map(repr, unknown))} not a column of the data (columns: {', '.join(columns)})",
             )
     user_code.check(m)
     metadata.check_connection(config)  # bad [metadata] settings: ConfigError naming the setting

@@ -141,8 +141,10 @@ def code_roots(model_config) -> list[Path]:
         for dotted in (model_config.preprocessing_fn, model_config.run_fn):
             spec = importlib.util.find_spec(dotted.split(".")[0])
             if spec is None:
-                raise UserCodeError(f"model.{'run_fn' if dotted == model_config.run_fn else 'preprocessing_fn'}",
-                                    f"no module {dotted.split('.')[0]} on the Python path")
+                raise UserCodeError(
+                    f"model.{'run_fn' if dotted == model_config.run_fn else 'preprocessing_fn'}",
+                    f"no module {dotted.split('.')[0]} on the Python path",
+                )
             location = spec.submodule_search_locations[0] if spec.submodule_search_locations else spec.origin
             roots.append(Path(location).resolve())
     roots.append(Path(signatures.__file__).resolve())  # the serving contract is part of the Trainer's output
@@ -195,9 +197,12 @@ def run_fn(fn_args):
         return
     try:
         signatures.rebuild(
-            fn_args.serving_model_dir, output,
-            raw_label_keys=tuple(s["raw_label_keys"]), serving_features=tuple(s["serving_features"]),
-            task=s["task"], logits=s["output"] == "logits",
+            fn_args.serving_model_dir,
+            output,
+            raw_label_keys=tuple(s["raw_label_keys"]),
+            serving_features=tuple(s["serving_features"]),
+            task=s["task"],
+            logits=s["output"] == "logits",
             keep_original=os.path.join(fn_args.model_run_dir, ORIGINAL_EXPORT),
         )
     except signatures.ServingContractError as e:

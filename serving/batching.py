@@ -228,7 +228,9 @@ class BatchScheduler:
             return
         try:
             names = list(tasks[0].inputs)
-            merged = {n: np.concatenate([t.inputs[n] for t in tasks]) if len(tasks) > 1 else tasks[0].inputs[n] for n in names}
+            merged = {
+                n: np.concatenate([t.inputs[n] for t in tasks]) if len(tasks) > 1 else tasks[0].inputs[n] for n in names
+            }
             rows = sum(t.rows for t in tasks)
             padded = self._padded_size(rows)
             if padded > rows:  # pad with copies of the first row, as TF Serving does

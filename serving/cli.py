@@ -72,8 +72,11 @@ def _port(text: str) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     flag = dict(nargs="?", const=True, type=_bool, metavar="BOOL")
     p.add_argument("--config", metavar="FILE", help="mlpipe TOML config file (read for workspace and model_name)")
-    p.add_argument("--workspace", metavar="DIR",
-                   help="workspace whose pushed model is served (default ./workspace, or $MLPIPE_WORKSPACE)")
+    p.add_argument(
+        "--workspace",
+        metavar="DIR",
+        help="workspace whose pushed model is served (default ./workspace, or $MLPIPE_WORKSPACE)",
+    )
     g = p.add_argument_group("models (TF Serving flags)")
     g.add_argument("--model_name", help="name to serve the model under (default: the workspace's model_name, taxi)")
     g.add_argument(
@@ -88,42 +91,89 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "overrides --model_name/--model_base_path",
     )
     g.add_argument(
-        "--model_config_file_poll_wait_seconds", type=float, default=0.0,
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
         help="re-read --model_config_file this often and apply changes (0: read once; default 0)",
     )
     g.add_argument(
-        "--file_system_poll_wait_seconds", type=float, default=1.0,
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
         help="how often to look for new or removed versions (0: only at start; default 1)",
     )
     g.add_argument(
-        "--version_policy", default="latest",
+        "--version_policy",
+        default="latest",
         help="versions to serve for --model_name: latest, latest:N, all, or specific:V1,V2 (default latest = latest:1)",
     )
     g.add_argument(
-        "--version_labels", default="",
+        "--version_labels",
+        default="",
         help="labels for --model_name's versions, e.g. stable=1,canary=2 (usable as /labels/stable and version_label)",
     )
-    g.add_argument("--saved_model_tags", default="serve", help="comma-separated MetaGraphDef tags to load (default serve)")
-    g.add_argument("--max_num_load_retries", type=int, default=5, help="load retries of a failing version before waiting for its files to change (default 5)")
-    g.add_argument("--enable_model_warmup", default=True, **flag, help="replay assets.extra/tf_serving_warmup_requests before a version serves (default true)")
-    g.add_argument("--num_request_iterations_for_warmup", type=int, default=1, help="times each warm-up request is replayed (default 1)")
+    g.add_argument(
+        "--saved_model_tags", default="serve", help="comma-separated MetaGraphDef tags to load (default serve)"
+    )
+    g.add_argument(
+        "--max_num_load_retries",
+        type=int,
+        default=5,
+        help="load retries of a failing version before waiting for its files to change (default 5)",
+    )
+    g.add_argument(
+        "--enable_model_warmup",
+        default=True,
+        **flag,
+        help="replay assets.extra/tf_serving_warmup_requests before a version serves (default true)",
+    )
+    g.add_argument(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=1,
+        help="times each warm-up request is replayed (default 1)",
+    )
 
     g = p.add_argument_group("network")
     g.add_argument("--port", type=_port, default=8500, help="gRPC port (default 8500)")
-    g.add_argument("--grpc_host", default="127.0.0.1", help="gRPC bind address (default 127.0.0.1; 0.0.0.0 to accept other machines)")
+    g.add_argument(
+        "--grpc_host",
+        default="127.0.0.1",
+        help="gRPC bind address (default 127.0.0.1; 0.0.0.0 to accept other machines)",
+    )
     g.add_argument("--rest_api_port", type=_port, default=8501, help="REST port (default 8501; 0 turns REST off)")
-    g.add_argument("--rest_api_host", default="127.0.0.1", help="REST bind address (default 127.0.0.1; 0.0.0.0 to accept other machines)")
-    g.add_argument("--rest_api_num_threads", type=int, default=max(16, 4 * (os.cpu_count() or 1)), help="threads running REST requests")
-    g.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout; 504 past it (default 30000)")
-    g.add_argument("--grpc_max_threads", type=int, default=max(16, 4 * (os.cpu_count() or 1)), help="threads running gRPC requests")
-    g.add_argument("--max_request_bytes", type=int, default=32 << 20, help="largest request body or gRPC message accepted (default 33554432)")
+    g.add_argument(
+        "--rest_api_host",
+        default="127.0.0.1",
+        help="REST bind address (default 127.0.0.1; 0.0.0.0 to accept other machines)",
+    )
+    g.add_argument(
+        "--rest_api_num_threads",
+        type=int,
+        default=max(16, 4 * (os.cpu_count() or 1)),
+        help="threads running REST requests",
+    )
+    g.add_argument(
+        "--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout; 504 past it (default 30000)"
+    )
+    g.add_argument(
+        "--grpc_max_threads", type=int, default=max(16, 4 * (os.cpu_count() or 1)), help="threads running gRPC requests"
+    )
+    g.add_argument(
+        "--max_request_bytes",
+        type=int,
+        default=32 << 20,
+        help="largest request body or gRPC message accepted (default 33554432)",
+    )
     g.add_argument(
         "--auth_token",
         help=f"require 'Authorization: Bearer TOKEN' on REST and gRPC calls (or set ${AUTH_TOKEN_ENV})",
     )
 
     g = p.add_argument_group("batching (TF Serving flags)")
-    g.add_argument("--enable_batching", default=False, **flag, help="merge concurrent requests into one model call (default false)")
+    g.add_argument(
+        "--enable_batching", default=False, **flag, help="merge concurrent requests into one model call (default false)"
+    )
     g.add_argument(
         "--batching_parameters_file",
         help="BatchingParameters text proto: max_batch_size, batch_timeout_micros, num_batch_threads, "
@@ -132,13 +182,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("request logging")
     g.add_argument(
-        "--request_log_sampling_rate", type=_rate, default=0.0,
+        "--request_log_sampling_rate",
+        type=_rate,
+        default=0.0,
         help="fraction of requests written as PredictionLog TFRecords (0 turns logging off; default 0)",
     )
     g.add_argument("--request_log_dir", help="where logs go: DIR/<model_name>/ (default <workspace>/request_logs)")
-    g.add_argument("--request_log_max_file_bytes", type=int, default=64 << 20, help="start a new log file past this size")
-    g.add_argument("--request_log_max_file_seconds", type=float, default=3600.0, help="start a new log file after this long")
-    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="server log level")
+    g.add_argument(
+        "--request_log_max_file_bytes", type=int, default=64 << 20, help="start a new log file past this size"
+    )
+    g.add_argument(
+        "--request_log_max_file_seconds", type=float, default=3600.0, help="start a new log file after this long"
+    )
+    p.add_argument(
+        "--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="server log level"
+    )
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -250,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.logs import terminal  # the terminal, also while `mlpipe` sends third-party noise to a log
 
     logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=getattr(args, "log_level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=terminal(),
     )
 
@@ -264,8 +323,11 @@ def run(args: argparse.Namespace) -> int:
     for model in options.models:
         print(f"serving model {model.name!r} from {model.base_path} ({model.policy.describe()})", file=terminal())
     for root in options.model_roots:
-        print(f"serving every model directory under {root.path} ({root.policy.describe()} unless its "
-              f"{MODEL_CONFIG_FILE} says otherwise)", file=terminal())
+        print(
+            f"serving every model directory under {root.path} ({root.policy.describe()} unless its "
+            f"{MODEL_CONFIG_FILE} says otherwise)",
+            file=terminal(),
+        )
     try:
         return ModelServer(options).serve()
     except OSError as e:
@@ -276,7 +338,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python -m serving`: the serve command on its own, with --workspace and --config."""
     parser = argparse.ArgumentParser(
-        prog="python -m serving", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m serving",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

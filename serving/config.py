@@ -107,7 +107,9 @@ def entries_from_proto(config, base_dir: str = ".") -> list[ModelEntry]:
         elif which == "specific":
             if not model.model_version_policy.specific.versions:
                 raise ServingConfigError(f"model {model.name!r}: specific version policy lists no versions")
-            policy = VersionPolicy("specific", versions=tuple(sorted(set(model.model_version_policy.specific.versions))))
+            policy = VersionPolicy(
+                "specific", versions=tuple(sorted(set(model.model_version_policy.specific.versions)))
+            )
         elif which == "latest":
             n = model.model_version_policy.latest.num_versions or 1
             policy = VersionPolicy("latest", num_versions=n)
@@ -212,20 +214,26 @@ def read_discovered_model(root: ModelRoot, name: str) -> ModelEntry:
     except text_format.ParseError as e:
         raise ServingConfigError(
             f"{config_path} is not a valid ModelConfig text proto: {e} "
-            "(expected e.g. model_version_policy { latest { num_versions: 2 } } version_labels { key: \"stable\" value: 1 })"
+            '(expected e.g. model_version_policy { latest { num_versions: 2 } } version_labels { key: "stable" value: 1 })'
         ) from None
     if model.name and model.name != name:
-        raise ServingConfigError(f"{config_path}: name {model.name!r} differs from its directory name {name!r}; drop it")
+        raise ServingConfigError(
+            f"{config_path}: name {model.name!r} differs from its directory name {name!r}; drop it"
+        )
     if model.base_path and os.path.abspath(os.path.join(base_path, model.base_path)) != os.path.abspath(base_path):
         raise ServingConfigError(f"{config_path}: base_path is its own directory; drop it")
     model.name, model.base_path = name, base_path
     entry = entries_from_proto(config, base_path)[0]
     if not model.model_version_policy.WhichOneof("policy_choice"):
-        entry = ModelEntry(entry.name, entry.base_path, root.policy, entry.labels, entry.log_sampling_rate, entry.log_dir)
+        entry = ModelEntry(
+            entry.name, entry.base_path, root.policy, entry.labels, entry.log_sampling_rate, entry.log_dir
+        )
     return entry
 
 
-def discover_models(root: ModelRoot, previous: dict[str, ModelEntry] | None = None) -> tuple[dict[str, ModelEntry], list[str]]:
+def discover_models(
+    root: ModelRoot, previous: dict[str, ModelEntry] | None = None
+) -> tuple[dict[str, ModelEntry], list[str]]:
     """Model directories under `root` -> ({name: entry}, problems). A model whose model.config is bad keeps
     its `previous` entry (if it had one) and is reported in problems."""
     entries, problems = {}, []
@@ -239,7 +247,10 @@ def discover_models(root: ModelRoot, previous: dict[str, ModelEntry] | None = No
         try:
             entries[name] = read_discovered_model(root, name)
         except ServingConfigError as e:
-            problems.append(f"{e}; " + ("keeping its previous settings" if previous and name in previous else "not serving it until fixed"))
+            problems.append(
+                f"{e}; "
+                + ("keeping its previous settings" if previous and name in previous else "not serving it until fixed")
+            )
             if previous and name in previous:
                 entries[name] = previous[name]
     return entries, problems

@@ -88,15 +88,39 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 self._service.maybe_log(kind, name, lambda: (response.model_spec, request, response))
         except Exception as e:
             if router.active(name):
-                router.record(name, router.new_request_id(), "primary", "grpc", kind[:-4], label, None,
-                              time.perf_counter() - start, from_exception(e).code_name, None, key)
+                router.record(
+                    name,
+                    router.new_request_id(),
+                    "primary",
+                    "grpc",
+                    kind[:-4],
+                    label,
+                    None,
+                    time.perf_counter() - start,
+                    from_exception(e).code_name,
+                    None,
+                    key,
+                )
             raise
         if router.active(name):
             request_id = router.new_request_id()
-            router.record(name, request_id, "primary", "grpc", kind[:-4], label, servable.version,
-                          time.perf_counter() - start, None, _outputs(response), key)
+            router.record(
+                name,
+                request_id,
+                "primary",
+                "grpc",
+                kind[:-4],
+                label,
+                servable.version,
+                time.perf_counter() - start,
+                None,
+                _outputs(response),
+                key,
+            )
             if label != router.shadow_label(name):
-                router.submit_shadow(name, request_id, "grpc", kind[:-4], lambda shadow: self._shadow(request, fn, shadow))
+                router.submit_shadow(
+                    name, request_id, "grpc", kind[:-4], lambda shadow: self._shadow(request, fn, shadow)
+                )
         return servable.version, response
 
     def _shadow(self, request, fn, label):
@@ -106,19 +130,28 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         return self._calls.run(
-            "predict", request, context, lambda: self._with_servable(request, inference.predict_from_proto, "predict_log", context),
+            "predict",
+            request,
+            context,
+            lambda: self._with_servable(request, inference.predict_from_proto, "predict_log", context),
             "Predict",
         )
 
     def Classify(self, request, context):
         return self._calls.run(
-            "classify", request, context, lambda: self._with_servable(request, inference.classify_from_proto, "classify_log", context),
+            "classify",
+            request,
+            context,
+            lambda: self._with_servable(request, inference.classify_from_proto, "classify_log", context),
             "Classify",
         )
 
     def Regress(self, request, context):
         return self._calls.run(
-            "regress", request, context, lambda: self._with_servable(request, inference.regress_from_proto, "regress_log", context),
+            "regress",
+            request,
+            context,
+            lambda: self._with_servable(request, inference.regress_from_proto, "regress_log", context),
             "Regress",
         )
 

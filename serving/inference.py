@@ -141,7 +141,9 @@ def regress(servable: Servable, signature_name: str, request_input):
     values = _run_examples(servable, "Regress", signature, examples)[REGRESS_OUTPUTS]
     n = len(examples)
     if not (values.shape == (n,) or values.shape == (n, 1)):
-        raise invalid(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}")
+        raise invalid(
+            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
+        )
     result = regression_pb2.RegressionResult()
     for value in values.reshape(n):
         result.regressions.add().value = float(value)
@@ -328,6 +330,8 @@ def warm_up(servable: Servable, iterations: int = 1) -> int:
             elif kind == "regress_log":
                 regress_from_proto(servable, log.regress_log.request)
             else:
-                raise ValueError(f"unsupported warm-up record type {kind!r} in {path} (use predict, classify or regress logs)")
+                raise ValueError(
+                    f"unsupported warm-up record type {kind!r} in {path} (use predict, classify or regress logs)"
+                )
         count += 1
     return count

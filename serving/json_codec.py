@@ -36,9 +36,19 @@ _INT_RANGES = {
 }
 # numpy dtype name -> TF's DataTypeString, for messages.
 _TF_NAMES = {
-    "float32": "float", "float64": "double", "float16": "half", "int8": "int8", "uint8": "uint8",
-    "int16": "int16", "uint16": "uint16", "int32": "int32", "uint32": "uint32", "int64": "int64",
-    "uint64": "uint64", "bool": "bool", "object": "string",
+    "float32": "float",
+    "float64": "double",
+    "float16": "half",
+    "int8": "int8",
+    "uint8": "uint8",
+    "int16": "int16",
+    "uint16": "uint16",
+    "int32": "int32",
+    "uint32": "uint32",
+    "int64": "int64",
+    "uint64": "uint64",
+    "bool": "bool",
+    "object": "string",
 }
 
 
@@ -374,9 +384,7 @@ def to_json_value(array: np.ndarray, name: str) -> Any:
         return array.tolist()
     if kind in "OSU":
         as_b64 = name.endswith(BYTES_SUFFIX)
-        flat = [
-            _string_value(v if isinstance(v, bytes) else str(v).encode(), as_b64) for v in array.ravel().tolist()
-        ]
+        flat = [_string_value(v if isinstance(v, bytes) else str(v).encode(), as_b64) for v in array.ravel().tolist()]
         out = np.empty(len(flat), dtype=object)
         out[:] = flat
         return out.reshape(array.shape).tolist()
@@ -483,16 +491,16 @@ def classify_regress_input(doc: Mapping[str, Any], method: str):
     if "context" in doc:
         request_input.example_list_with_context.context.CopyFrom(to_example(doc["context"]))
     if "examples" not in doc:
-        raise invalid(f"JSON Value: {_short(doc)} When method is {method}, key 'examples' is expected and was not found")
+        raise invalid(
+            f"JSON Value: {_short(doc)} When method is {method}, key 'examples' is expected and was not found"
+        )
     examples = doc["examples"]
     if not isinstance(examples, list):
         raise invalid(f"JSON Value: {_short(doc)} Expecting 'examples' value to be an list/array")
     if not examples:
         raise invalid(f"JSON Value: {_short(doc)} 'examples' value is an empty array")
     target = (
-        request_input.example_list_with_context.examples
-        if "context" in doc
-        else request_input.example_list.examples
+        request_input.example_list_with_context.examples if "context" in doc else request_input.example_list.examples
     )
     for obj in examples:
         target.add().CopyFrom(to_example(obj))

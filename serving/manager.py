@@ -165,7 +165,9 @@ class ModelManager:
                 log.warning(
                     "model %s: base path %s does not exist yet; serving nothing for it until a version "
                     "directory (e.g. %s/1/saved_model.pb) appears (push a model first)",
-                    entry.name, entry.base_path, entry.base_path,
+                    entry.name,
+                    entry.base_path,
+                    entry.base_path,
                 )
                 model.warned_missing = True
             on_disk = {}
@@ -221,9 +223,12 @@ class ModelManager:
             left = max(0, self.max_load_retries + 1 - slot.failures)
             log.warning(
                 "model %s: loading version %d failed (%s); %s",
-                name, version, error.message,
-                f"retrying on the next poll ({left} tries left unless its files change)" if left else
-                "not retrying until its files change",
+                name,
+                version,
+                error.message,
+                f"retrying on the next poll ({left} tries left unless its files change)"
+                if left
+                else "not retrying until its files change",
             )
             if self.metrics:
                 self.metrics.loads.labels(name, str(version), "error").inc()
@@ -238,7 +243,12 @@ class ModelManager:
             uuid = mlmd_uuid(path)
             if uuid is not None:
                 self.metrics.mlmd_map.labels(name, str(version), uuid).set(1)
-        log.info("model %s: version %d is available%s", name, version, f" (warmed up with {warmed} requests)" if warmed else "")
+        log.info(
+            "model %s: version %d is available%s",
+            name,
+            version,
+            f" (warmed up with {warmed} requests)" if warmed else "",
+        )
 
     def _begin_unload(self, model: _Model, slot: VersionSlot) -> None:
         """Under the lock: no new requests reach `slot`; a thread unloads it once its requests finish."""
@@ -279,9 +289,13 @@ class ModelManager:
             added = sorted(set(found) - set(self._discovered))
             removed = sorted(set(self._discovered) - set(found))
             if added or removed:
-                log.info("model discovery: %s", "; ".join(
-                    ([f"new model(s) {', '.join(added)}"] if added else []) + ([f"gone: {', '.join(removed)}"] if removed else [])
-                ))
+                log.info(
+                    "model discovery: %s",
+                    "; ".join(
+                        ([f"new model(s) {', '.join(added)}"] if added else [])
+                        + ([f"gone: {', '.join(removed)}"] if removed else [])
+                    ),
+                )
             self._discovered = found
             self._apply(self._effective())
 
@@ -321,8 +335,12 @@ class ModelManager:
                     slot = model.slots.get(version)
                     if slot is None or slot.state != AVAILABLE:
                         log.warning(
-                            "model %s: label %s stays on %s: version %d is not available (%s)", entry.name, label,
-                            old.get(label, "nothing"), version, slot.error.message if slot and slot.error else "not loaded",
+                            "model %s: label %s stays on %s: version %d is not available (%s)",
+                            entry.name,
+                            label,
+                            old.get(label, "nothing"),
+                            version,
+                            slot.error.message if slot and slot.error else "not loaded",
                         )
                         if label in old:
                             labels[label] = old[label]
@@ -330,13 +348,23 @@ class ModelManager:
                             del labels[label]
             if labels != entry.label_map:
                 wanted = set(entry.policy.versions) | set(labels.values())
-                policy = entry.policy if entry.policy.kind != "specific" else replace(entry.policy, versions=tuple(sorted(wanted)))
+                policy = (
+                    entry.policy
+                    if entry.policy.kind != "specific"
+                    else replace(entry.policy, versions=tuple(sorted(wanted)))
+                )
                 entry = replace(entry, labels=tuple(sorted(labels.items())), policy=policy)
             else:
                 for label, version in entry.labels:
                     if old.get(label) != version:
-                        log.info("model %s: label %s moved %s -> %d after version %d was loaded and warmed up",
-                                 entry.name, label, old.get(label, "nothing"), version, version)
+                        log.info(
+                            "model %s: label %s moved %s -> %d after version %d was loaded and warmed up",
+                            entry.name,
+                            label,
+                            old.get(label, "nothing"),
+                            version,
+                            version,
+                        )
             result.append(entry)
         return result
 
@@ -407,7 +435,9 @@ class ModelManager:
                 if slot.inflight == 0:
                     self._released.notify_all()
 
-    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[tuple[int, str, ServingError | None]]:
+    def status(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> list[tuple[int, str, ServingError | None]]:
         """(version, state, error) newest first, as GetModelStatus reports them.
 
         `label` is ignored, as in TF Serving: GetModelStatusWithModelSpec only looks at the version

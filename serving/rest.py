@@ -109,7 +109,11 @@ class RestApi:
         self.metrics.observe(model, version, api, "rest", code, seconds, tfs_api=tfs_api)
         if api in INFERENCE and self.service.router.active(model):
             self._route_log(model, api, label, version, seconds, code, doc, client_key, body)
-        return status, payload, version if code == "OK" and api in ("predict", "classify", "regress", "metadata") else None
+        return (
+            status,
+            payload,
+            version if code == "OK" and api in ("predict", "classify", "regress", "metadata") else None,
+        )
 
     def _route_log(self, model, api, label, version, seconds, code, doc, client_key, body) -> None:
         """With traffic controls on: logs the caller's answer, then hands a copy to the shadow label."""
@@ -122,9 +126,13 @@ class RestApi:
                 inputs = json.loads(body).get("instances")
             except (ValueError, AttributeError):
                 pass
-        router.record(model, request_id, "primary", "rest", api, label, version, seconds, error, doc, client_key, inputs)
+        router.record(
+            model, request_id, "primary", "rest", api, label, version, seconds, error, doc, client_key, inputs
+        )
         if label != router.shadow_label(model):
-            router.submit_shadow(model, request_id, "rest", api, lambda shadow: getattr(self, "_" + api)(model, None, shadow, body))
+            router.submit_shadow(
+                model, request_id, "rest", api, lambda shadow: getattr(self, "_" + api)(model, None, shadow, body)
+            )
 
     def _extra(self, name, version, sub) -> dict:
         entry = self.service.manager.entry(name)
@@ -152,7 +160,10 @@ class RestApi:
         as_dict = lambda m: json_format.MessageToDict(  # noqa: E731
             m, including_default_value_fields=True, preserving_proto_field_name=True
         )
-        return served, {"model_spec": as_dict(response.model_spec), "metadata": {"signature_def": as_dict(signature_map)}}
+        return served, {
+            "model_spec": as_dict(response.model_spec),
+            "metadata": {"signature_def": as_dict(signature_map)},
+        }
 
     def _predict(self, name, version, label, body):
         doc = json_codec.parse_body(body)
@@ -263,7 +274,9 @@ class _Base(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs):
         """Errors tornado raises itself (e.g. 405 for an unknown method) in JSON too, not HTML."""
         self.set_header("Content-Type", "application/json")
-        self.finish(json_codec.dumps({"error": f"{status_code} {self._reason}: {self.request.method} {self.request.path}"}))
+        self.finish(
+            json_codec.dumps({"error": f"{status_code} {self._reason}: {self.request.method} {self.request.path}"})
+        )
 
     def reply(self, status: int, payload: bytes):
         self.set_status(status)
@@ -291,7 +304,9 @@ class ApiHandler(_Base):
         )
         server.track(+1)
         try:
-            timeout = server.options.rest_api_timeout_in_ms / 1000 if server.options.rest_api_timeout_in_ms > 0 else None
+            timeout = (
+                server.options.rest_api_timeout_in_ms / 1000 if server.options.rest_api_timeout_in_ms > 0 else None
+            )
             status, payload, version = await asyncio.wait_for(asyncio.shield(call), timeout)
             if version is not None:
                 self.set_header(VERSION_HEADER, str(version))
@@ -352,7 +367,9 @@ class NotFoundHandler(_Base):
         super().prepare()
 
     def _not_found(self, *_):
-        self.reply(404, json_codec.dumps({"error": f"Not found: {self.request.path} (the REST API is under /v1/models/)"}))
+        self.reply(
+            404, json_codec.dumps({"error": f"Not found: {self.request.path} (the REST API is under /v1/models/)"})
+        )
 
     get = post = put = delete = patch = head = _not_found
 

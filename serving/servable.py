@@ -112,7 +112,9 @@ class _PreboundCall:
         if self._record.could_possibly_record():  # a gradient tape is watching: the ordinary call
             import tensorflow as tf
 
-            return self._function(**{k: tf.constant(v, dtype=tf.string if v.dtype.kind in "OSU" else None) for k, v in inputs.items()})
+            return self._function(
+                **{k: tf.constant(v, dtype=tf.string if v.dtype.kind in "OSU" else None) for k, v in inputs.items()}
+            )
         device = self._ctx.device_name
         tensor = self._eager_tensor
         args = [tensor(inputs[k], device, d) for k, d in zip(self._order, self._dtypes)]
@@ -184,9 +186,7 @@ class Servable:
             elif array.dtype != spec.dtype:  # no silent casts, as in TF Serving
                 raise invalid(f"Input '{key}' expects dtype {spec.dtype} but got {array.dtype}")
             if spec.shape is not None:
-                ok = len(spec.shape) == array.ndim and all(
-                    d < 0 or d == a for d, a in zip(spec.shape, array.shape)
-                )
+                ok = len(spec.shape) == array.ndim and all(d < 0 or d == a for d, a in zip(spec.shape, array.shape))
                 if not ok:
                     want = "[" + ",".join("?" if d < 0 else str(d) for d in spec.shape) + "]"
                     raise invalid(
@@ -204,7 +204,9 @@ class Servable:
             if signature.prebound is not None:
                 result = signature.prebound(inputs)
             else:
-                tensors = {k: tf.constant(v, dtype=tf.string if v.dtype.kind in "OSU" else None) for k, v in inputs.items()}
+                tensors = {
+                    k: tf.constant(v, dtype=tf.string if v.dtype.kind in "OSU" else None) for k, v in inputs.items()
+                }
                 result = signature.function(**tensors)
             return {k: v.numpy() for k, v in result.items()}
         except ServingError:

@@ -93,7 +93,9 @@ class ModelServer:
             if host not in LOOPBACK and not opts.auth_token:
                 log.warning(
                     "%s=%s accepts connections from other machines and no --auth_token is set: anyone who "
-                    "can reach this port can call the model", what, host,
+                    "can reach this port can call the model",
+                    what,
+                    host,
                 )
         if opts.model_config_file:
             self.service.router.load(sidecar_path(opts.model_config_file))
@@ -106,7 +108,9 @@ class ModelServer:
             try:
                 self.grpc_port = self._grpc.add_insecure_port(address)
             except RuntimeError as e:
-                raise OSError(f"cannot listen for gRPC on {address}: {e} (is another server using --port {opts.port}?)") from None
+                raise OSError(
+                    f"cannot listen for gRPC on {address}: {e} (is another server using --port {opts.port}?)"
+                ) from None
             if not self.grpc_port:
                 raise OSError(f"cannot listen for gRPC on {address} (is another server using --port {opts.port}?)")
             self._grpc.start()

@@ -61,9 +61,13 @@ def read_traffic(path: str) -> tuple[dict[str, ModelTraffic], str]:
         with open(path) as f:
             doc = json.load(f)
     except (OSError, ValueError) as e:
-        raise ServingConfigError(f"{path} is not valid JSON ({e}); fix it (see docs/serving.md, traffic controls)") from None
+        raise ServingConfigError(
+            f"{path} is not valid JSON ({e}); fix it (see docs/serving.md, traffic controls)"
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("models", {}), dict):
-        raise ServingConfigError(f'{path}: expected {{"models": {{MODEL: {{"split": {{LABEL: WEIGHT}}, "shadow": LABEL}}}}}}')
+        raise ServingConfigError(
+            f'{path}: expected {{"models": {{MODEL: {{"split": {{LABEL: WEIGHT}}, "shadow": LABEL}}}}}}'
+        )
     models = {}
     for name, spec in doc.get("models", {}).items():
         if not isinstance(spec, dict):
@@ -166,9 +170,30 @@ class Router:
             start = time.perf_counter()
             try:
                 version, outputs = call(label)
-                self.record(model, request_id, "shadow", protocol, api, label, version, time.perf_counter() - start, None, outputs)
+                self.record(
+                    model,
+                    request_id,
+                    "shadow",
+                    protocol,
+                    api,
+                    label,
+                    version,
+                    time.perf_counter() - start,
+                    None,
+                    outputs,
+                )
             except Exception as e:  # a failing shadow is logged, never seen by the caller
-                self.record(model, request_id, "shadow", protocol, api, label, None, time.perf_counter() - start, str(e) or type(e).__name__)
+                self.record(
+                    model,
+                    request_id,
+                    "shadow",
+                    protocol,
+                    api,
+                    label,
+                    None,
+                    time.perf_counter() - start,
+                    str(e) or type(e).__name__,
+                )
             finally:
                 with self._lock:
                     self._shadow_pending -= 1
@@ -181,18 +206,44 @@ class Router:
             return False
         return True
 
-    def record(self, model, request_id, role, protocol, api, label, version, seconds, error, outputs=None, key=None,
-               inputs=None) -> None:
+    def record(
+        self,
+        model,
+        request_id,
+        role,
+        protocol,
+        api,
+        label,
+        version,
+        seconds,
+        error,
+        outputs=None,
+        key=None,
+        inputs=None,
+    ) -> None:
         with self._lock:
             directory = self._log_dir
             if directory is None or model not in self._models:
                 return
-            line = json.dumps({
-                "time": round(time.time(), 6), "request_id": request_id, "model": model, "role": role,
-                "protocol": protocol, "api": api, "label": label, "version": version,
-                "latency_ms": round(seconds * 1000, 3), "ok": error is None, "error": error,
-                "client_key": key, "outputs": outputs, "inputs": inputs,
-            }, default=str)
+            line = json.dumps(
+                {
+                    "time": round(time.time(), 6),
+                    "request_id": request_id,
+                    "model": model,
+                    "role": role,
+                    "protocol": protocol,
+                    "api": api,
+                    "label": label,
+                    "version": version,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "ok": error is None,
+                    "error": error,
+                    "client_key": key,
+                    "outputs": outputs,
+                    "inputs": inputs,
+                },
+                default=str,
+            )
             f = self._files.get(model)
             if f is None:
                 os.makedirs(os.path.join(directory, model), exist_ok=True)

@@ -81,10 +81,21 @@ def mlpipe_serve(config: Path):
     with socket.socket() as s:  # `--rest_api_port 0` turns REST off: pick a free port
         s.bind(("127.0.0.1", 0))
         rest_port = s.getsockname()[1]
-    args = cli.build_parser().parse_args([
-        "serve", "--model_name", cfg.model_name, "--model_base_path", str(cfg.serving_model_dir),
-        "--port", "0", "--rest_api_port", str(rest_port), "--file_system_poll_wait_seconds", "0",
-    ])
+    args = cli.build_parser().parse_args(
+        [
+            "serve",
+            "--model_name",
+            cfg.model_name,
+            "--model_base_path",
+            str(cfg.serving_model_dir),
+            "--port",
+            "0",
+            "--rest_api_port",
+            str(rest_port),
+            "--file_system_poll_wait_seconds",
+            "0",
+        ]
+    )
     server = ModelServer(serving_cli.build_options(args)).start()
     try:
         yield server
@@ -102,9 +113,13 @@ def serve_three_ways(server, model_name: str, examples: list[dict], types: dict,
     raw_inputs = set(sigs["serving_raw"]["inputs"])
     assert raw_inputs == {k for k in types if k not in raw_label_keys}
 
-    raw = requests.post(url + ":predict", json={
-        "signature_name": "serving_raw", "instances": [{k: r[k] for k in raw_inputs} for r in examples],
-    })
+    raw = requests.post(
+        url + ":predict",
+        json={
+            "signature_name": "serving_raw",
+            "instances": [{k: r[k] for k in raw_inputs} for r in examples],
+        },
+    )
     assert raw.status_code == 200, raw.text
     by_raw = np.array(raw.json()["predictions"], dtype=float).reshape(len(examples), -1)
 

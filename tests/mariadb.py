@@ -25,7 +25,8 @@ USER = "mlpipe"
 def _binary(*names: str) -> str | None:
     for name in names:
         found = shutil.which(name) or next(
-            (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None)
+            (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+        )
         if found:
             return found
     return None
@@ -49,10 +50,20 @@ class MariaDB:
 
     def start(self) -> None:
         server = _binary("mariadbd", "mysqld")
-        args = [server, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket_path}",
-                "--bind-address=127.0.0.1", f"--port={self.port}", f"--pid-file={self.datadir}/mysqld.pid",
-                f"--log-error={self.datadir}/error.log", "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
-                "--performance-schema=OFF", "--skip-log-bin"]
+        args = [
+            server,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--socket={self.socket_path}",
+            "--bind-address=127.0.0.1",
+            f"--port={self.port}",
+            f"--pid-file={self.datadir}/mysqld.pid",
+            f"--log-error={self.datadir}/error.log",
+            "--skip-name-resolve",
+            "--innodb-buffer-pool-size=32M",
+            "--performance-schema=OFF",
+            "--skip-log-bin",
+        ]
         if os.geteuid() == 0:  # mariadbd refuses root unless told; it still runs only our own tmp data dir
             args.append("--user=root")
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,8 +110,10 @@ class MariaDB:
 
     def metadata_table(self, database: str, password_env: str = "MLPIPE_TEST_DB_PASSWORD") -> str:
         """The [metadata] TOML section pointing at `database` (the password comes from `password_env`)."""
-        return (f'[metadata]\nbackend = "mysql"\nhost = "127.0.0.1"\nport = {self.port}\n'
-                f'database = "{database}"\nuser = "{USER}"\npassword_env = "{password_env}"\n')
+        return (
+            f'[metadata]\nbackend = "mysql"\nhost = "127.0.0.1"\nport = {self.port}\n'
+            f'database = "{database}"\nuser = "{USER}"\npassword_env = "{password_env}"\n'
+        )
 
 
 def start(datadir: Path) -> MariaDB:
@@ -109,8 +122,13 @@ def start(datadir: Path) -> MariaDB:
     if install is None or _binary("mariadbd", "mysqld") is None:
         pytest.skip("MariaDB is not installed (run tools/test-services.sh, which apt-get installs mariadb-server)")
     datadir.mkdir(parents=True, exist_ok=True)
-    args = [install, "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
-            "--skip-test-db"]
+    args = [
+        install,
+        "--no-defaults",
+        f"--datadir={datadir}",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
+    ]
     if os.geteuid() == 0:
         args.append("--user=root")
     done = subprocess.run(args, capture_output=True, text=True)

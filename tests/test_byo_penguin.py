@@ -2,7 +2,6 @@
 on the Palmer penguins data of the `palmerpenguins` package, a 3-class problem. The dataset is described by
 data alone: `mlpipe schema` infers a schema once, the config pins it (column types and dense shapes)."""
 
-
 import numpy as np
 import pytest
 
@@ -37,22 +36,32 @@ def write_penguins_csv(dest_dir):
 def penguin(tmp_path_factory):
     root = tmp_path_factory.mktemp("penguin")
     data = write_penguins_csv(root / "data")
-    code, out, err = run_cli("schema", "--data-root", str(data), "--infer-feature-shape", "-o", str(root / "schema.pbtxt"))
+    code, out, err = run_cli(
+        "schema", "--data-root", str(data), "--infer-feature-shape", "-o", str(root / "schema.pbtxt")
+    )
     assert code == 0, out + err
-    config = byo.write_config(root / "mlpipe.toml", {"pipeline_name": "penguin", "model_name": MODEL_NAME, "workspace": "ws"}, {
-        "data": {"root": "data", "schema": "schema.pbtxt", "infer_feature_shape": True},
-        "training": {"train_steps": 30, "eval_steps": 5},
-        "model": {
-            "module_file": str(MODULE),
-            "label_key": "species_xf",
-            "raw_label_keys": ["species"],
-            "output": "logits",  # the module's last layer is Dense(3) trained with from_logits=True
-            "slice_features": [],
-            "metrics": ["example_count", "sparse_categorical_accuracy"],
+    config = byo.write_config(
+        root / "mlpipe.toml",
+        {"pipeline_name": "penguin", "model_name": MODEL_NAME, "workspace": "ws"},
+        {
+            "data": {"root": "data", "schema": "schema.pbtxt", "infer_feature_shape": True},
+            "training": {"train_steps": 30, "eval_steps": 5},
+            "model": {
+                "module_file": str(MODULE),
+                "label_key": "species_xf",
+                "raw_label_keys": ["species"],
+                "output": "logits",  # the module's last layer is Dense(3) trained with from_logits=True
+                "slice_features": [],
+                "metrics": ["example_count", "sparse_categorical_accuracy"],
+            },
+            "evaluation": {
+                "value_metric": "sparse_categorical_accuracy",
+                "value_lower_bound": 0.1,
+                "change_metric": "sparse_categorical_accuracy",
+                "change_tolerance": 1.0,
+            },
         },
-        "evaluation": {"value_metric": "sparse_categorical_accuracy", "value_lower_bound": 0.1,
-                       "change_metric": "sparse_categorical_accuracy", "change_tolerance": 1.0},
-    })
+    )
     first = run_cli("run", "--config", str(config))
     second = run_cli("run", "--config", str(config), "--train-steps", "31")
     return root, config, out, first, second

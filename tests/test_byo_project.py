@@ -31,7 +31,9 @@ def scaffolded(tmp_path_factory):
     (project / "models" / "__init__.py").write_text("")
     (project / "models" / "sizes.py").write_text("HIDDEN_UNITS = 16\n")
     module = project / "model.py"
-    text = module.read_text().replace("from tfx_bsl.public import tfxio", "from tfx_bsl.public import tfxio\n\nfrom models import sizes")
+    text = module.read_text().replace(
+        "from tfx_bsl.public import tfxio", "from tfx_bsl.public import tfxio\n\nfrom models import sizes"
+    )
     module.write_text(text.replace("keras.layers.Dense(16,", "keras.layers.Dense(sizes.HIDDEN_UNITS,"))
     run = run_cli("run", "--config", str(project / "mlpipe.toml"), "--train-steps", "20", "--eval-steps", "5")
     return project, init, run
@@ -68,7 +70,9 @@ def test_a_model_the_contract_cannot_wrap_fails_the_run_with_one_line(scaffolded
     module = project / "model.py"
     saved = "    tf.saved_model.save(model, fn_args.serving_model_dir)"
     assert saved in module.read_text()
-    module.write_text(module.read_text().replace(saved, "    tf.saved_model.save(tf.Module(), fn_args.serving_model_dir)"))
+    module.write_text(
+        module.read_text().replace(saved, "    tf.saved_model.save(tf.Module(), fn_args.serving_model_dir)")
+    )
     before = sorted((project / "workspace" / "serving_model" / "proj").iterdir())
     code, out, err = run_cli("run", "--config", str(project / "mlpipe.toml"), "--train-steps", "5", "--eval-steps", "2")
     assert code == 1
@@ -83,8 +87,10 @@ def test_user_models_package_does_not_shadow_mlpipe_or_get_shadowed(tmp_path):
     (tmp_path / "models" / "features.py").write_text("LABEL = 'mine'\n")
     (tmp_path / "models.py").write_text("")  # even a module file named like the package is fine
     module = tmp_path / "module.py"
-    module.write_text("from models.features import LABEL\n\ndef preprocessing_fn(inputs):\n    return inputs\n\n"
-                      "def run_fn(fn_args):\n    return LABEL\n")
+    module.write_text(
+        "from models.features import LABEL\n\ndef preprocessing_fn(inputs):\n    return inputs\n\n"
+        "def run_fn(fn_args):\n    return LABEL\n"
+    )
     loaded = user_code.load_module_file(module)
     assert loaded.LABEL == "mine"
     assert loaded.__name__.startswith("_mlpipe_user_")
@@ -119,7 +125,10 @@ def test_module_without_run_fn_fails_before_anything_runs(tmp_path, taxi_slice):
         ({"slice_features": ["island"]}, "model.slice_features: 'island' not a column of the data"),
         ({"raw_label_keys": ["tip"]}, "model.raw_label_keys: 'tip' not a column of the data"),
         ({"task": "ranking"}, "model.task: must be one of classification, regression"),
-        ({"prediction_key": "outputs"}, "model.prediction_key: the serving contract's serving_default outputs 'scores'"),
+        (
+            {"prediction_key": "outputs"},
+            "model.prediction_key: the serving contract's serving_default outputs 'scores'",
+        ),
     ],
 )
 def test_model_settings_errors_are_one_line_naming_the_setting(tmp_path, taxi_slice, model, message):
@@ -133,10 +142,14 @@ def test_header_check_uses_the_declared_columns(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "d.csv").write_text("a,b\n1,2\n")
-    config = byo.write_config(tmp_path / "c.toml", {"workspace": str(tmp_path / "ws")}, {
-        "data": {"root": str(data), "columns": {"a": "int", "c": "float"}},
-        "model": {"raw_label_keys": [], "slice_features": []},
-    })
+    config = byo.write_config(
+        tmp_path / "c.toml",
+        {"workspace": str(tmp_path / "ws")},
+        {
+            "data": {"root": str(data), "columns": {"a": "int", "c": "float"}},
+            "model": {"raw_label_keys": [], "slice_features": []},
+        },
+    )
     code, _, err = run_cli("run", "--config", str(config))
     assert code == 2
     assert "missing column(s) c; unexpected column(s) b (the columns come from [data.columns] in the config)" in err

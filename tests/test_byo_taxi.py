@@ -16,8 +16,13 @@ from tests.conftest import run_cli
 
 MODULE = byo.TFX_EXAMPLES / "chicago_taxi_pipeline" / "taxi_utils_native_keras.py"
 # CsvExampleGen's inference on the taxi data (what TFX's module expects: integer codes, not strings).
-TFX_TYPES = {**features.COLUMN_TYPES, **{k: "int" for k in (
-    "pickup_community_area", "dropoff_community_area", "pickup_census_tract", "dropoff_census_tract")}}
+TFX_TYPES = {
+    **features.COLUMN_TYPES,
+    **{
+        k: "int"
+        for k in ("pickup_community_area", "dropoff_community_area", "pickup_census_tract", "dropoff_census_tract")
+    },
+}
 MODEL_NAME = "tfxtaxi"
 PIPELINE = "tfx-taxi"
 STEPS = ["--train-steps", "20", "--eval-steps", "5"]
@@ -32,11 +37,15 @@ def project(tmp_path, data_root, **model_overrides):
         "metrics": ["example_count", "auc", "binary_accuracy"],
         **model_overrides,
     }
-    return byo.write_config(tmp_path / "mlpipe.toml", {"pipeline_name": PIPELINE, "model_name": MODEL_NAME, "workspace": "ws"}, {
-        "data": {"root": str(data_root), "columns": TFX_TYPES},
-        "evaluation": {"value_lower_bound": 0.1, "change_tolerance": 1.0},
-        "model": model,
-    })
+    return byo.write_config(
+        tmp_path / "mlpipe.toml",
+        {"pipeline_name": PIPELINE, "model_name": MODEL_NAME, "workspace": "ws"},
+        {
+            "data": {"root": str(data_root), "columns": TFX_TYPES},
+            "evaluation": {"value_lower_bound": 0.1, "change_tolerance": 1.0},
+            "model": model,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,9 @@ def test_pushed_model_has_the_contract_through_mlpipe_serve(tfx_taxi, taxi_slice
     workspace, config, _, _ = tfx_taxi
     rows = byo.rows(taxi_slice / "data.csv", TFX_TYPES, 4, skip=("tips",))
     with byo.mlpipe_serve(config) as server:
-        by_raw, by_classify, by_b64 = byo.serve_three_ways(server, MODEL_NAME, rows, TFX_TYPES, raw_label_keys=("tips",))
+        by_raw, by_classify, by_b64 = byo.serve_three_ways(
+            server, MODEL_NAME, rows, TFX_TYPES, raw_label_keys=("tips",)
+        )
     assert by_raw.shape == (4, 1) and np.all((by_raw >= 0) & (by_raw <= 1))
     np.testing.assert_allclose(by_classify, by_raw, rtol=1e-4)
     np.testing.assert_allclose(by_b64, by_raw, rtol=1e-4)
@@ -116,7 +127,10 @@ def test_a_label_key_the_transformed_examples_lack_names_the_setting(tfx_taxi, t
     config = project(tmp_path, taxi_slice, label_key="big_tipper")  # mlpipe's label, not this module's
     code, out, err = run_cli("run", "--config", str(config), *STEPS)
     assert code == 1
-    assert "Result: FAILED at Trainer: model.label_key: 'big_tipper' is not among the transformed examples' features" in out
+    assert (
+        "Result: FAILED at Trainer: model.label_key: 'big_tipper' is not among the transformed examples' features"
+        in out
+    )
     assert "tips_xf" in out and "set model.label_key" in out
 
 
@@ -147,7 +161,9 @@ def test_a_regression_model_gets_a_regress_signature(tfx_taxi, taxi_slice, tmp_p
 
     from models import signatures
 
-    graph = tft.TFTransformOutput(str(next((tfx_taxi[0] / "pipeline_root" / "Transform" / "transform_graph").iterdir())))
+    graph = tft.TFTransformOutput(
+        str(next((tfx_taxi[0] / "pipeline_root" / "Transform" / "transform_graph").iterdir()))
+    )
     inputs = {k: tf.keras.Input(shape=(1,), name=k) for k in ("fare_xf", "trip_miles_xf")}
     model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(tf.keras.layers.concatenate(list(inputs.values()))))
     export = tmp_path / "export"

@@ -38,8 +38,7 @@ def commands(parser=None, path=()):
 
 
 def flags(parser) -> list[tuple[str, ...]]:
-    return [tuple(a.option_strings) for a in parser._actions
-            if a.option_strings and "--help" not in a.option_strings]
+    return [tuple(a.option_strings) for a in parser._actions if a.option_strings and "--help" not in a.option_strings]
 
 
 def exercised_words() -> set[str]:
@@ -60,17 +59,27 @@ def exercised_words() -> set[str]:
 # Flags whose effect this module checks through the code the command calls (see below).
 # A real TFX module file (config checks that it exists): TFX's own taxi module, from the installed package.
 TFX_TAXI_MODULE = str(
-    Path(importlib.util.find_spec("tfx").origin).parent / "examples" / "chicago_taxi_pipeline" / "taxi_utils_native_keras.py"
+    Path(importlib.util.find_spec("tfx").origin).parent
+    / "examples"
+    / "chicago_taxi_pipeline"
+    / "taxi_utils_native_keras.py"
 )
 PIPELINE_KNOBS = {  # flag: (value, config key)
-    "--data-root": ("/tmp/some-data", "data.root"), "--schema": (None, "data.schema"),
-    "--train-steps": ("7", "training.train_steps"), "--eval-steps": ("3", "training.eval_steps"),
+    "--data-root": ("/tmp/some-data", "data.root"),
+    "--schema": (None, "data.schema"),
+    "--train-steps": ("7", "training.train_steps"),
+    "--eval-steps": ("3", "training.eval_steps"),
     "--value-threshold": ("0.5", "evaluation.value_lower_bound"),
     "--change-tolerance": ("0.2", "evaluation.change_tolerance"),
-    "--beam-runner": ("direct", "beam.runner"), "--direct-running-mode": ("multi_processing", "beam.direct_running_mode"),
-    "--direct-num-workers": ("0", "beam.direct_num_workers"), "--beam-arg": ("--max_num_records=5", "beam.extra_args"),
-    "--no-cache": (None, "enable_cache"), "--config": (None, None), "--workspace": ("/tmp/ws-x", "workspace"),
-    "--module-file": (TFX_TAXI_MODULE, "model.module_file"), "--label-key": ("tips_xf", "model.label_key"),
+    "--beam-runner": ("direct", "beam.runner"),
+    "--direct-running-mode": ("multi_processing", "beam.direct_running_mode"),
+    "--direct-num-workers": ("0", "beam.direct_num_workers"),
+    "--beam-arg": ("--max_num_records=5", "beam.extra_args"),
+    "--no-cache": (None, "enable_cache"),
+    "--config": (None, None),
+    "--workspace": ("/tmp/ws-x", "workspace"),
+    "--module-file": (TFX_TAXI_MODULE, "model.module_file"),
+    "--label-key": ("tips_xf", "model.label_key"),
 }
 SERVE_FLAGS = {  # flag: (value, ServerOptions attribute path, expected)
     "--model_name": ("cabs", lambda o: o.models[0].name, "cabs"),
@@ -107,7 +116,8 @@ def test_every_command_and_flag_is_exercised():
             missing.append(f"mlpipe {' '.join(path)} (the command)")
         for options in flags(parser):
             checked_here = (path[0] in ("run", "retrain", "compile") and options[0] in PIPELINE_KNOBS) or (
-                path[0] == "serve" and options[0] in SERVE_FLAGS)
+                path[0] == "serve" and options[0] in SERVE_FLAGS
+            )
             if not checked_here and not any(o in words for o in options):
                 missing.append(f"mlpipe {' '.join(path)} {options[-1]}")
     assert not missing, "commands and flags no test exercises:\n" + "\n".join(missing)
@@ -133,9 +143,14 @@ def test_pipeline_knob_flags_reach_the_config(command, tmp_path):
             continue
         section, _, leaf = key.rpartition(".")
         actual = got[section][leaf] if section else got[leaf]
-        expected = {"beam.extra_args": (value,), "training.train_steps": 7, "training.eval_steps": 3,
-                    "evaluation.value_lower_bound": 0.5, "evaluation.change_tolerance": 0.2,
-                    "beam.direct_num_workers": 0}.get(key, value)
+        expected = {
+            "beam.extra_args": (value,),
+            "training.train_steps": 7,
+            "training.eval_steps": 3,
+            "evaluation.value_lower_bound": 0.5,
+            "evaluation.change_tolerance": 0.2,
+            "beam.direct_num_workers": 0,
+        }.get(key, value)
         assert actual == expected, (flag, actual)
     assert config.data.schema == str(schema) and config.enable_cache is False
     assert config.pipeline_name == "from-file"  # --config was read
@@ -153,24 +168,68 @@ def test_serve_flags_reach_the_server_options(tmp_path):
 
 def test_ingest_first_span_and_force(taxi_slice, tmp_path):
     source = str(taxi_slice / "data.csv")
-    code, out, err = run_cli("ingest", source, "--data-root", str(tmp_path / "s"), "--by", "quarter",
-                             "--first-span", "5", "--limit", "2", "--json")
+    code, out, err = run_cli(
+        "ingest",
+        source,
+        "--data-root",
+        str(tmp_path / "s"),
+        "--by",
+        "quarter",
+        "--first-span",
+        "5",
+        "--limit",
+        "2",
+        "--json",
+    )
     assert code == 0, err
     assert [s["span"] for s in json.loads(out)["spans"]] == [5, 6]
-    code, _, err = run_cli("ingest", source, "--data-root", str(tmp_path / "s"), "--by", "quarter", "--first-span", "5",
-                           "--limit", "1")
+    code, _, err = run_cli(
+        "ingest", source, "--data-root", str(tmp_path / "s"), "--by", "quarter", "--first-span", "5", "--limit", "1"
+    )
     assert code == 2 and "already exist" in err and "--force" in err
-    code, out, err = run_cli("ingest", source, "--data-root", str(tmp_path / "s"), "--by", "quarter", "--first-span", "5",
-                             "--limit", "1", "--force", "--dry-run", "--json")
+    code, out, err = run_cli(
+        "ingest",
+        source,
+        "--data-root",
+        str(tmp_path / "s"),
+        "--by",
+        "quarter",
+        "--first-span",
+        "5",
+        "--limit",
+        "1",
+        "--force",
+        "--dry-run",
+        "--json",
+    )
     assert code == 0 and json.loads(out)["spans"][0]["action"] == "overwrite", err
 
 
 def test_compile_deploy_flags_land_in_the_compiled_job(tmp_path):
     code, out, err = run_cli(
-        "compile", "--target", "vertex", "--output", str(tmp_path / "job.json"), "--workspace", str(tmp_path / "ws"),
-        "--image", "example.com/mlpipe:1", "--pipeline-root", "gs://b/root", "--deploy-data-root", "gs://b/taxi",
-        "--serving-model-dir", "gs://b/models/taxi", "--schedule", "0 3 * * *", "--project", "p1", "--region",
-        "europe-west4", "--verbose", "--json",
+        "compile",
+        "--target",
+        "vertex",
+        "--output",
+        str(tmp_path / "job.json"),
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--image",
+        "example.com/mlpipe:1",
+        "--pipeline-root",
+        "gs://b/root",
+        "--deploy-data-root",
+        "gs://b/taxi",
+        "--serving-model-dir",
+        "gs://b/models/taxi",
+        "--schedule",
+        "0 3 * * *",
+        "--project",
+        "p1",
+        "--region",
+        "europe-west4",
+        "--verbose",
+        "--json",
     )
     assert code == 0, err
     compiled = json.loads(out)
@@ -196,11 +255,29 @@ def test_served_traffic_logged_then_monitored_with_all_and_version(first_run, ta
     version = max(int(p.name) for p in (ws / "serving_model" / "taxi").iterdir() if p.name.isdigit())
     logs, rest, grpc_port = tmp_path / "request-logs", free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "--workspace", str(ws), "--rest_api_port", str(rest),
-         "--port", str(grpc_port), "--request_log_sampling_rate", "1", "--request_log_dir", str(logs),
-         "--log_level", "WARNING"],
-        cwd=REPO, env=docs_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "serve",
+            "--workspace",
+            str(ws),
+            "--rest_api_port",
+            str(rest),
+            "--port",
+            str(grpc_port),
+            "--request_log_sampling_rate",
+            "1",
+            "--request_log_dir",
+            str(logs),
+            "--log_level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        env=docs_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 180
@@ -213,9 +290,22 @@ def test_served_traffic_logged_then_monitored_with_all_and_version(first_run, ta
         cast = {"int": int, "float": float, "string": str}
         with open(taxi_slice / "data.csv") as f:
             rows = [r for _, r in zip(range(150), csv.DictReader(f))]
-        instances = [{k: (cast[features.COLUMN_TYPES[k]](r[k]) if r[k] != "" else ("" if features.COLUMN_TYPES[k] == "string" else float("nan")))
-                      for k in features.MODEL_FEATURES} for r in rows]
-        instances = [i for i in instances if all(i[k] == i[k] for k in ("trip_start_hour", "trip_start_day", "trip_start_month", "trip_seconds"))]
+        instances = [
+            {
+                k: (
+                    cast[features.COLUMN_TYPES[k]](r[k])
+                    if r[k] != ""
+                    else ("" if features.COLUMN_TYPES[k] == "string" else float("nan"))
+                )
+                for k in features.MODEL_FEATURES
+            }
+            for r in rows
+        ]
+        instances = [
+            i
+            for i in instances
+            if all(i[k] == i[k] for k in ("trip_start_hour", "trip_start_day", "trip_start_month", "trip_seconds"))
+        ]
         body = json.dumps({"signature_name": "serving_raw", "instances": instances})
         r = requests.post(f"http://127.0.0.1:{rest}/v1/models/taxi:predict", data=body, timeout=60)
         assert r.status_code == 200, r.text
@@ -223,8 +313,19 @@ def test_served_traffic_logged_then_monitored_with_all_and_version(first_run, ta
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "INFO" not in err, err  # --log_level WARNING
-    code, out, err = run_cli("monitor", "--workspace", str(ws), "--log-dir", str(logs), "--since", "1h",
-                             "--version", str(version), "--all", "--no-notify")
+    code, out, err = run_cli(
+        "monitor",
+        "--workspace",
+        str(ws),
+        "--log-dir",
+        str(logs),
+        "--since",
+        "1h",
+        "--version",
+        str(version),
+        "--all",
+        "--no-notify",
+    )
     assert code in (0, 3), out + err
     assert f"version {version}: 1 request(s), {len(instances)} example(s)" in out
     assert "other check(s) within their thresholds" not in out  # --all lists every check

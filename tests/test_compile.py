@@ -42,15 +42,42 @@ def compiled(tmp_path_factory):
     (tmp / "vertex.toml").write_text(VERTEX_TOML)
     ws = str(tmp / "ws")
     code, out, err = run_cli(
-        "compile", "--target", "vertex", "-o", str(tmp / "out" / "vertex.json"),
-        "--config", str(tmp / "vertex.toml"), "--workspace", ws, "--json",
+        "compile",
+        "--target",
+        "vertex",
+        "-o",
+        str(tmp / "out" / "vertex.json"),
+        "--config",
+        str(tmp / "vertex.toml"),
+        "--workspace",
+        ws,
+        "--json",
     )
     assert code == 0, err
     vertex = json.loads(out)
     code, out, err = run_cli(
-        "compile", "--target", "kubeflow", "-o", str(tmp / "kfp.yaml"), "--workspace", ws, "--json",
-        "--image", IMAGE, "--pipeline-root", ROOT, "--deploy-data-root", DATA, "--train-steps", "77",
-        "--direct-running-mode", "multi_processing", "--direct-num-workers", "0", "--schedule", "30 2 * * 1",
+        "compile",
+        "--target",
+        "kubeflow",
+        "-o",
+        str(tmp / "kfp.yaml"),
+        "--workspace",
+        ws,
+        "--json",
+        "--image",
+        IMAGE,
+        "--pipeline-root",
+        ROOT,
+        "--deploy-data-root",
+        DATA,
+        "--train-steps",
+        "77",
+        "--direct-running-mode",
+        "multi_processing",
+        "--direct-num-workers",
+        "0",
+        "--schedule",
+        "30 2 * * 1",
     )
     assert code == 0, err
     kfp_result = json.loads(out)
@@ -89,22 +116,31 @@ def test_vertex_job_loads_with_kfp_proto_and_carries_config(compiled):
     spec = _spec_from_vertex(path)
     assert spec.pipeline_info.name == "mlpipe-test"
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
-    images = {e.struct_value.fields["container"].struct_value.fields["image"].string_value
-              for e in executors.values() if "container" in e.struct_value.fields}
+    images = {
+        e.struct_value.fields["container"].struct_value.fields["image"].string_value
+        for e in executors.values()
+        if "container" in e.struct_value.fields
+    }
     assert images == {IMAGE}
     assert json.loads(_param(spec, "Trainer", "train_args")) == {"num_steps": 123}
     assert _param(spec, "CsvExampleGen", "input_base") == DATA
     push = json.loads(_param(spec, "Pusher", "push_destination"))
     assert push["filesystem"]["base_directory"] == f"{ROOT}/serving_model/taxi"
-    transform_args = list(executors["Transform_executor"].struct_value.fields["container"]
-                          .struct_value.fields["args"].list_value.values)
+    transform_args = list(
+        executors["Transform_executor"].struct_value.fields["container"].struct_value.fields["args"].list_value.values
+    )
     beam_args = [v.string_value for v in transform_args]
-    expected = ["--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
-                "--temp_location=gs://my-bucket/tmp", f"--sdk_container_image={IMAGE}"]
+    expected = [
+        "--runner=DataflowRunner",
+        "--project=my-project",
+        "--region=europe-west4",
+        "--temp_location=gs://my-bucket/tmp",
+        f"--sdk_container_image={IMAGE}",
+    ]
     # The summary reports exactly the Beam args from [beam], and the Transform container gets
     # them, in that order, after the executor's own arguments.
     assert vertex["beam_args"] == expected
-    assert beam_args[-len(expected):] == expected
+    assert beam_args[-len(expected) :] == expected
 
 
 def test_vertex_sdk_accepts_the_job_offline(compiled):
@@ -113,8 +149,12 @@ def test_vertex_sdk_accepts_the_job_offline(compiled):
 
     _, path, _, _, _ = compiled
     job = aiplatform.PipelineJob(
-        display_name="mlpipe-test", template_path=str(path), pipeline_root=ROOT,
-        project="my-project", location="europe-west4", credentials=AnonymousCredentials(),
+        display_name="mlpipe-test",
+        template_path=str(path),
+        pipeline_root=ROOT,
+        project="my-project",
+        location="europe-west4",
+        credentials=AnonymousCredentials(),
     )
     assert job._gca_resource.runtime_config.gcs_output_directory == ROOT
 
@@ -143,8 +183,13 @@ def test_kubeflow_spec_loads_with_kfp_client_loader(compiled):
     assert spec.default_pipeline_root == ROOT
     assert json.loads(_param(spec, "Trainer", "train_args")) == {"num_steps": 77}
     executors = spec.deployment_spec.fields["executors"].struct_value.fields
-    args = [v.string_value for v in executors["StatisticsGen_executor"].struct_value.fields["container"]
-            .struct_value.fields["args"].list_value.values]
+    args = [
+        v.string_value
+        for v in executors["StatisticsGen_executor"]
+        .struct_value.fields["container"]
+        .struct_value.fields["args"]
+        .list_value.values
+    ]
     assert "--direct_running_mode=multi_processing" in args and "--direct_num_workers=0" in args
     assert kfp_result["image"] == IMAGE and kfp_result["target"] == "kubeflow"
 
@@ -171,20 +216,37 @@ def test_schedules_match_the_sdks(compiled, tmp_path):
     assert {"experiment_id", "job_name", "cron_expression", "pipeline_package_path"} <= set(kparams)
 
 
-@pytest.mark.parametrize("argv, key", [
-    (["--pipeline-root", ROOT, "--deploy-data-root", DATA], "deploy.image"),
-    (["--image", IMAGE, "--deploy-data-root", DATA], "deploy.pipeline_root"),
-    (["--image", IMAGE, "--pipeline-root", ROOT], "deploy.data_root"),
-    (["--image", IMAGE, "--pipeline-root", "relative/root", "--deploy-data-root", DATA], "deploy.pipeline_root"),
-    (["--image", IMAGE, "--pipeline-root", ROOT, "--deploy-data-root", DATA, "--schedule", "0 3 * *"],
-     "deploy.schedule"),
-    (["--image", IMAGE, "--pipeline-root", ROOT, "--deploy-data-root", DATA, "--beam-runner", "flink",
-      "--direct-running-mode", "multi_processing"], "beam.direct_running_mode"),
-])
+@pytest.mark.parametrize(
+    "argv, key",
+    [
+        (["--pipeline-root", ROOT, "--deploy-data-root", DATA], "deploy.image"),
+        (["--image", IMAGE, "--deploy-data-root", DATA], "deploy.pipeline_root"),
+        (["--image", IMAGE, "--pipeline-root", ROOT], "deploy.data_root"),
+        (["--image", IMAGE, "--pipeline-root", "relative/root", "--deploy-data-root", DATA], "deploy.pipeline_root"),
+        (
+            ["--image", IMAGE, "--pipeline-root", ROOT, "--deploy-data-root", DATA, "--schedule", "0 3 * *"],
+            "deploy.schedule",
+        ),
+        (
+            [
+                "--image",
+                IMAGE,
+                "--pipeline-root",
+                ROOT,
+                "--deploy-data-root",
+                DATA,
+                "--beam-runner",
+                "flink",
+                "--direct-running-mode",
+                "multi_processing",
+            ],
+            "beam.direct_running_mode",
+        ),
+    ],
+)
 def test_missing_or_bad_setting_is_a_usage_error_naming_the_key(compiled, tmp_path, argv, key):
     out_file = tmp_path / "p.json"
-    code, out, err = run_cli("compile", "--target", "vertex", "-o", str(out_file),
-                             "--workspace", compiled[4], *argv)
+    code, out, err = run_cli("compile", "--target", "vertex", "-o", str(out_file), "--workspace", compiled[4], *argv)
     assert code == 2
     assert err.startswith(f"mlpipe: config error: {key}:"), err
     assert len(err.strip().splitlines()) == 1
@@ -192,9 +254,21 @@ def test_missing_or_bad_setting_is_a_usage_error_naming_the_key(compiled, tmp_pa
 
 
 def test_kubeflow_needs_a_yaml_package(compiled, tmp_path):
-    code, _, err = run_cli("compile", "--target", "kubeflow", "-o", str(tmp_path / "p.json"),
-                           "--workspace", compiled[4], "--image", IMAGE, "--pipeline-root", ROOT,
-                           "--deploy-data-root", DATA)
+    code, _, err = run_cli(
+        "compile",
+        "--target",
+        "kubeflow",
+        "-o",
+        str(tmp_path / "p.json"),
+        "--workspace",
+        compiled[4],
+        "--image",
+        IMAGE,
+        "--pipeline-root",
+        ROOT,
+        "--deploy-data-root",
+        DATA,
+    )
     assert code == 2 and "-o: kfp.Client reads .yaml" in err and "p.yaml" in err
 
 
@@ -202,8 +276,22 @@ def test_span_layout_is_refused_naming_data_root(compiled, tmp_path):
     from tests.conftest import write_taxi_slice
 
     write_taxi_slice(tmp_path / "spans" / "span-1", rows=10)
-    code, _, err = run_cli("compile", "--target", "vertex", "-o", str(tmp_path / "p.json"),
-                           "--workspace", compiled[4], "--image", IMAGE, "--pipeline-root", ROOT,
-                           "--data-root", str(tmp_path / "spans"), "--deploy-data-root", DATA)
+    code, _, err = run_cli(
+        "compile",
+        "--target",
+        "vertex",
+        "-o",
+        str(tmp_path / "p.json"),
+        "--workspace",
+        compiled[4],
+        "--image",
+        IMAGE,
+        "--pipeline-root",
+        ROOT,
+        "--data-root",
+        str(tmp_path / "spans"),
+        "--deploy-data-root",
+        DATA,
+    )
     assert code == 2 and err.startswith("mlpipe: config error: data.root:") and "span layout" in err
     assert not (tmp_path / "p.json").exists()

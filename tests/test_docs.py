@@ -51,12 +51,21 @@ NOT_RUN_HERE = [
     ("make run", "the whole pipeline on 15k rows; CI runs it after make test and checks the push", ".ci/run"),
     ("docker ", "no Docker engine on the test machines", "Dockerfile is not built here (docs/scale-out.md)"),
     ("mlpipe retrain --data-root spans", "a full pipeline run per call", "tests/test_retrain.py (retrain on spans)"),
-    ("0 * * * *", "a crontab line: its command runs under cron on a server",
-     "retrain --wait: tests/test_new_user.py; monitor --since/--retrain: tests/test_monitor.py"),
-    ("mlpipe monitor --workspace ws --since 5h --until 4h", "needs hours-old logged traffic",
-     "tests/test_monitor.py writes such traffic and runs monitor with --since/--until"),
-    ("mlpipe run --config block.toml ...", "elided arguments: the hand check docs/monitoring.md describes",
-     "tests/test_monitor.py (the drift gate's comparison, strategy and wiring)"),
+    (
+        "0 * * * *",
+        "a crontab line: its command runs under cron on a server",
+        "retrain --wait: tests/test_new_user.py; monitor --since/--retrain: tests/test_monitor.py",
+    ),
+    (
+        "mlpipe monitor --workspace ws --since 5h --until 4h",
+        "needs hours-old logged traffic",
+        "tests/test_monitor.py writes such traffic and runs monitor with --since/--until",
+    ),
+    (
+        "mlpipe run --config block.toml ...",
+        "elided arguments: the hand check docs/monitoring.md describes",
+        "tests/test_monitor.py (the drift gate's comparison, strategy and wiring)",
+    ),
     ("mlpipe run --config warn.toml ...", "elided arguments (the same hand check)", "tests/test_monitor.py"),
     ("mlpipe lineage 1795324391 ...", "elided arguments (the same hand check)", "tests/test_registry.py (lineage)"),
     ("python bench/", "benchmarks are run by hand", "docs/performance.md"),
@@ -107,7 +116,9 @@ def doc_commands() -> list[DocCommand]:
                     continue
                 start = i
                 command = [line[2:] if prompts else line]
-                while i + 1 < len(lines) and (_open("\n".join(command)) or (not prompts and lines[i + 1].startswith(" "))):
+                while i + 1 < len(lines) and (
+                    _open("\n".join(command)) or (not prompts and lines[i + 1].startswith(" "))
+                ):
                     i += 1
                     command.append(lines[i])
                 i += 1
@@ -190,15 +201,20 @@ def documented_json(line: str):
 
 
 def env() -> dict:
-    e = {**os.environ, "PYTHONPATH": str(REPO), "TF_USE_LEGACY_KERAS": "1",
-         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    e = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_USE_LEGACY_KERAS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     e.pop("MLPIPE_WORKSPACE", None)
     return e
 
 
 def bash(script: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", "-e", "-c", script], cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def free_port() -> int:
@@ -218,7 +234,11 @@ class Server:
         self.rest, self.grpc = free_port(), free_port()
         self.proc = subprocess.Popen(
             ["bash", "-c", f"exec {command.split(' # ')[0].strip()} --rest_api_port {self.rest} --port {self.grpc}"],
-            cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=cwd,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -234,7 +254,9 @@ class Server:
 
     def subs(self, text: str) -> str:
         for host in ("localhost", "127.0.0.1"):
-            text = text.replace(f"{host}:8501", f"127.0.0.1:{self.rest}").replace(f"{host}:8500", f"127.0.0.1:{self.grpc}")
+            text = text.replace(f"{host}:8501", f"127.0.0.1:{self.rest}").replace(
+                f"{host}:8500", f"127.0.0.1:{self.grpc}"
+            )
         return text
 
     def stop(self) -> int:
@@ -296,7 +318,8 @@ def test_every_documented_command_is_run_here_or_listed_with_where_else():
     commands = doc_commands()
     assert len(commands) > 20
     unaccounted = [
-        f"{c.where}: {c.text.splitlines()[0]}" for c in commands
+        f"{c.where}: {c.text.splitlines()[0]}"
+        for c in commands
         if not c.synopsis
         and not any(c.text.startswith(p) for p in RUN_HERE)
         and not any(c.text.startswith(p) for p, *_ in NOT_RUN_HERE)
@@ -374,8 +397,9 @@ def test_serve_commands_of_the_docs_start_a_server(home, server):
     assert done.returncode == 0, done.stdout + done.stderr
     written = (home / "workspace" / "serving_model" / "models.config").read_text()
     documented = next(c for c in doc_commands() if c.text.startswith("mlpipe serve --model_config_file"))
-    config_block = next(m.group(2) for m in FENCE.finditer(documented.path.read_text())
-                        if m.group(2).startswith("model_config_list"))
+    config_block = next(
+        m.group(2) for m in FENCE.finditer(documented.path.read_text()) if m.group(2).startswith("model_config_list")
+    )
     base = str((home / "workspace" / "serving_model" / "taxi").resolve())
     # The documented file lists two versions (a labelled one and the latest); here both are the one
     # version. Text protos are compared token by token (the file is written one field a line).
@@ -403,7 +427,9 @@ def test_ingest_replay_commands(home, tmp_path):
         done = bash(c.text, home, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         quarter = re.search(r"span \d+ = (\d{4}-Q\d)", c.text).group(1)  # the comment says which
-        assert re.match(rf"\s*span {number}\s+{quarter}\s+\d+ rows\s+spans/span-{number}$", done.stdout.splitlines()[0]), done.stdout
+        assert re.match(
+            rf"\s*span {number}\s+{quarter}\s+\d+ rows\s+spans/span-{number}$", done.stdout.splitlines()[0]
+        ), done.stdout
         assert (home / "spans" / f"span-{number}" / "data.csv").is_file()
 
 

@@ -60,8 +60,9 @@ def test_sqlite_is_the_default_and_mysql_settings_are_checked(tmp_path):
 
 def test_a_password_in_the_config_file_is_refused_in_one_line(tmp_path):
     path = tmp_path / "team.toml"
-    path.write_text('[metadata]\nbackend = "mysql"\nhost = "db"\ndatabase = "d"\nuser = "u"\n'
-                    'password = "hunter2-in-toml"\n')
+    path.write_text(
+        '[metadata]\nbackend = "mysql"\nhost = "db"\ndatabase = "d"\nuser = "u"\n' 'password = "hunter2-in-toml"\n'
+    )
     code, out, err = run_cli("runs", "--config", str(path), "--workspace", str(tmp_path / "ws"))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "metadata.password" in err and "password_env" in err
@@ -72,8 +73,9 @@ def test_a_password_in_the_config_file_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("setting", ["host", "password", "database", "password_env", "password_file"])
-def test_bad_connection_settings_are_one_line_and_nothing_runs(setting, mariadb, mysql_env, tmp_path,
-                                                               taxi_slice, monkeypatch):
+def test_bad_connection_settings_are_one_line_and_nothing_runs(
+    setting, mariadb, mysql_env, tmp_path, taxi_slice, monkeypatch
+):
     database = new_database(mariadb)
     if setting == "host":  # a port where nothing listens
         from tests.mariadb import free_port
@@ -102,7 +104,10 @@ def test_bad_connection_settings_are_one_line_and_nothing_runs(setting, mariadb,
         assert PASSWORD not in out + err and "wrong-password" not in out + err
     assert not (workspace / "pipeline_root").exists()  # nothing ran
     if setting != "database":
-        assert mariadb.admin(f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{database}'")[0][0] == 0
+        assert (
+            mariadb.admin(f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{database}'")[0][0]
+            == 0
+        )
 
 
 def test_password_file_and_check_never_print_the_password(mariadb, tmp_path):
@@ -113,8 +118,15 @@ def test_password_file_and_check_never_print_the_password(mariadb, tmp_path):
     code, out, err = run_cli("metadata", "check", "--config", str(path), "--workspace", str(tmp_path), "--json")
     assert code == 0, err
     answer = json.loads(out)
-    assert answer == {"backend": "mysql", "host": "127.0.0.1", "port": mariadb.port, "database": database,
-                      "user": "mlpipe", "pipeline_name": "mlpipe-taxi", "runs": 0}
+    assert answer == {
+        "backend": "mysql",
+        "host": "127.0.0.1",
+        "port": mariadb.port,
+        "database": database,
+        "user": "mlpipe",
+        "pipeline_name": "mlpipe-taxi",
+        "runs": 0,
+    }
     assert PASSWORD not in out + err
     # MLMD created its tables in the (empty) database.
     assert mariadb.admin(f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{database}'")[0][0] > 10
@@ -138,8 +150,13 @@ def test_db_lock_spans_workspaces_and_dies_with_its_holder(mariadb, mysql_env, t
     database = new_database(mariadb)
     path = write_config(tmp_path / "c.toml", mariadb, database)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(tmp_path / "ws-a")],
-                              stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), str(tmp_path / "ws-a")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         other = config_lib.load(path, {"workspace": str(tmp_path / "ws-b")})  # another workspace, same DB
@@ -199,8 +216,9 @@ def test_copy_moves_a_sqlite_history_into_mysql_and_answers_stay_the_same(first_
     second = new_database(mariadb)
     path2 = write_config(tmp_path / "c2.toml", mariadb, second)
     empty_ws = ["--workspace", str(tmp_path / "empty-ws")]
-    code, out, err = run_cli("metadata", "copy", "--to", "mysql", "--from", str(elsewhere), "--config", str(path2),
-                             *empty_ws, "--json")
+    code, out, err = run_cli(
+        "metadata", "copy", "--to", "mysql", "--from", str(elsewhere), "--config", str(path2), *empty_ws, "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["copied"] == copied
     assert mariadb.admin(f"SELECT COUNT(*) FROM `{second}`.Artifact")[0][0] == copied["Artifact"]
@@ -211,11 +229,23 @@ def test_compile_with_mysql_metadata_embeds_no_connection_and_no_password(tmp_pa
 
     monkeypatch.setenv("MLPIPE_TEST_DB_PASSWORD", PASSWORD)
     path = tmp_path / "vertex.toml"
-    path.write_text(VERTEX_TOML + '[metadata]\nbackend = "mysql"\nhost = "mlmd-db.internal"\nport = 3306\n'
-                    'database = "mlmd_team"\nuser = "mlpipe"\npassword_env = "MLPIPE_TEST_DB_PASSWORD"\n')
+    path.write_text(
+        VERTEX_TOML + '[metadata]\nbackend = "mysql"\nhost = "mlmd-db.internal"\nport = 3306\n'
+        'database = "mlmd_team"\nuser = "mlpipe"\npassword_env = "MLPIPE_TEST_DB_PASSWORD"\n'
+    )
     out_file = tmp_path / "out" / "vertex.json"
-    code, out, err = run_cli("compile", "--target", "vertex", "-o", str(out_file), "--config", str(path),
-                             "--workspace", str(tmp_path / "ws"), "--json")
+    code, out, err = run_cli(
+        "compile",
+        "--target",
+        "vertex",
+        "-o",
+        str(out_file),
+        "--config",
+        str(path),
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--json",
+    )
     assert code == 0, err
     written = "".join(p.read_text() for p in out_file.parent.rglob("*") if p.is_file())
     assert PASSWORD not in written + out + err

@@ -31,7 +31,7 @@ def write_spans(root: Path, rows: int = 3000) -> Path:
     """span-1 and span-2 (halves of the taxi slice) under root/all; returns root/all."""
     slice_csv = write_taxi_slice(root / "slice", rows) / "data.csv"
     header, *lines = slice_csv.read_text().splitlines(keepends=True)
-    for span, part in ((1, lines[: len(lines) // 2]), (2, lines[len(lines) // 2:])):
+    for span, part in ((1, lines[: len(lines) // 2]), (2, lines[len(lines) // 2 :])):
         (root / "all" / f"span-{span}").mkdir(parents=True)
         (root / "all" / f"span-{span}" / "data.csv").write_text(header + "".join(part))
     return root / "all"
@@ -81,8 +81,9 @@ def scenario(base: Path, spans: Path, config: Path | None, now: float) -> dict:
     write_traffic(log_dir, rows[:600], versions[-1], now - 3 * HOUR, HOUR, seed=1)
     write_traffic(log_dir, rows[600:1200], versions[-1], now - 2 * HOUR, HOUR, seed=2)
     since, until = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) for t in (now - 2 * HOUR, now - HOUR))
-    answers["monitor"] = _json(["monitor", *ws, "--since", since, "--until", until, "--no-notify", "--json"],
-                               codes=(0, 3))  # 3: alerts (same on both backends, compared below)
+    answers["monitor"] = _json(
+        ["monitor", *ws, "--since", since, "--until", until, "--no-notify", "--json"], codes=(0, 3)
+    )  # 3: alerts (same on both backends, compared below)
     answers["_workspace"] = str(workspace)
     answers["_data"] = str(data)
     (base / "answers.json").write_text(json.dumps(answers, indent=2))  # for reading a failed comparison
@@ -97,8 +98,7 @@ def normalise(answers: dict) -> dict:
     """Paths, run ids, version numbers (push timestamps), times and durations replaced by placeholders;
     everything else (ids of MLMD records, spans, states, metrics, lineage) kept as it is."""
     workspace, data = answers["_workspace"], answers["_data"]
-    versions = sorted({v for key in ("models-after-rollback",)
-                       for v in answers[key]["serving"]["versions_on_disk"]})
+    versions = sorted({v for key in ("models-after-rollback",) for v in answers[key]["serving"]["versions_on_disk"]})
     version_names = {str(v): f"<v{i + 1}>" for i, v in enumerate(versions)}
     runs = [r["run_id"] for r in reversed(answers["runs"]["runs"])]
     run_names = {r: f"<run{i + 1}>" for i, r in enumerate(runs)}
@@ -177,8 +177,15 @@ def test_the_password_is_never_written_anywhere(both):
 
 def _mlpipe(*argv: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLPIPE_TEST_DB_PASSWORD": PASSWORD}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *argv],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def _read_until(process: subprocess.Popen, text: str) -> list[str]:
@@ -191,17 +198,27 @@ def _read_until(process: subprocess.Popen, text: str) -> list[str]:
 
 
 def test_two_retrains_from_two_workspaces_sharing_a_database_one_runs_the_other_exits_75(
-        mariadb, mysql_env, spans, tmp_path):  # noqa: F811
+    mariadb, mysql_env, spans, tmp_path
+):  # noqa: F811
     from pipeline import config as config_lib
     from pipeline import lock
 
     config = write_config(tmp_path / "team.toml", mariadb, new_database(mariadb))
-    first = _mlpipe("retrain", "--config", str(config), "--workspace", str(tmp_path / "host-a"),
-                    "--data-root", str(spans), *FLAGS)
+    first = _mlpipe(
+        "retrain", "--config", str(config), "--workspace", str(tmp_path / "host-a"), "--data-root", str(spans), *FLAGS
+    )
     try:
         _read_until(first, "mlpipe: new data")  # it holds its workspace lock and the database lock
-        code, out, err = run_cli("retrain", "--config", str(config), "--workspace", str(tmp_path / "host-b"),
-                                 "--data-root", str(spans), *FLAGS)
+        code, out, err = run_cli(
+            "retrain",
+            "--config",
+            str(config),
+            "--workspace",
+            str(tmp_path / "host-b"),
+            "--data-root",
+            str(spans),
+            *FLAGS,
+        )
         assert code == 75, (out, err)
         assert err.count("\n") == 1 and "another retrain holds the database lock" in err and "try again later" in err
         assert not (tmp_path / "host-b" / "pipeline_root").exists()

@@ -29,12 +29,24 @@ RAW_SPEC = {c: tf.io.VarLenFeature(_dtype(c)) for c in features.CSV_COLUMNS}
 def _row(**values):
     """A raw instance: every column, [] where missing, as tft's instance dict format wants."""
     base = {
-        "pickup_community_area": "8", "fare": 10.0, "trip_start_month": 5, "trip_start_hour": 9,
-        "trip_start_day": 3, "trip_start_timestamp": 1400269500, "pickup_latitude": 41.9,
-        "pickup_longitude": -87.6, "dropoff_latitude": 41.8, "dropoff_longitude": -87.7,
-        "trip_miles": 2.0, "pickup_census_tract": "17031081500", "dropoff_census_tract": "17031320100",
-        "payment_type": "Credit Card", "company": "Flash Cab", "trip_seconds": 600,
-        "dropoff_community_area": "32", "tips": 3.0,
+        "pickup_community_area": "8",
+        "fare": 10.0,
+        "trip_start_month": 5,
+        "trip_start_hour": 9,
+        "trip_start_day": 3,
+        "trip_start_timestamp": 1400269500,
+        "pickup_latitude": 41.9,
+        "pickup_longitude": -87.6,
+        "dropoff_latitude": 41.8,
+        "dropoff_longitude": -87.7,
+        "trip_miles": 2.0,
+        "pickup_census_tract": "17031081500",
+        "dropoff_census_tract": "17031320100",
+        "payment_type": "Credit Card",
+        "company": "Flash Cab",
+        "trip_seconds": 600,
+        "dropoff_community_area": "32",
+        "tips": 3.0,
     }
     base.update(values)
     return {k: ([] if v is None else [v.encode() if isinstance(v, str) else v]) for k, v in base.items()}
@@ -57,7 +69,8 @@ def transformed():
 
     with tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp"), force_tf_compat_v1=False):
         (rows, _), transform_fn = (
-            ROWS, dataset_metadata.DatasetMetadata(metadata)
+            ROWS,
+            dataset_metadata.DatasetMetadata(metadata),
         ) | tft_beam.AnalyzeAndTransformDataset(preprocessing.preprocessing_fn, output_record_batches=False)
         _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
     # TFX's Transform also records the raw schema; the exported model's raw signature reads it.

@@ -76,8 +76,9 @@ def _predict_request(rows: list[dict], kinds: dict[str, str]):
     return request
 
 
-def write_traffic(log_dir: Path, rows: list[dict], version: int, start: float, seconds: float, seed: int = 0,
-                  batch: int = 8) -> int:
+def write_traffic(
+    log_dir: Path, rows: list[dict], version: int, start: float, seconds: float, seed: int = 0, batch: int = 8
+) -> int:
     """Logs `rows` as classify and serving_raw predict requests spread over [start, start + seconds)."""
     from tensorflow_serving.apis import classification_pb2, model_pb2, predict_pb2
 
@@ -89,11 +90,15 @@ def write_traffic(log_dir: Path, rows: list[dict], version: int, start: float, s
     logger = RequestLogger(str(log_dir), sampling_rate=1.0)
     requests = 0
     for i in range(0, len(rows), batch):
-        chunk = rows[i:i + batch]
+        chunk = rows[i : i + batch]
         spec = model_pb2.ModelSpec(name="taxi")
         spec.version.value = version
-        ints_present = all(r.get(n, (None,))[0] is not None for r in chunk for n in features.MODEL_FEATURES
-                           if kinds.get(n) == "int64_list")
+        ints_present = all(
+            r.get(n, (None,))[0] is not None
+            for r in chunk
+            for n in features.MODEL_FEATURES
+            if kinds.get(n) == "int64_list"
+        )
         if ints_present and requests % 2:
             spec.signature_name = "serving_raw"
             record = make_log("predict_log", spec, _predict_request(chunk, kinds), predict_pb2.PredictResponse(), 1.0)
@@ -109,7 +114,9 @@ def write_traffic(log_dir: Path, rows: list[dict], version: int, start: float, s
     return requests
 
 
-def shifted(rows: list[dict], fraction_new_payment: float = 0.4, miles_factor: float = 6.0, seed: int = 1) -> list[dict]:
+def shifted(
+    rows: list[dict], fraction_new_payment: float = 0.4, miles_factor: float = 6.0, seed: int = 1
+) -> list[dict]:
     """trip_miles multiplied by `miles_factor`; a share of payment_type set to a value never seen in training."""
     rng = random.Random(seed)
     out = []
@@ -201,10 +208,19 @@ def test_shifted_traffic_alerts_on_exactly_those_features(served, tmp_path):
     assert code == 3, (out, err)
     report = json.loads(out)
     alerting = {(c["check"], c["feature"]) for c in report["checks"] if c["alert"]}
-    assert alerting == {("skew", "trip_miles"), ("skew", "payment_type"),
-                        ("drift", "trip_miles"), ("drift", "payment_type")}
-    assert report["alerts"] == ["anomaly:payment_type", "drift:payment_type", "drift:trip_miles",
-                                "skew:payment_type", "skew:trip_miles"]
+    assert alerting == {
+        ("skew", "trip_miles"),
+        ("skew", "payment_type"),
+        ("drift", "trip_miles"),
+        ("drift", "payment_type"),
+    }
+    assert report["alerts"] == [
+        "anomaly:payment_type",
+        "drift:payment_type",
+        "drift:trip_miles",
+        "skew:payment_type",
+        "skew:trip_miles",
+    ]
     # The unseen category is also a schema anomaly of the serving data (the label is not required).
     assert {a["feature"] for a in report["anomalies"]} == {"payment_type"}
     # One alerting window is not a persisting alert: --retrain would wait (monitoring.retrain_after_windows 2).
@@ -236,8 +252,10 @@ def test_per_feature_threshold_from_config(served, tmp_path):
     assert report["alerts"] == ["anomaly:payment_type", "skew:payment_type"]
     miles = next(c for c in report["checks"] if c["feature"] == "trip_miles" and c["slice"] is None)
     assert miles["p_value"] < miles["p_threshold"] and miles["distance"] > miles["band"] and not miles["alert"]
-    assert "0 example(s) in the previous window, 600 in this one (monitoring.min_examples 100): drift not checked" \
+    assert (
+        "0 example(s) in the previous window, 600 in this one (monitoring.min_examples 100): drift not checked"
         in report["notes"]
+    )
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -260,8 +278,10 @@ def test_alert_hooks_receive_the_json_and_retrain_starts(served, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     captured = tmp_path / "alert.json"
     config = tmp_path / "mlpipe.toml"
-    config.write_text(f'[monitoring]\nretrain_after_windows = 1\nalert_command = "cat > {captured}"\n'
-                      f'webhook_url = "http://127.0.0.1:{server.server_port}/alert"\n')
+    config.write_text(
+        f'[monitoring]\nretrain_after_windows = 1\nalert_command = "cat > {captured}"\n'
+        f'webhook_url = "http://127.0.0.1:{server.server_port}/alert"\n'
+    )
     try:
         code, out, err = _monitor(workspace, "--config", str(config), *_window(now, 14), "--json", "--retrain")
     finally:
@@ -304,7 +324,8 @@ def test_bad_input_is_one_line(served, tmp_path):
     assert code == 0 and report["alert"] is False, (out, err)
     assert report["requests"] > 50 and any(c["check"] == "skew" for c in report["checks"])
     assert [s["path"] for s in report["skipped_logs"] if "corrupted" in s["reason"]] == [
-        str(log_dir / "requests-20000101T000000000000Z-1-00001.tfrecord")]
+        str(log_dir / "requests-20000101T000000000000Z-1-00001.tfrecord")
+    ]
     # Only corrupted data in a window's directory: a clear message, not a traceback.
     only_bad = tmp_path / "bad" / "taxi"
     only_bad.mkdir(parents=True)
@@ -347,9 +368,16 @@ def test_drift_gate_compares_spans_with_tfdv(served, first_run):
     from pipeline.config import MonitoringConfig
 
     workspace, version, rows, now = served
-    previous = tfdv.load_stats_binary(str(next(
-        (first_run[0] / "pipeline_root" / "StatisticsGen" / "statistics").glob("*/Split-train/FeatureStats.pb"))))
-    schema = tfdv.load_schema_text(str(next((first_run[0] / "pipeline_root" / "SchemaGen" / "schema").glob("*/schema.pbtxt"))))
+    previous = tfdv.load_stats_binary(
+        str(
+            next(
+                (first_run[0] / "pipeline_root" / "StatisticsGen" / "statistics").glob("*/Split-train/FeatureStats.pb")
+            )
+        )
+    )
+    schema = tfdv.load_schema_text(
+        str(next((first_run[0] / "pipeline_root" / "SchemaGen" / "schema").glob("*/schema.pbtxt")))
+    )
 
     def decoded(sample):
         return [{name: value for name, (value, kind) in row.items()} for row in sample]
@@ -386,24 +414,34 @@ def test_previous_span_statistics_strategy():
         [examples_id] = store.put_artifacts([examples])
         [stats_id] = store.put_artifacts([pb.Artifact(type_id=stats_type)])
         [execution_id] = store.put_executions([pb.Execution(type_id=exec_type)])
-        store.put_events([pb.Event(artifact_id=examples_id, execution_id=execution_id, type=pb.Event.INPUT),
-                          pb.Event(artifact_id=stats_id, execution_id=execution_id, type=pb.Event.OUTPUT)])
-        wrap = [artifact_utils.deserialize_artifact(t, a) for t, a in (
-            (store.get_artifact_types_by_id([examples_type])[0], store.get_artifacts_by_id([examples_id])[0]),
-            (store.get_artifact_types_by_id([stats_type])[0], store.get_artifacts_by_id([stats_id])[0]))]
+        store.put_events(
+            [
+                pb.Event(artifact_id=examples_id, execution_id=execution_id, type=pb.Event.INPUT),
+                pb.Event(artifact_id=stats_id, execution_id=execution_id, type=pb.Event.OUTPUT),
+            ]
+        )
+        wrap = [
+            artifact_utils.deserialize_artifact(t, a)
+            for t, a in (
+                (store.get_artifact_types_by_id([examples_type])[0], store.get_artifacts_by_id([examples_id])[0]),
+                (store.get_artifact_types_by_id([stats_type])[0], store.get_artifacts_by_id([stats_id])[0]),
+            )
+        ]
         return wrap[0], wrap[1]
 
     made = [ingest(span) for span in (1, 2, 2, 4, 3)]  # span 2 ingested twice; span 4 before 3
     examples = [e for e, _ in made]
     statistics = [s for _, s in made]
     strategy = PreviousSpanStatisticsStrategy()
-    resolved = strategy.resolve_artifacts(store, {"current": [statistics[4]], "statistics": statistics,
-                                                  "examples": examples})
+    resolved = strategy.resolve_artifacts(
+        store, {"current": [statistics[4]], "statistics": statistics, "examples": examples}
+    )
     # The current span is 3: the newest statistics of span 2 (not span 4, which is later).
     assert [a.id for a in resolved["statistics"]] == [statistics[2].id]
     assert [a.get_int_custom_property("span") for a in resolved["examples"]] == [2]
-    resolved = strategy.resolve_artifacts(store, {"current": [statistics[0]], "statistics": statistics,
-                                                  "examples": examples})
+    resolved = strategy.resolve_artifacts(
+        store, {"current": [statistics[0]], "statistics": statistics, "examples": examples}
+    )
     assert resolved["statistics"] == [] and resolved["examples"] == []  # span 1 is the first
 
 

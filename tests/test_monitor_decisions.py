@@ -43,8 +43,9 @@ class Scorer:
         return [float(v) for v in self.signature(inputs=tf.constant(serialized))["scores"].numpy()[:, -1]]
 
 
-def write_scored(log_dir: Path, rows: list[dict], scorer: Scorer, version: int, start: float, seconds: float,
-                 seed: int = 0) -> int:
+def write_scored(
+    log_dir: Path, rows: list[dict], scorer: Scorer, version: int, start: float, seconds: float, seed: int = 0
+) -> int:
     """One classify request per row, with the model's score in the logged response, at times in the window."""
     from tensorflow_serving.apis import classification_pb2, model_pb2
 
@@ -133,8 +134,12 @@ def test_shift_confined_to_a_slice_is_found_and_the_slice_named(scored):
     workspace, version, scorer, now, pool = scored
     log_dir = workspace / "request_logs" / "taxi"
     rows = held_out_rows(pool, 500, seed=2)
-    moved = [dict(r, fare=(r["fare"][0] * 3, "float_list")) if r["payment_type"][0] == b"Cash" and _night(r)
-             and r["fare"][0] is not None else r for r in rows]
+    moved = [
+        dict(r, fare=(r["fare"][0] * 3, "float_list"))
+        if r["payment_type"][0] == b"Cash" and _night(r) and r["fare"][0] is not None
+        else r
+        for r in rows
+    ]
     share = sum(a is not b for a, b in zip(moved, rows)) / len(rows)
     assert 0.05 < share <= 0.3
     write_scored(log_dir, moved, scorer, version, now - 20 * HOUR, HOUR, seed=2)
@@ -184,8 +189,9 @@ def test_history_records_every_run_and_gates_retrain(scored, tmp_path):
         write_scored(log_dir, rows, scorer, version, now - hours_ago * HOUR, HOUR, seed=10 + i)
     results, untils = [], []
     for hours_ago, _ in windows:
-        code, out, err = _monitor(workspace, "--config", str(config), *_window(now, hours_ago), "--json",
-                                  "--retrain", "--no-notify")
+        code, out, err = _monitor(
+            workspace, "--config", str(config), *_window(now, hours_ago), "--json", "--retrain", "--no-notify"
+        )
         report = json.loads(out)
         untils.append(report["window"]["until"])
         results.append((code, report["retrain_wanted"], report["retrain"], report["retrain_gate"]["reason"]))

@@ -9,22 +9,38 @@ from pipeline.monitoring import stats
 KINDS = {"x": stats.NUMERIC, "color": stats.CATEGORICAL, "group": stats.CATEGORICAL}
 
 
-def rows(n: int, seed: int, shift: float = 0.0, shift_group: str | None = None, span: int = 0,
-         new_color: float = 0.0, missing: float = 0.0) -> list[dict]:
+def rows(
+    n: int,
+    seed: int,
+    shift: float = 0.0,
+    shift_group: str | None = None,
+    span: int = 0,
+    new_color: float = 0.0,
+    missing: float = 0.0,
+) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         group = rng.choice(["a", "b", "c", "d"])
         x = rng.gauss(10, 2) * (1 + shift if shift_group in (None, group) else 1)
         color = "new" if rng.random() < new_color else rng.choices(["red", "green", "blue"], [5, 3, 2])[0]
-        out.append({"x": None if rng.random() < missing else x, "color": color, "group": group,
-                    stats.SPAN: span})
+        out.append({"x": None if rng.random() < missing else x, "color": color, "group": group, stats.SPAN: span})
     return out
 
 
 def check(base, cur, **kw):
-    found, phis = stats.compare(base, cur, KINDS, slice_features=("group",), seasonal=set(), alpha=0.01,
-                                min_distance=0.03, feature_floors={}, min_slice_examples=30, **kw)
+    found, phis = stats.compare(
+        base,
+        cur,
+        KINDS,
+        slice_features=("group",),
+        seasonal=set(),
+        alpha=0.01,
+        min_distance=0.03,
+        feature_floors={},
+        min_slice_examples=30,
+        **kw,
+    )
     return {(r["feature"], r["slice"]) for r in found if r["alert"]}, found, phis
 
 
@@ -57,8 +73,17 @@ def test_a_huge_window_does_not_page_on_a_trivial_shift():
 
 def test_seasonal_features_are_reported_not_alerting():
     base, cur = rows(3000, seed=1), rows(500, seed=2, shift=0.5)
-    found, _ = stats.compare(base, cur, KINDS, slice_features=("group",), seasonal={"x"}, alpha=0.01,
-                             min_distance=0.03, feature_floors={}, min_slice_examples=30)
+    found, _ = stats.compare(
+        base,
+        cur,
+        KINDS,
+        slice_features=("group",),
+        seasonal={"x"},
+        alpha=0.01,
+        min_distance=0.03,
+        feature_floors={},
+        min_slice_examples=30,
+    )
     x = [r for r in found if r["feature"] == "x"]
     assert len(x) == 1 and x[0]["slice"] is None  # reported over all rows, not tested in slices
     assert x[0]["expected"] and not x[0]["alert"] and x[0]["p_value"] < x[0]["p_threshold"]

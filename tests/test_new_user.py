@@ -31,8 +31,9 @@ def env(repo: Path = REPO) -> dict:
 
 
 def mlpipe(*argv: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=cwd, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *argv], cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def versions(workspace: Path) -> list[int]:
@@ -44,19 +45,48 @@ def versions(workspace: Path) -> list[int]:
 
 
 def test_python_m_pipeline_cli_behaves_like_mlpipe(tmp_path):
-    direct = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], cwd=REPO, env=env(),
-                            capture_output=True, text=True, timeout=120)
+    direct = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--help"],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     package = mlpipe("--help", timeout=120)
     assert direct.returncode == 0 and direct.stdout.startswith("usage: mlpipe"), direct.stdout + direct.stderr
     assert direct.stdout == package.stdout and direct.stderr == package.stderr == ""
-    runs = subprocess.run([sys.executable, "-m", "pipeline.cli", "runs", "--workspace", str(tmp_path / "ws")],
-                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    runs = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "runs", "--workspace", str(tmp_path / "ws")],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert runs.returncode == 0 and "nothing yet" in runs.stdout, runs.stdout + runs.stderr
-    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--workspace", str(tmp_path / "ws"),
-                          "--data-root", str(tmp_path / "none")], cwd=REPO, env=env(), capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            "--workspace",
+            str(tmp_path / "ws"),
+            "--data-root",
+            str(tmp_path / "none"),
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (bad.returncode, bad.stdout) == (2, "")
-    assert bad.stderr == f"mlpipe: input data error: data directory {tmp_path / 'none'} does not exist (set --data-root or data.root)\n"
+    assert (
+        bad.stderr
+        == f"mlpipe: input data error: data directory {tmp_path / 'none'} does not exist (set --data-root or data.root)\n"
+    )
 
 
 def test_serve_takes_workspace_and_config_like_every_command(tmp_path):
@@ -99,7 +129,11 @@ def test_make_run_on_a_fresh_clone_copies_the_taxi_sample_on_first_use(tmp_path)
     assert not (clone / "data" / "taxi").exists()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "--workspace", str(tmp_path / "ws"), *FAST_FLAGS],
-        cwd=clone, env=env(clone), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=clone,
+        env=env(clone),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines = []
     try:
@@ -120,7 +154,9 @@ def test_make_run_on_a_fresh_clone_copies_the_taxi_sample_on_first_use(tmp_path)
 # --- bad data: one validator for run, retrain and ingest ---------------------------------------------
 
 
-def write_slice(taxi_slice: Path, dest: Path, changes: dict[int, dict[str, str]], drop_last_cell: int | None = None) -> Path:
+def write_slice(
+    taxi_slice: Path, dest: Path, changes: dict[int, dict[str, str]], drop_last_cell: int | None = None
+) -> Path:
     """A copy of the slice's CSV with `changes` {file line: {column: value}} applied."""
     with open(taxi_slice / "data.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -144,7 +180,10 @@ def test_run_refuses_a_value_of_the_wrong_type_before_anything_runs(taxi_slice, 
     ws = tmp_path / "ws"
     code, out, err = run_cli("run", "--workspace", str(ws), "--data-root", str(bad.parent), *FAST_FLAGS)
     assert code == 2
-    assert err == f"mlpipe: input data error: {bad} line 3, column fare: 'abc' is not a number (declared float); {NO_BAD_ROWS}\n"
+    assert (
+        err
+        == f"mlpipe: input data error: {bad} line 3, column fare: 'abc' is not a number (declared float); {NO_BAD_ROWS}\n"
+    )
     assert out == ""  # no "full logs in" line pointing at an empty file
     assert not ws.exists()  # no MLMD, no log, nothing
 
@@ -152,7 +191,10 @@ def test_run_refuses_a_value_of_the_wrong_type_before_anything_runs(taxi_slice, 
 def test_run_refuses_a_row_with_a_missing_value_and_an_integer_column_with_a_float(taxi_slice, tmp_path):
     bad = write_slice(taxi_slice, tmp_path / "short", {}, drop_last_cell=7)
     code, _, err = run_cli("run", "--workspace", str(tmp_path / "ws"), "--data-root", str(bad.parent))
-    assert code == 2 and err == f"mlpipe: input data error: {bad} line 7: has 17 values, the header has 18; {NO_BAD_ROWS}\n"
+    assert (
+        code == 2
+        and err == f"mlpipe: input data error: {bad} line 7: has 17 values, the header has 18; {NO_BAD_ROWS}\n"
+    )
     bad = write_slice(taxi_slice, tmp_path / "float", {12: {"trip_start_hour": "9.5"}})
     code, _, err = run_cli("run", "--workspace", str(tmp_path / "ws"), "--data-root", str(bad.parent))
     assert code == 2 and f"{bad} line 12, column trip_start_hour: '9.5' is not an integer (declared int)" in err
@@ -163,23 +205,28 @@ def test_ingest_refuses_bad_values_and_writes_no_span(taxi_slice, tmp_path):
     bad = write_slice(taxi_slice, tmp_path / "bad", {5: {"trip_miles": "n/a"}})
     code, out, err = run_cli("ingest", str(bad), "--data-root", str(tmp_path / "spans"), "--by", "quarter")
     assert code == 2 and out == ""
-    assert err == (f"mlpipe: ingest: input data error: {bad} line 5, column trip_miles: 'n/a' is not a number "
-                   f"(declared float); {NO_BAD_ROWS}\n")
+    assert err == (
+        f"mlpipe: ingest: input data error: {bad} line 5, column trip_miles: 'n/a' is not a number "
+        f"(declared float); {NO_BAD_ROWS}\n"
+    )
     assert not (tmp_path / "spans").exists()
 
 
 def test_retrain_refuses_a_bad_new_span_before_the_lock_mlmd_or_a_log(taxi_slice, tmp_path):
     spans = tmp_path / "spans"
-    code, _, err = run_cli("ingest", str(taxi_slice / "data.csv"), "--data-root", str(spans), "--by", "quarter",
-                           "--limit", "1")
+    code, _, err = run_cli(
+        "ingest", str(taxi_slice / "data.csv"), "--data-root", str(spans), "--by", "quarter", "--limit", "1"
+    )
     assert code == 0, err
     span_csv = spans / "span-1" / "data.csv"
     write_slice(span_csv.parent, span_csv.parent, {4: {"trip_seconds": "fast"}})
     ws = tmp_path / "ws"
     code, out, err = run_cli("retrain", "--workspace", str(ws), "--data-root", str(spans), *FAST_FLAGS)
     assert code == 2 and out == ""
-    assert err == (f"mlpipe: input data error: {span_csv} line 4, column trip_seconds: 'fast' is not an integer "
-                   f"(declared int); {NO_BAD_ROWS}\n")
+    assert err == (
+        f"mlpipe: input data error: {span_csv} line 4, column trip_seconds: 'fast' is not an integer "
+        f"(declared int); {NO_BAD_ROWS}\n"
+    )
     assert not ws.exists()
 
 
@@ -189,14 +236,17 @@ def test_a_bounded_fraction_of_bad_rows_is_tolerated_by_config(taxi_slice, tmp_p
     bad = write_slice(taxi_slice, tmp_path / "one", {10: {"fare": "abc"}, 20: {"tips": "?"}})
     code, out, err = run_cli("ingest", str(bad), "--data-root", str(tmp_path / "spans"), "--config", str(config))
     assert code == 0, err
-    assert err == (f"mlpipe: warning: 2 of 3000 rows have values that do not parse (first: {bad} line 10, column "
-                   "fare: 'abc' is not a number (declared float)); they are written, and ExampleGen will skip "
-                   "them (data.max_bad_row_fraction = 0.001)\n")
+    assert err == (
+        f"mlpipe: warning: 2 of 3000 rows have values that do not parse (first: {bad} line 10, column "
+        "fare: 'abc' is not a number (declared float)); they are written, and ExampleGen will skip "
+        "them (data.max_bad_row_fraction = 0.001)\n"
+    )
     assert "span(s) under" in out
     many = write_slice(taxi_slice, tmp_path / "many", {n: {"fare": "abc"} for n in range(10, 14)})
     code, _, err = run_cli("ingest", str(many), "--data-root", str(tmp_path / "spans2"), "--config", str(config))
     assert code == 2 and err.endswith(
-        "fix or remove the rows (4 of 3000 rows are bad; data.max_bad_row_fraction = 0.001 allows 3)\n"), err
+        "fix or remove the rows (4 of 3000 rows are bad; data.max_bad_row_fraction = 0.001 allows 3)\n"
+    ), err
     assert not (tmp_path / "spans2").exists()
     config.write_text("[data]\nmax_bad_row_fraction = 1.5\n")
     code, _, err = run_cli("run", "--config", str(config), "--workspace", str(tmp_path / "ws"))
@@ -220,8 +270,10 @@ def test_retrain_waiting_for_the_lock_says_so_once_naming_the_holder(taxi_slice,
         lock_lib.release(held)
     assert code == 75 and out == ""
     lines = err.splitlines()
-    assert lines[0] == (f"mlpipe: waiting up to 1.5 s for the workspace lock, held by pid {holder['pid']} on "
-                        f"{holder['host']} since {holder['started']}")
+    assert lines[0] == (
+        f"mlpipe: waiting up to 1.5 s for the workspace lock, held by pid {holder['pid']} on "
+        f"{holder['host']} since {holder['started']}"
+    )
     assert len(lines) == 2 and lines[1].startswith("mlpipe: workspace is busy: ")  # said once
 
 
@@ -238,7 +290,10 @@ def test_models_on_a_workspace_with_only_killed_runs_says_so(taxi_slice, tmp_pat
     ws = tmp_path / "ws"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS],
-        cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 300
@@ -286,9 +341,23 @@ def test_serve_stderr_is_the_servers_own_lines_only(first_run, tmp_path):
             ports.append(s.getsockname()[1])
     rest, grpc_port = ports
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "--workspace", str(ws), "--rest_api_port", str(rest),
-         "--port", str(grpc_port)],
-        cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "serve",
+            "--workspace",
+            str(ws),
+            "--rest_api_port",
+            str(rest),
+            "--port",
+            str(grpc_port),
+        ],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: list[str] = []
     ready = threading.Event()
@@ -335,10 +404,22 @@ def test_serve_stderr_is_the_servers_own_lines_only(first_run, tmp_path):
 def test_serving_bench_runs_on_a_pushed_model(first_run):
     base = first_run[0] / "serving_model" / "taxi"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "serving_bench.py"), "--model_base_path", str(base),
-         "--seconds", "0.2", "--concurrency", "1"],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "bench" / "serving_bench.py"),
+            "--model_base_path",
+            str(base),
+            "--seconds",
+            "0.2",
+            "--concurrency",
+            "1",
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    table = proc.stdout[proc.stdout.index("path "):].splitlines()[2:]
+    table = proc.stdout[proc.stdout.index("path ") :].splitlines()[2:]
     assert len(table) == 5 and all(row.split()[-1] == "0" for row in table), proc.stdout  # no errors

@@ -133,8 +133,14 @@ def test_unreachable_threshold_pushes_nothing_and_says_why(first_run, taxi_slice
     workspace = copy_workspace(first_run, tmp_path, "ws")
     before = versions(workspace)
     code, out, err = run_cli(
-        "run", "--workspace", str(workspace), "--data-root", str(taxi_slice), *FAST_FLAGS,
-        "--value-threshold", "0.999",
+        "run",
+        "--workspace",
+        str(workspace),
+        "--data-root",
+        str(taxi_slice),
+        *FAST_FLAGS,
+        "--value-threshold",
+        "0.999",
     )
     assert code == 0, out + err
     assert "Result: NOT BLESSED, nothing pushed (binary_accuracy" in out
@@ -181,8 +187,14 @@ def test_anomalies_stop_the_run_before_training(first_run, taxi_slice, tmp_path)
     # A curated schema that does not know the payment type "Cash", which the data has.
     curated.write_text(inferred.read_text().replace('  value: "Cash"\n', "", 1))
     code, out, err = run_cli(
-        "run", "--workspace", str(workspace), "--data-root", str(taxi_slice), *FAST_FLAGS,
-        "--schema", str(curated),
+        "run",
+        "--workspace",
+        str(workspace),
+        "--data-root",
+        str(taxi_slice),
+        *FAST_FLAGS,
+        "--schema",
+        str(curated),
     )
     assert code == 1
     assert "Result: FAILED at AnomaliesGate" in out
@@ -244,10 +256,19 @@ def test_a_worse_candidate_is_refused_by_the_change_threshold(first_run, taxi_sl
     workspace = copy_workspace(first_run, tmp_path, "ws")
     before = versions(workspace)
     code, out, err = run_cli(
-        "run", "--workspace", str(workspace), "--data-root", str(taxi_slice),
-        "--train-steps", "1", "--eval-steps", "20",
-        "--value-threshold", "0",  # only the change threshold can refuse it
-        "--change-tolerance", "0.01",
+        "run",
+        "--workspace",
+        str(workspace),
+        "--data-root",
+        str(taxi_slice),
+        "--train-steps",
+        "1",
+        "--eval-steps",
+        "20",
+        "--value-threshold",
+        "0",  # only the change threshold can refuse it
+        "--change-tolerance",
+        "0.01",
     )
     assert code == 0, out + err
     assert versions(workspace) == before  # nothing pushed
@@ -256,12 +277,16 @@ def test_a_worse_candidate_is_refused_by_the_change_threshold(first_run, taxi_sl
 
     # The run summary: metric, candidate value, baseline value and bound.
     (auc_line,) = [line for line in out.splitlines() if line.strip().startswith("auc ") and "(baseline" in line]
-    candidate, bound, baseline = (float(x) for x in
-                                  re.search(r"auc\s+([\d.]+)\s+>= ([\d.]+) \(baseline ([\d.]+) - tolerance\)", auc_line).groups())
+    candidate, bound, baseline = (
+        float(x)
+        for x in re.search(r"auc\s+([\d.]+)\s+>= ([\d.]+) \(baseline ([\d.]+) - tolerance\)", auc_line).groups()
+    )
     assert auc_line.rstrip().endswith("FAIL")
     assert bound == pytest.approx(baseline - 0.01, abs=1e-4) and candidate < bound
-    assert (f"Result: NOT BLESSED, nothing pushed (auc {candidate:.4f} < {bound:.4f} "
-            f"(baseline {baseline:.4f} - tolerance 0.0100))") in out
+    assert (
+        f"Result: NOT BLESSED, nothing pushed (auc {candidate:.4f} < {bound:.4f} "
+        f"(baseline {baseline:.4f} - tolerance 0.0100))"
+    ) in out
 
     # `mlpipe runs`: the same check, with the baseline, in JSON and in the table.
     runs = json.loads(run_cli("runs", "--workspace", str(workspace), "--json")[1])["runs"]
@@ -281,7 +306,11 @@ def test_a_worse_candidate_is_refused_by_the_change_threshold(first_run, taxi_sl
     assert refused["baseline"]["version"] == int(before[0])
     (check,) = refused["failed_checks"]
     assert (check["metric"], check["value"], check["baseline_value"], check["bound"]) == (
-        "auc", failed["value"], failed["baseline_value"], failed["bound"])
+        "auc",
+        failed["value"],
+        failed["baseline_value"],
+        failed["bound"],
+    )
     text = run_cli("models", "--workspace", str(workspace))[1]
     assert f"refused: run {refused['run_id']}" in text
     assert f"auc {candidate:.4f} >= {bound:.4f} (baseline {baseline:.4f} + change threshold) FAIL" in text
@@ -296,13 +325,30 @@ def test_sigkill_during_the_push_copy_leaves_no_partial_version(first_run, taxi_
     # A wide model (~70 MB of variables) so that the copy takes long enough to be caught in the act.
     config = tmp_path / "big.toml"
     config.write_text("[training]\nhidden_units = [4096, 4096]\n")
-    argv = ["-m", "pipeline", "run", "--workspace", str(workspace), "--data-root", str(taxi_slice),
-            "--config", str(config), "--train-steps", "5", "--eval-steps", "5",
-            "--value-threshold", "0", "--change-tolerance", "1"]  # blessed whatever its quality
+    argv = [
+        "-m",
+        "pipeline",
+        "run",
+        "--workspace",
+        str(workspace),
+        "--data-root",
+        str(taxi_slice),
+        "--config",
+        str(config),
+        "--train-steps",
+        "5",
+        "--eval-steps",
+        "5",
+        "--value-threshold",
+        "0",
+        "--change-tolerance",
+        "1",
+    ]  # blessed whatever its quality
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO)
     with open(tmp_path / "killed-run.out", "w") as console:
-        proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=console,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *argv], cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
+        )
     partial = None
     try:
         deadline = time.monotonic() + 900

@@ -39,14 +39,19 @@ def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_
 
     cli_json("label", "set", "stable", str(v1), "--workspace", str(ws), "--reason", "first blessed model")
     config = str(ws / "serving_model" / "models.config")
-    server = start_server(read_model_config_file(config), model_config_file=config,
-                          model_config_file_poll_wait_seconds=0.1,
-                          log_options=LogOptions(root=str(ws / "request_logs"), sampling_rate=1.0, seed=0))
+    server = start_server(
+        read_model_config_file(config),
+        model_config_file=config,
+        model_config_file_poll_wait_seconds=0.1,
+        log_options=LogOptions(root=str(ws / "request_logs"), sampling_rate=1.0, seed=0),
+    )
     url = f"http://127.0.0.1:{server.rest_port}"
     try:
         # The answer says which version answered; the lineage endpoint is `mlpipe lineage --json`.
-        bodies = [{"instances": [{"b64": base64.b64encode(_example(row).SerializeToString()).decode()}]}
-                  for row in training_rows(ws)[:4]]
+        bodies = [
+            {"instances": [{"b64": base64.b64encode(_example(row).SerializeToString()).decode()}]}
+            for row in training_rows(ws)[:4]
+        ]
         for body in bodies:
             r = requests.post(f"{url}/v1/models/taxi/labels/stable:predict", timeout=30, json=body)
             assert r.status_code == 200 and r.headers["X-Model-Version"] == str(v1), r.text
@@ -58,8 +63,9 @@ def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_
         assert f'mlpipe_serving_mlmd_map{{mlmd_uuid="{uuid}",model_name="taxi",version="{v1}"}} 1.0' in page
 
         # A label move the server confirms (loaded and warmed up before the label moved).
-        moved = cli_json("label", "set", "canary", str(v1), "--workspace", str(ws), "--reason", "try it",
-                         "--wait-server", url)
+        moved = cli_json(
+            "label", "set", "canary", str(v1), "--workspace", str(ws), "--reason", "try it", "--wait-server", url
+        )
         assert moved["move"]["server_confirmed_seconds"] >= 0 and moved["move"]["to_version"] == v1
         r = requests.post(f"{url}/v1/models/taxi/labels/canary:predict", timeout=30, json=bodies[0])
         assert r.status_code == 200 and r.headers["X-Model-Version"] == str(v1)
@@ -67,8 +73,9 @@ def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_
         server.stop()
 
     # A new push after logged traffic carries warm-up requests from it (Evaluator and Pusher re-run).
-    code, out, err = run_cli("run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS,
-                             "--value-threshold", "0.5")
+    code, out, err = run_cli(
+        "run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS, "--value-threshold", "0.5"
+    )
     assert code == 0, out + err
     v1_, v2 = version_dirs(ws)
     warmup = base / str(v2) / "assets.extra" / "tf_serving_warmup_requests"
@@ -76,8 +83,9 @@ def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_
     from tensorflow_serving.apis import prediction_log_pb2
 
     records = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.compat.v1.io.tf_record_iterator(str(warmup))]
-    assert len(records) == 5 and all(r.predict_log.request.model_spec.signature_name in ("", "serving_default")
-                                     for r in records)  # the 4 stable requests and the canary one
+    assert len(records) == 5 and all(
+        r.predict_log.request.model_spec.signature_name in ("", "serving_default") for r in records
+    )  # the 4 stable requests and the canary one
     assert not any(r.predict_log.request.model_spec.HasField("version") for r in records)
 
     # Rollback goes through the same path: the labels on the replaced version follow, all in the history.
@@ -86,7 +94,12 @@ def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_
     v3 = result["new_version"]
     history = cli_json("label", "history", "--workspace", str(ws))["moves"]
     assert [(m["label"], m["from_version"], m["to_version"]) for m in history] == [
-        ("stable", v2, v3), ("(latest)", v2, v3), ("stable", v1, v2), ("canary", None, v1), ("stable", None, v1)]
+        ("stable", v2, v3),
+        ("(latest)", v2, v3),
+        ("stable", v1, v2),
+        ("canary", None, v1),
+        ("stable", None, v1),
+    ]
     assert history[0]["reason"] == f"rollback to version {v1}: v2 regressed" and history[0]["user"]
     assert cli_json("label", "list", "--workspace", str(ws))["labels"] == {"canary": v1, "stable": v3}
     code, out, _ = run_cli("label", "history", "--workspace", str(ws), "--label", "canary")
@@ -102,7 +115,13 @@ def test_the_lineage_endpoint_imports_no_tfx(first_run):
         "bad = sorted(m for m in sys.modules if m == 'tfx' or m.startswith('tfx.')); "
         "print(json.dumps({'version': d['version'], 'tfx': bad}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"version": v1, "tfx": []}

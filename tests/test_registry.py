@@ -15,13 +15,47 @@ import pytest
 from tests.conftest import FAST_FLAGS, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-RUN_KEYS = {"run_id", "started", "seconds", "outcome", "pushed_version", "failed_checks", "failed_component",
-            "error", "fully_cached", "spans", "components", "log"}
-VERSION_KEYS = {"version", "pushed", "path", "recorded_destination", "run_id", "model_id", "trainer_run_id",
-                "checks", "baseline", "training_spans", "rollback"}
+RUN_KEYS = {
+    "run_id",
+    "started",
+    "seconds",
+    "outcome",
+    "pushed_version",
+    "failed_checks",
+    "failed_component",
+    "error",
+    "fully_cached",
+    "spans",
+    "components",
+    "log",
+}
+VERSION_KEYS = {
+    "version",
+    "pushed",
+    "path",
+    "recorded_destination",
+    "run_id",
+    "model_id",
+    "trainer_run_id",
+    "checks",
+    "baseline",
+    "training_spans",
+    "rollback",
+}
 CHECK_KEYS = {"metric", "kind", "value", "bound", "baseline_value", "passed"}
-LINEAGE_KEYS = {"version", "published", "pushed", "pusher", "rollback", "evaluation", "model", "transform",
-                "examples", "schema", "anomalies"}
+LINEAGE_KEYS = {
+    "version",
+    "published",
+    "pushed",
+    "pusher",
+    "rollback",
+    "evaluation",
+    "model",
+    "transform",
+    "examples",
+    "schema",
+    "anomalies",
+}
 
 
 def cli_json(*argv):
@@ -45,9 +79,23 @@ def run_pipeline_process(ws: Path, data_root: Path, *flags: str) -> subprocess.P
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     env.pop("MLPIPE_WORKSPACE", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--workspace", str(ws), "--data-root", str(data_root),
-         *FAST_FLAGS, *flags],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--workspace",
+            str(ws),
+            "--data-root",
+            str(data_root),
+            *FAST_FLAGS,
+            *flags,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -69,8 +117,9 @@ def versions_ws(first_run, taxi_slice, tmp_path_factory):
         time.sleep(0.5)
     output = proc.communicate()[0]
     assert proc.returncode == 0, output
-    code, out, err = run_cli("run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS,
-                             "--value-threshold", "0.999")
+    code, out, err = run_cli(
+        "run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS, "--value-threshold", "0.999"
+    )
     assert code == 0 and "NOT BLESSED" in out, out + err
     return ws, polls
 
@@ -132,8 +181,13 @@ def test_lineage_of_the_pushed_version_is_complete(first_run, taxi_slice):
     auc = next(c for c in ev["checks"] if c["metric"] == "auc")
     assert auc["kind"] == "change" and auc["passed"] is None  # first model: no baseline
     assert ev["baseline"] is None
-    assert {"metric": "auc", "kind": "change", "absolute": -0.01, "relative": None,
-            "direction": "HIGHER_IS_BETTER"} in ev["thresholds"]
+    assert {
+        "metric": "auc",
+        "kind": "change",
+        "absolute": -0.01,
+        "relative": None,
+        "direction": "HIGHER_IS_BETTER",
+    } in ev["thresholds"]
     model = chain["model"]
     assert model["trainer"]["node"] == "Trainer"
     assert model["train_args"] == {"num_steps": 100} and model["eval_args"] == {"num_steps": 20}
@@ -230,7 +284,8 @@ def test_models_lists_pushed_versions_and_what_serving_loads(versions_ws):
     bounds = {c["metric"]: c["bound"] for c in newest["checks"] if c["kind"] == "value"}
     assert bounds == {"binary_accuracy": pytest.approx(0.5)}
     assert {c["metric"]: c["bound"] for c in first["checks"] if c["kind"] == "value"} == {
-        "binary_accuracy": pytest.approx(0.6)}
+        "binary_accuracy": pytest.approx(0.6)
+    }
     assert newest["run_id"] != first["run_id"] and newest["trainer_run_id"] == first["run_id"]
     assert newest["training_spans"] == [0]
     serving = data["serving"]
@@ -253,8 +308,14 @@ def test_rollback_republishes_an_earlier_version_and_leaves_an_audit_trail(versi
     (base / str(v2) / "marker").write_text("v2")
 
     dry = cli_json("rollback", "--workspace", str(ws), "--reason", "bad canary", "--dry-run")
-    assert dry == {**dry, "dry_run": True, "to_version": v1, "replaced_version": v2, "new_version": v2 + 1,
-                   "execution_id": None}
+    assert dry == {
+        **dry,
+        "dry_run": True,
+        "to_version": v1,
+        "replaced_version": v2,
+        "new_version": v2 + 1,
+        "execution_id": None,
+    }
     assert version_dirs(ws) == [v1, v2]
 
     result = cli_json("rollback", "--workspace", str(ws), "--reason", "bad canary")
@@ -284,9 +345,13 @@ def test_rollback_republishes_an_earlier_version_and_leaves_an_audit_trail(versi
     assert models["serving"]["loaded"] == [v2 + 1]
     top = models["versions"][0]
     assert top["version"] == v2 + 1
-    assert top["rollback"] == {"execution_id": result["execution_id"], "of_version": v1,
-                               "replaced_version": str(v2), "reason": "bad canary",
-                               "user": result["user"]}
+    assert top["rollback"] == {
+        "execution_id": result["execution_id"],
+        "of_version": v1,
+        "replaced_version": str(v2),
+        "reason": "bad canary",
+        "user": result["user"],
+    }
     chain = cli_json("lineage", str(v2 + 1), "--workspace", str(ws))
     assert chain["rollback"]["of_version"] == v1
     original = cli_json("lineage", str(v1), "--workspace", str(ws))
@@ -315,8 +380,9 @@ def test_rollback_refuses_unknown_never_blessed_and_current_versions(versions_ws
     assert version_dirs(ws) == [7, v1, v2]
     from pipeline import metadata
 
-    assert metadata.executions_of_type(metadata.open_store(ws / "metadata.sqlite"),
-                                       metadata.ROLLBACK_EXECUTION_TYPE) == []
+    assert (
+        metadata.executions_of_type(metadata.open_store(ws / "metadata.sqlite"), metadata.ROLLBACK_EXECUTION_TYPE) == []
+    )
 
 
 def test_labels_write_a_tf_serving_model_config(versions_ws, tmp_path):

@@ -23,8 +23,19 @@ from tests.conftest import run_cli
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = "mlpipe-taxi"
 # Every run is blessed (value bound 0, any drop allowed), so baselines and pushes are deterministic.
-FLAGS = ["--train-steps", "50", "--eval-steps", "10", "--window-spans", "2", "--warm-start",
-         "--value-threshold", "0", "--change-tolerance", "1"]
+FLAGS = [
+    "--train-steps",
+    "50",
+    "--eval-steps",
+    "10",
+    "--window-spans",
+    "2",
+    "--warm-start",
+    "--value-threshold",
+    "0",
+    "--change-tolerance",
+    "1",
+]
 
 
 def stable_source(dest: Path) -> Path:
@@ -53,14 +64,16 @@ def completed_runs(workspace: Path) -> list[dict]:
         trainer_in = metadata.inputs(store, trainer)
         evaluator_in = metadata.inputs(store, execs["Evaluator"].execution.id)
         pushed = metadata.outputs(store, execs["Pusher"].execution.id)["pushed_model"][0]
-        result.append({
-            "run": run.name,
-            "spans": metadata.trainer_spans(store, trainer),
-            "model": metadata.outputs(store, trainer)["model"][0].id,
-            "base_model": [a.id for a in trainer_in.get("base_model", [])],
-            "baseline": [a.id for a in evaluator_in.get("baseline_model", [])],
-            "pushed_version": metadata.custom_property(pushed, "pushed_version"),
-        })
+        result.append(
+            {
+                "run": run.name,
+                "spans": metadata.trainer_spans(store, trainer),
+                "model": metadata.outputs(store, trainer)["model"][0].id,
+                "base_model": [a.id for a in trainer_in.get("base_model", [])],
+                "baseline": [a.id for a in evaluator_in.get("baseline_model", [])],
+                "pushed_version": metadata.custom_property(pushed, "pushed_version"),
+            }
+        )
     return result
 
 
@@ -101,8 +114,14 @@ def replay(tmp_path_factory):
     trainers_before = trainer_dirs(workspace)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     with open(base / "killed-retrain.out", "w") as console:  # a file, so a full pipe never stalls it
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "retrain", *common], cwd=REPO, env=env,
-                                stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "retrain", *common],
+            cwd=REPO,
+            env=env,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         lock_path = workspace / lock_lib.LOCK_FILE
         deadline = time.monotonic() + 300
@@ -168,8 +187,12 @@ def test_warm_start_carries_every_weight_across_real_span_windows(replay):
         head = re.search(r"Warm start: (\d+) weights carried over from (\S+), all of them", out)
         assert head, out
         assert "not carried over" not in out
-        warm, cold, base_final = (float(x) for x in re.search(
-            r"loss before training ([\d.]+) \(cold start ([\d.]+); the base model's final loss ([\d.]+)\)", out).groups())
+        warm, cold, base_final = (
+            float(x)
+            for x in re.search(
+                r"loss before training ([\d.]+) \(cold start ([\d.]+); the base model's final loss ([\d.]+)\)", out
+            ).groups()
+        )
         assert cold - base_final > 0.05, out  # the base model learned something
         assert abs(warm - base_final) < 0.25 * (cold - base_final), out  # starts near where it ended
         assert cold - warm > 0.75 * (cold - base_final), out  # far below a cold start

@@ -49,10 +49,18 @@ STAMPS = [ts(2014, 5), ts(2013, 1), ts(2013, 2), ts(2014, 5, 20), ts(2013, 12), 
 
 def test_split_by_month_numbers_periods_chronologically(tmp_path):
     source = write_csv(tmp_path / "all.csv", STAMPS)
-    plan = spans.split_csv(source, tmp_path / "root", by="month", timestamp_column=features.TIMESTAMP_COLUMN,
-                           expected_columns=features.CSV_COLUMNS)
+    plan = spans.split_csv(
+        source,
+        tmp_path / "root",
+        by="month",
+        timestamp_column=features.TIMESTAMP_COLUMN,
+        expected_columns=features.CSV_COLUMNS,
+    )
     assert [(p.span, p.period, p.rows) for p in plan] == [
-        (1, "2013-01", 2), (2, "2013-02", 1), (3, "2013-12", 1), (4, "2014-05", 2)
+        (1, "2013-01", 2),
+        (2, "2013-02", 1),
+        (3, "2013-12", 1),
+        (4, "2014-05", 2),
     ]
     assert spans.list_spans(tmp_path / "root") == [1, 2, 3, 4]
     assert spans.uses_spans(tmp_path / "root")
@@ -64,8 +72,14 @@ def test_split_by_month_numbers_periods_chronologically(tmp_path):
 
 def test_split_by_quarter_and_first_span(tmp_path):
     source = write_csv(tmp_path / "all.csv", STAMPS)
-    plan = spans.split_csv(source, tmp_path / "root", by="quarter", timestamp_column=features.TIMESTAMP_COLUMN,
-                           expected_columns=features.CSV_COLUMNS, first_span=10)
+    plan = spans.split_csv(
+        source,
+        tmp_path / "root",
+        by="quarter",
+        timestamp_column=features.TIMESTAMP_COLUMN,
+        expected_columns=features.CSV_COLUMNS,
+        first_span=10,
+    )
     assert [(p.span, p.period, p.rows) for p in plan] == [(10, "2013-Q1", 3), (11, "2013-Q4", 1), (12, "2014-Q2", 2)]
 
 

@@ -10,9 +10,17 @@ from pipeline import typed_csv
 
 def _write(path, census_tract):
     row = {c: "" for c in features.CSV_COLUMNS}
-    row.update(fare="7.25", tips="1.0", trip_start_hour="9", trip_start_day="3", trip_start_month="5",
-               trip_start_timestamp="1400269500", trip_seconds="420", payment_type="Cash",
-               pickup_census_tract=census_tract)
+    row.update(
+        fare="7.25",
+        tips="1.0",
+        trip_start_hour="9",
+        trip_start_day="3",
+        trip_start_month="5",
+        trip_start_timestamp="1400269500",
+        trip_seconds="420",
+        payment_type="Cash",
+        pickup_census_tract=census_tract,
+    )
     path.write_text(",".join(features.CSV_COLUMNS) + "\n" + ",".join(row[c] for c in features.CSV_COLUMNS) + "\n")
 
 
@@ -25,7 +33,9 @@ def test_a_column_is_encoded_alike_whether_empty_or_full_of_integers(tmp_path, c
         feature = examples[0].features.feature
         # Declared "string": bytes_list either way (TFX's inference would give int64_list or no type).
         assert feature["pickup_census_tract"].WhichOneof("kind") == "bytes_list"
-        assert list(feature["pickup_census_tract"].bytes_list.value) == ([census_tract.encode()] if census_tract else [])
+        assert list(feature["pickup_census_tract"].bytes_list.value) == (
+            [census_tract.encode()] if census_tract else []
+        )
         assert feature["trip_seconds"].int64_list.value == [420]
         assert feature["fare"].float_list.value == [pytest.approx(7.25)]
 

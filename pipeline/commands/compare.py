@@ -12,7 +12,8 @@ from pipeline import cli
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "compare", help="primary vs canary/shadow: prediction divergence, latency percentiles, error rates",
+        "compare",
+        help="primary vs canary/shadow: prediction divergence, latency percentiles, error rates",
         description="Read the traffic log `mlpipe serve` writes when traffic.json (weighted split, shadow label) "
         "sits beside its models.config, and compare the answers: per role/label/version the requests, error rate, "
         "latency p50/p90/p99 and mean prediction; the canary's mean prediction against the primary label's; the "
@@ -20,8 +21,12 @@ def add_parser(subparsers) -> None:
         "0.5), overall and by --slice. Exit 0, or 2 when there is no traffic log (or none in the window).",
     )
     cli.add_config_options(p)
-    p.add_argument("--log-dir", metavar="DIR", help="the traffic log root (default <workspace>/serving_model/"
-                   "traffic_logs, i.e. traffic.json's log_dir beside the workspace's models.config)")
+    p.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="the traffic log root (default <workspace>/serving_model/"
+        "traffic_logs, i.e. traffic.json's log_dir beside the workspace's models.config)",
+    )
     p.add_argument("--since", metavar="DURATION", help="only answers from the last DURATION, e.g. 30m, 24h, 7d")
     p.add_argument("--slice", metavar="FEATURE", help="also break the shadow divergence down by this request feature")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

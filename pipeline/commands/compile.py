@@ -21,18 +21,26 @@ def add_parser(subparsers) -> None:
         epilog="See docs/scale-out.md for building the image and submitting the compiled file.",
     )
     parser.add_argument("--target", required=True, choices=("vertex", "kubeflow"), help="where it will run")
-    parser.add_argument("-o", "--output", required=True, metavar="FILE",
-                        help="file to write (vertex: .json; kubeflow: .yaml)")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="file to write (vertex: .json; kubeflow: .yaml)"
+    )
     g = parser.add_argument_group("deployment (override the [deploy] config section)")
     g.add_argument("--image", metavar="IMAGE", help="container image with mlpipe installed (deploy.image)")
-    g.add_argument("--pipeline-root", metavar="URI", help="artifact root on the cluster, e.g. gs://bucket/mlpipe "
-                   "(deploy.pipeline_root)")
-    g.add_argument("--deploy-data-root", metavar="URI",
-                   help="input CSV directory as the cluster sees it (deploy.data_root)")
-    g.add_argument("--serving-model-dir", metavar="URI",
-                   help="where Pusher writes models (deploy.serving_model_dir)")
-    g.add_argument("--schedule", metavar="CRON", help="5-field cron, e.g. '0 3 * * *': also write "
-                   "<FILE>.schedule.json and <FILE>.schedule.py (deploy.schedule)")
+    g.add_argument(
+        "--pipeline-root",
+        metavar="URI",
+        help="artifact root on the cluster, e.g. gs://bucket/mlpipe " "(deploy.pipeline_root)",
+    )
+    g.add_argument(
+        "--deploy-data-root", metavar="URI", help="input CSV directory as the cluster sees it (deploy.data_root)"
+    )
+    g.add_argument("--serving-model-dir", metavar="URI", help="where Pusher writes models (deploy.serving_model_dir)")
+    g.add_argument(
+        "--schedule",
+        metavar="CRON",
+        help="5-field cron, e.g. '0 3 * * *': also write "
+        "<FILE>.schedule.json and <FILE>.schedule.py (deploy.schedule)",
+    )
     g.add_argument("--project", metavar="ID", help="GCP project of the Vertex AI schedule (deploy.project)")
     g.add_argument("--region", metavar="REGION", help="Vertex AI region (deploy.region)")
     cli.add_run_options(parser)
@@ -41,15 +49,17 @@ def add_parser(subparsers) -> None:
 
 def _compile(args: argparse.Namespace) -> int:
     overrides = cli.run_overrides(args)
-    overrides.update({
-        "deploy.image": args.image,
-        "deploy.pipeline_root": args.pipeline_root,
-        "deploy.data_root": args.deploy_data_root,
-        "deploy.serving_model_dir": args.serving_model_dir,
-        "deploy.schedule": args.schedule,
-        "deploy.project": args.project,
-        "deploy.region": args.region,
-    })
+    overrides.update(
+        {
+            "deploy.image": args.image,
+            "deploy.pipeline_root": args.pipeline_root,
+            "deploy.data_root": args.deploy_data_root,
+            "deploy.serving_model_dir": args.serving_model_dir,
+            "deploy.schedule": args.schedule,
+            "deploy.project": args.project,
+            "deploy.region": args.region,
+        }
+    )
     config = cli.load_config(args, overrides)
     from pipeline import deploy, logs
 

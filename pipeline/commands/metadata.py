@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
     )
     sub = parser.add_subparsers(dest="metadata_command", metavar="SUBCOMMAND")
     check = sub.add_parser(
-        "check", help="connect with the configured settings and say where metadata lives",
+        "check",
+        help="connect with the configured settings and say where metadata lives",
         description="Connects to the configured metadata store (creating MLMD's tables in an empty MySQL "
         "database) and prints the backend, where it is and how many runs it holds. Never prints the password.",
     )
@@ -29,7 +30,8 @@ def add_parser(subparsers) -> None:
     check.add_argument("--json", action="store_true", help="print the answer as JSON (see docs/metadata.md)")
     check.set_defaults(func=_check)
     copy = sub.add_parser(
-        "copy", help="copy a workspace's SQLite history into the configured MySQL database",
+        "copy",
+        help="copy a workspace's SQLite history into the configured MySQL database",
         description="Copies every MLMD record of <workspace>/metadata.sqlite (or --from FILE) into the MySQL "
         "database of --config's [metadata] section: types, artifacts, executions, contexts, events, "
         "attributions and associations with their properties, keeping ids and timestamps, in one "
@@ -38,8 +40,9 @@ def add_parser(subparsers) -> None:
     )
     cli.add_config_options(copy)
     copy.add_argument("--to", choices=("mysql",), required=True, help="target backend (the config's [metadata])")
-    copy.add_argument("--from", dest="source", metavar="FILE",
-                      help="the SQLite store to copy (default: <workspace>/metadata.sqlite)")
+    copy.add_argument(
+        "--from", dest="source", metavar="FILE", help="the SQLite store to copy (default: <workspace>/metadata.sqlite)"
+    )
     copy.add_argument("--json", action="store_true", help="print the rows copied per table as JSON")
     copy.set_defaults(func=_copy)
     parser.set_defaults(func=lambda args: (parser.print_help(), cli.EXIT_USAGE)[1])
@@ -77,7 +80,9 @@ def _copy(args: argparse.Namespace) -> int:
         print(json.dumps({"from": source, "to": _where(config), "copied": copied}, indent=2))
     else:
         m = config.metadata
-        print(f"mlpipe: copied {copied['Artifact']} artifacts, {copied['Execution']} executions, "
-              f"{copied['Context']} contexts and {copied['Event']} events from {source} "
-              f"to mysql {m.user}@{m.host}:{m.port}/{m.database}")
+        print(
+            f"mlpipe: copied {copied['Artifact']} artifacts, {copied['Execution']} executions, "
+            f"{copied['Context']} contexts and {copied['Event']} events from {source} "
+            f"to mysql {m.user}@{m.host}:{m.port}/{m.database}"
+        )
     return cli.EXIT_OK

@@ -33,29 +33,49 @@ def add_parser(subparsers) -> None:
         f"Exit codes: 0 no alert, {EXIT_ALERT} alert, 2 bad usage/input (e.g. no logs in the window), 1 failure.",
     )
     cli.add_config_options(p)
-    p.add_argument("--since", metavar="TIME",
-                   help="window start: ISO 8601 (UTC if no zone) or a duration before now like 24h, 30m, 7d "
-                   "(default: monitoring.window before --until)")
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        help="window start: ISO 8601 (UTC if no zone) or a duration before now like 24h, 30m, 7d "
+        "(default: monitoring.window before --until)",
+    )
     p.add_argument("--until", metavar="TIME", help="window end (exclusive), same forms; default now")
     p.add_argument("--version", type=int, metavar="N", help="only the traffic served by this model version")
-    p.add_argument("--log-dir", metavar="DIR",
-                   help="request log root as given to `mlpipe serve --request_log_dir` (default <workspace>/request_logs)")
+    p.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="request log root as given to `mlpipe serve --request_log_dir` (default <workspace>/request_logs)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON (docs/monitoring.md)")
-    p.add_argument("--html", metavar="FILE",
-                   help="also write an HTML page: every feature's score against its noise band, the slices that "
-                   "alerted, prediction drift, and each alerting feature's two distributions")
+    p.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write an HTML page: every feature's score against its noise band, the slices that "
+        "alerted, prediction drift, and each alerting feature's two distributions",
+    )
     p.add_argument("--all", action="store_true", help="list every check in the table, not only the alerts")
     p.add_argument("--no-notify", action="store_true", help="do not run the alert command or call the webhook")
-    p.add_argument("--evaluate", metavar="CSV_OR_DIR",
-                   help="instead of the traffic checks: score the served version (or --version) with TFMA on labelled "
-                   "CSV data (a file or a span directory) and alert below evaluation.value_lower_bound")
-    p.add_argument("--retrain", action="store_true",
-                   help="run `mlpipe retrain` on the same workspace and config when a skew or drift alert persisted "
-                   "for monitoring.retrain_after_windows consecutive runs (at most monitoring.max_retrains_per_day "
-                   "a day), or on an --evaluate alert")
-    p.add_argument("--history", nargs="?", const="", metavar="FEATURE",
-                   help="instead of checking: print the recorded runs (each window's alerts), or with FEATURE that "
-                   "feature's score in every recorded window")
+    p.add_argument(
+        "--evaluate",
+        metavar="CSV_OR_DIR",
+        help="instead of the traffic checks: score the served version (or --version) with TFMA on labelled "
+        "CSV data (a file or a span directory) and alert below evaluation.value_lower_bound",
+    )
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="run `mlpipe retrain` on the same workspace and config when a skew or drift alert persisted "
+        "for monitoring.retrain_after_windows consecutive runs (at most monitoring.max_retrains_per_day "
+        "a day), or on an --evaluate alert",
+    )
+    p.add_argument(
+        "--history",
+        nargs="?",
+        const="",
+        metavar="FEATURE",
+        help="instead of checking: print the recorded runs (each window's alerts), or with FEATURE that "
+        "feature's score in every recorded window",
+    )
     p.set_defaults(func=_monitor)
 
 
@@ -82,9 +102,14 @@ def _monitor(args: argparse.Namespace) -> int:
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
     data = report.data
-    return _act(args, config, data, lambda: monitoring.table(report, show_all=args.all),
-                html=lambda path: monitoring.write_html(report, path),
-                on_retrain=lambda result: monitoring.history.mark_retrain(config, data, args.version, result, now))
+    return _act(
+        args,
+        config,
+        data,
+        lambda: monitoring.table(report, show_all=args.all),
+        html=lambda path: monitoring.write_html(report, path),
+        on_retrain=lambda result: monitoring.history.mark_retrain(config, data, args.version, result, now),
+    )
 
 
 def _history(args: argparse.Namespace, config) -> int:
@@ -139,8 +164,10 @@ def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=N
         data["notified"] = monitoring.notify(config, {k: v for k, v in data.items() if k != "notified"})
         for channel, outcome in data["notified"].items():
             if outcome is not None and not outcome["ok"]:
-                print(f"mlpipe: alert {channel} failed: {outcome.get('error') or outcome.get('stderr') or outcome}",
-                      file=logs.terminal())
+                print(
+                    f"mlpipe: alert {channel} failed: {outcome.get('error') or outcome.get('stderr') or outcome}",
+                    file=logs.terminal(),
+                )
     data["retrain"] = None
     if args.retrain and data["retrain_wanted"]:
         if not args.json:

@@ -23,8 +23,9 @@ def add_parser(sub) -> None:
     )
     init.add_argument("dir", metavar="DIR", help="project directory to create (must be empty or absent)")
     init.add_argument("--data", metavar="CSV", required=True, help="a CSV file with a header row: your dataset")
-    init.add_argument("--label", metavar="COLUMN", required=True,
-                      help="the CSV column to predict (integer class ids or class names)")
+    init.add_argument(
+        "--label", metavar="COLUMN", required=True, help="the CSV column to predict (integer class ids or class names)"
+    )
     init.set_defaults(func=_init)
 
     schema = sub.add_parser(
@@ -38,8 +39,12 @@ def add_parser(sub) -> None:
     cli.add_config_options(schema)
     schema.add_argument("--data-root", metavar="DIR", help="directory of CSV files (data.root)")
     schema.add_argument("-o", "--output", metavar="FILE", required=True, help="where to write schema.pbtxt")
-    schema.add_argument("--infer-feature-shape", action="store_true", default=None,
-                        help="dense features where every example has one value (data.infer_feature_shape)")
+    schema.add_argument(
+        "--infer-feature-shape",
+        action="store_true",
+        default=None,
+        help="dense features where every example has one value (data.infer_feature_shape)",
+    )
     schema.set_defaults(func=_schema)
 
 
@@ -107,7 +112,8 @@ def _init(args: argparse.Namespace) -> int:
     }
     (project / "mlpipe.toml").write_text((TEMPLATE_DIR / "mlpipe.toml").read_text().format(**values))
     (project / "model.py").write_text(
-        (TEMPLATE_DIR / "model.py").read_text()
+        (TEMPLATE_DIR / "model.py")
+        .read_text()
         .replace("__LABEL__", args.label)
         .replace("__NUM_CLASSES__", str(len(labels)))
         .replace("__LABEL_IS_STRING__", str(values["label_is_string"]))

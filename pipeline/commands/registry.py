@@ -21,8 +21,10 @@ def _nothing_yet(config, args: argparse.Namespace, empty: dict, snap=None) -> in
     if args.json:
         print(json.dumps({"workspace": str(config.workspace_path), **empty}, indent=2))
     elif runs:  # runs, but none pushed: say so, not "nothing has run"
-        print(f"mlpipe: nothing pushed yet: {len(runs)} run(s) in {config.workspace_path}, none pushed a model "
-              f"(newest: {registry.describe_run(runs[0])}); `mlpipe runs` lists them")
+        print(
+            f"mlpipe: nothing pushed yet: {len(runs)} run(s) in {config.workspace_path}, none pushed a model "
+            f"(newest: {registry.describe_run(runs[0])}); `mlpipe runs` lists them"
+        )
     else:
         print(f"mlpipe: nothing yet: no pipeline has run in {config.workspace_path} (start with `mlpipe run`)")
     return cli.EXIT_OK
@@ -58,8 +60,10 @@ def _runs(args: argparse.Namespace) -> int:
     print(f"{'RUN':<28} {'STARTED (UTC)':<26} {'SECONDS':>8}  {'SPANS':<6} OUTCOME")
     for row in rows:
         spans = ",".join(map(str, row["spans"])) or "-"
-        print(f"{row['run_id']:<28} {row['started'] or '-':<26} {row['seconds']:>8.1f}  {spans:<6} "
-              f"{registry.describe_run(row)}")
+        print(
+            f"{row['run_id']:<28} {row['started'] or '-':<26} {row['seconds']:>8.1f}  {spans:<6} "
+            f"{registry.describe_run(row)}"
+        )
     return cli.EXIT_OK
 
 
@@ -94,11 +98,15 @@ def _models(args: argparse.Namespace) -> int:
         print(f"version {r['version']}" + (f"  [{tags}]" if tags else "") + f"  pushed {r['pushed']}")
         if r["rollback"]:
             rb = r["rollback"]
-            print(f"  rollback: re-publishes version {rb['of_version']} (replaced {rb['replaced_version']}) "
-                  f"by {rb['user']}: {rb['reason']}")
+            print(
+                f"  rollback: re-publishes version {rb['of_version']} (replaced {rb['replaced_version']}) "
+                f"by {rb['user']}: {rb['reason']}"
+            )
         else:
-            print(f"  run {r['run_id']}; trained in run {r['trainer_run_id']}; spans "
-                  f"{','.join(map(str, r['training_spans'])) or '-'}")
+            print(
+                f"  run {r['run_id']}; trained in run {r['trainer_run_id']}; spans "
+                f"{','.join(map(str, r['training_spans'])) or '-'}"
+            )
         baseline = r["baseline"]
         print(f"  baseline: {('version ' + str(baseline['version'])) if baseline and baseline['version'] else 'none'}")
         for check in r["checks"]:
@@ -129,8 +137,9 @@ def _lineage(args: argparse.Namespace) -> int:
     if snap is None:
         if args.span is not None:
             return _nothing_yet(config, args, {"span": args.span, "versions": []})
-        raise cli.CommandError(f"no pipeline has run in {config.workspace_path} yet: no version {args.version}",
-                               cli.EXIT_USAGE)
+        raise cli.CommandError(
+            f"no pipeline has run in {config.workspace_path} yet: no version {args.version}", cli.EXIT_USAGE
+        )
     if args.span is not None:
         versions = registry.versions_trained_on_span(snap, args.span)
         if args.json:
@@ -145,17 +154,23 @@ def _lineage(args: argparse.Namespace) -> int:
         _dump(chain)
         return cli.EXIT_OK
     pub = chain["published"]
-    print(f"Version {chain['version']}: {chain['pushed']['path']}"
-          f"{'' if chain['pushed']['exists'] else ' (directory missing)'}  pushed {pub['pushed']}")
+    print(
+        f"Version {chain['version']}: {chain['pushed']['path']}"
+        f"{'' if chain['pushed']['exists'] else ' (directory missing)'}  pushed {pub['pushed']}"
+    )
     if chain["rollback"]:
         rb = chain["rollback"]
-        print(f"  <- rollback execution {rb['execution_id']} by {rb['user']} re-publishing version "
-              f"{rb['of_version']} (replaced {rb['replaced_version']}): {rb['reason']}")
+        print(
+            f"  <- rollback execution {rb['execution_id']} by {rb['user']} re-publishing version "
+            f"{rb['of_version']} (replaced {rb['replaced_version']}): {rb['reason']}"
+        )
     print(f"  <- Pusher {_exec_line(chain['pusher'])}")
     ev = chain["evaluation"]
     base = ev["baseline"]
     print(f"  <- blessing (blessed={ev['blessed']}) from Evaluator {_exec_line(ev['execution'])}")
-    print(f"     baseline: {('version ' + str(base['version']) + ' (model ' + str(base['model_id']) + ')') if base else 'none'}")
+    print(
+        f"     baseline: {('version ' + str(base['version']) + ' (model ' + str(base['model_id']) + ')') if base else 'none'}"
+    )
     for check in ev["checks"]:
         print(f"     {registry.describe_check(check)}")
     m = chain["model"]
@@ -195,11 +210,15 @@ def _rollback(args: argparse.Namespace) -> int:
     if args.json:
         _dump(result)
     elif args.dry_run:
-        print(f"mlpipe: dry run: would re-publish version {result['to_version']} as version "
-              f"{result['new_version']} ({result['path']}), replacing {result['replaced_version']}")
+        print(
+            f"mlpipe: dry run: would re-publish version {result['to_version']} as version "
+            f"{result['new_version']} ({result['path']}), replacing {result['replaced_version']}"
+        )
     else:
-        print(f"mlpipe: rolled back: version {result['to_version']} re-published as version "
-              f"{result['new_version']} ({result['path']}), replacing {result['replaced_version']}")
+        print(
+            f"mlpipe: rolled back: version {result['to_version']} re-published as version "
+            f"{result['new_version']} ({result['path']}), replacing {result['replaced_version']}"
+        )
         print(f"mlpipe: recorded as MLMD execution {result['execution_id']} by {result['user']}: {result['reason']}")
         if result["models_config"]:
             print(f"mlpipe: updated {result['models_config']} to load the new version")
@@ -211,8 +230,12 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _label_state(config) -> dict:
     serving = registry.serving_state(config)
-    return {"model_config_file": str(registry.models_config_path(config)), "labels": serving["labels"],
-            "latest": serving["latest"], "loaded": serving["loaded"]}
+    return {
+        "model_config_file": str(registry.models_config_path(config)),
+        "labels": serving["labels"],
+        "latest": serving["latest"],
+        "loaded": serving["loaded"],
+    }
 
 
 def _print_labels(state: dict) -> None:
@@ -236,11 +259,15 @@ def _label_set(args: argparse.Namespace) -> int:
     if args.json:
         _dump({**state, "move": move})
     else:
-        print(f"mlpipe: {args.name} -> version {args.version} in {path} (was {move['from_version'] or 'unset'}; "
-              f"recorded as MLMD execution {move['execution_id']})")
+        print(
+            f"mlpipe: {args.name} -> version {args.version} in {path} (was {move['from_version'] or 'unset'}; "
+            f"recorded as MLMD execution {move['execution_id']})"
+        )
         if "server_confirmed_seconds" in move:
-            print(f"mlpipe: the server at {args.wait_server} answers {args.name} with version {args.version} "
-                  f"(after {move['server_confirmed_seconds']}s: loaded and warmed up before the label moved)")
+            print(
+                f"mlpipe: the server at {args.wait_server} answers {args.name} with version {args.version} "
+                f"(after {move['server_confirmed_seconds']}s: loaded and warmed up before the label moved)"
+            )
         print(f"mlpipe: serve with: mlpipe serve --model_config_file {path}")
     return cli.EXIT_OK
 
@@ -252,7 +279,9 @@ def _label_history(args: argparse.Namespace) -> int:
     elif not moves:
         print("mlpipe: no label moves recorded yet; move one with `mlpipe label set stable VERSION --reason TEXT`")
     for m in [] if args.json else moves:
-        print(f"{m['time']}  {m['user']:<10} {m['label']:<10} {m['from_version'] or '-'} -> {m['to_version'] or '-'}  {m['reason']}")
+        print(
+            f"{m['time']}  {m['user']:<10} {m['label']:<10} {m['from_version'] or '-'} -> {m['to_version'] or '-'}  {m['reason']}"
+        )
     return cli.EXIT_OK
 
 
@@ -273,7 +302,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "runs", help="list pipeline runs, newest first, with their outcome",
+        "runs",
+        help="list pipeline runs, newest first, with their outcome",
         description="Each pipeline run recorded in ML Metadata, newest first: start, duration, spans used and "
         "outcome (pushed version N, not blessed with the failed metric and bound, failed at a component with "
         "its error, incomplete, fully cached). Exit 0 (also when nothing has run yet).",
@@ -282,7 +312,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_guard(_runs))
 
     p = subparsers.add_parser(
-        "models", help="list pushed model versions and what serving would load",
+        "models",
+        help="list pushed model versions and what serving would load",
         description="Every pushed version (and rollback re-publication), newest first: push time, the "
         "thresholds it passed, its baseline, training spans, the run that produced it; and which versions a "
         "server would load now (latest, labels). Exit 0 (also when nothing has been pushed yet).",
@@ -291,7 +322,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_guard(_models))
 
     p = subparsers.add_parser(
-        "lineage", help="provenance of a pushed version, or the versions trained on a span",
+        "lineage",
+        help="provenance of a pushed version, or the versions trained on a span",
         description="The chain of one pushed version: directory -> Pusher -> blessing/Evaluator -> Model/Trainer "
         "-> Transform -> Examples -> Schema, Statistics, anomalies. With --span N instead: the pushed versions "
         "trained on span N. Exit 2 for a version that was never pushed.",
@@ -302,21 +334,27 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_guard(_lineage))
 
     p = subparsers.add_parser(
-        "rollback", help="serve an earlier blessed version again (re-published as a new highest version)",
+        "rollback",
+        help="serve an earlier blessed version again (re-published as a new highest version)",
         description="Copies an earlier blessed version into a temporary, non-integer directory in the model base "
         "directory and renames it atomically to (highest version + 1), so TF Serving and `mlpipe serve` load it "
         "without a restart; records an mlpipe.Rollback execution in ML Metadata with the reason and the user. "
         "Exit 1 when refused (nothing earlier, never blessed, already served), 2 for an unknown version.",
     )
-    p.add_argument("--to", type=int, metavar="VERSION",
-                   help="the version to serve (default: the blessed version pushed before the current one)")
+    p.add_argument(
+        "--to",
+        type=int,
+        metavar="VERSION",
+        help="the version to serve (default: the blessed version pushed before the current one)",
+    )
     p.add_argument("--reason", required=True, metavar="TEXT", help="why (kept in ML Metadata)")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
     _common(p)
     p.set_defaults(func=_guard(_rollback))
 
     p = subparsers.add_parser(
-        "label", help="TF Serving version labels (stable, canary) in serving_model/models.config",
+        "label",
+        help="TF Serving version labels (stable, canary) in serving_model/models.config",
         description="Maintain version labels in <workspace>/serving_model/models.config (TF Serving "
         "ModelServerConfig text format; its version policy loads every labelled version plus the latest). "
         "Serve it with `mlpipe serve --model_config_file workspace/serving_model/models.config`.",
@@ -326,14 +364,20 @@ def add_parser(subparsers) -> None:
     q.add_argument("name", metavar="NAME", help="label, e.g. stable or canary")
     q.add_argument("version", type=int, metavar="VERSION", help="a version directory under serving_model/<model>/")
     q.add_argument("--reason", default="", metavar="TEXT", help="why (kept in ML Metadata, see `label history`)")
-    q.add_argument("--wait-server", metavar="URL", help="wait until the server at URL (e.g. http://127.0.0.1:8501) "
-                   "answers the label with VERSION: it loads and warms the version before moving the label")
+    q.add_argument(
+        "--wait-server",
+        metavar="URL",
+        help="wait until the server at URL (e.g. http://127.0.0.1:8501) "
+        "answers the label with VERSION: it loads and warms the version before moving the label",
+    )
     _common(q)
     q.set_defaults(func=_guard(_label_set))
     q = label_sub.add_parser(
-        "history", help="every label move: who, when, from, to, why",
+        "history",
+        help="every label move: who, when, from, to, why",
         description="Every label move recorded in ML Metadata (label set/remove, and rollbacks, which move "
-        "'(latest)' and the labels of the replaced version), newest first.")
+        "'(latest)' and the labels of the replaced version), newest first.",
+    )
     q.add_argument("--label", metavar="NAME", help="only this label's moves")
     _common(q)
     q.set_defaults(func=_guard(_label_history))

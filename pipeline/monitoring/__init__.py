@@ -31,7 +31,25 @@ from pipeline.monitoring.traffic import Traffic, decode_request, read_traffic
 from pipeline.monitoring.window import MonitorError, iso_seconds, parse_duration, parse_time
 
 __all__ = [
-    "MonitorError", "Report", "SERVING", "TRAINING", "Traffic", "TrainingData", "decode_request", "evaluate",
-    "iso_seconds", "monitor", "monitoring_schema", "notify", "parse_duration", "parse_time", "read_traffic",
-    "start_retrain", "statistics_of", "table", "threshold_for", "training_data", "write_html",
+    "MonitorError",
+    "Report",
+    "SERVING",
+    "TRAINING",
+    "Traffic",
+    "TrainingData",
+    "decode_request",
+    "evaluate",
+    "iso_seconds",
+    "monitor",
+    "monitoring_schema",
+    "notify",
+    "parse_duration",
+    "parse_time",
+    "read_traffic",
+    "start_retrain",
+    "statistics_of",
+    "table",
+    "threshold_for",
+    "training_data",
+    "write_html",
 ]

@@ -24,13 +24,17 @@ def notify(config: Config, document: dict, timeout: float = 30.0) -> dict:
     if m.alert_command:
         try:
             done = subprocess.run(m.alert_command, shell=True, input=body, capture_output=True, timeout=timeout)
-            result["command"] = {"exit_code": done.returncode, "ok": done.returncode == 0,
-                                 "stderr": done.stderr.decode(errors="replace")[-500:]}
+            result["command"] = {
+                "exit_code": done.returncode,
+                "ok": done.returncode == 0,
+                "stderr": done.stderr.decode(errors="replace")[-500:],
+            }
         except subprocess.TimeoutExpired:
             result["command"] = {"exit_code": None, "ok": False, "stderr": f"timed out after {timeout:.0f} s"}
     if m.webhook_url:
-        request = urllib.request.Request(m.webhook_url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            m.webhook_url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 result["webhook"] = {"status": response.status, "ok": 200 <= response.status < 300}
@@ -55,4 +59,3 @@ def start_retrain(config: Config, config_file: str | None, extra_args: list[str]
     for stream in (done.stdout, done.stderr):  # on our stderr, so --json output stays one document
         logs.terminal().write(stream.decode(errors="replace"))
     return {"command": argv[1:], "exit_code": done.returncode, "seconds": round(time.time() - started, 1)}
-

@@ -59,8 +59,9 @@ def training_data(snap: registry.Snapshot, version: int, config: Config | None =
     source = versions[registry.original_version(versions, str(version))]
     model = source.model
     trainer = snap.producing_execution(model) if model is not None else None
-    examples = sorted(registry.example_artifacts_of_model(snap, model),
-                      key=lambda a: int(metadata.prop(a, "span", 0) or 0))
+    examples = sorted(
+        registry.example_artifacts_of_model(snap, model), key=lambda a: int(metadata.prop(a, "span", 0) or 0)
+    )
     schemas = snap.input_artifacts(trainer, "schema") if trainer is not None else []
     if not examples or not schemas:
         raise MonitorError(f"MLMD has no training examples or schema for version {version}; cannot compare", 1)
@@ -111,7 +112,7 @@ def _eval_scores(model_dir: str, serialized: list[bytes]) -> list[float]:
     name = next(iter(signature.structured_input_signature[1]))
     scores = []
     for i in range(0, len(serialized), 512):
-        outputs = signature(**{name: tf.constant(serialized[i:i + 512])})
+        outputs = signature(**{name: tf.constant(serialized[i : i + 512])})
         array = outputs.get(SCORE_OUTPUT, next(iter(outputs.values()))).numpy()
         scores += [float(v) for v in (array[:, -1] if array.ndim == 2 else array.reshape(-1))]
     return np.asarray(scores, dtype=float).tolist()
@@ -123,8 +124,13 @@ def baseline(config: Config, trained: TrainingData) -> dict:
     from tensorflow.core.example import example_pb2
 
     cache = config.workspace_path / BASELINE_DIR / f"{trained.version}.json"
-    key = {"examples": trained.examples_uris, "spans": trained.examples_spans, "model": trained.model_dir,
-           "rows": config.monitoring.baseline_rows, "seed": 0}
+    key = {
+        "examples": trained.examples_uris,
+        "spans": trained.examples_spans,
+        "model": trained.model_dir,
+        "rows": config.monitoring.baseline_rows,
+        "seed": 0,
+    }
     if cache.is_file():
         try:
             data = json.loads(cache.read_text())
@@ -133,15 +139,23 @@ def baseline(config: Config, trained: TrainingData) -> dict:
         except (OSError, ValueError):
             pass  # unreadable cache: recompute
     rng = random.Random(0)
-    train = [(span, raw) for uri, span in zip(trained.examples_uris, trained.examples_spans)
-             for raw in _read_examples([uri], "train")]
+    train = [
+        (span, raw)
+        for uri, span in zip(trained.examples_uris, trained.examples_spans)
+        for raw in _read_examples([uri], "train")
+    ]
     total = len(train)
     if len(train) > config.monitoring.baseline_rows:
         train = rng.sample(train, config.monitoring.baseline_rows)
-    rows = [dict({k: _plain(v) for k, v in example_row(example_pb2.Example.FromString(raw)).items()}, **{SPAN: span})
-            for span, raw in train]
-    evals = [(span, raw) for uri, span in zip(trained.examples_uris, trained.examples_spans)
-             for raw in _read_examples([uri], "eval")]
+    rows = [
+        dict({k: _plain(v) for k, v in example_row(example_pb2.Example.FromString(raw)).items()}, **{SPAN: span})
+        for span, raw in train
+    ]
+    evals = [
+        (span, raw)
+        for uri, span in zip(trained.examples_uris, trained.examples_spans)
+        for raw in _read_examples([uri], "eval")
+    ]
     if len(evals) > EVAL_SCORE_ROWS:
         evals = rng.sample(evals, EVAL_SCORE_ROWS)
     score_spans = [span for span, _ in evals]
@@ -151,9 +165,15 @@ def baseline(config: Config, trained: TrainingData) -> dict:
         scores, error = [], f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     else:
         error = None
-    data = {"key": key, "rows": rows, "scores": scores, "score_spans": score_spans if scores else [],
-            "train_rows": total, "eval_rows": len(evals),
-            "score_error": error}
+    data = {
+        "key": key,
+        "rows": rows,
+        "scores": scores,
+        "score_spans": score_spans if scores else [],
+        "train_rows": total,
+        "eval_rows": len(evals),
+        "score_error": error,
+    }
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp-{os.getpid()}")

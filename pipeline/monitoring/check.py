@@ -41,15 +41,31 @@ def _kinds() -> dict[str, str]:
     return stats.feature_kinds(features.MODEL_FEATURES, features.CATEGORICAL_FEATURES)
 
 
-def _compare(config: Config, check: str, version: int | None, base_rows: list[dict], rows: list[dict],
-             base_scores: list[float], scores: list[float], notes: list[str],
-             phis: dict[str, float] | None = None,
-             score_spans: list[int] | None = None) -> tuple[list[dict], dict[str, float]]:
+def _compare(
+    config: Config,
+    check: str,
+    version: int | None,
+    base_rows: list[dict],
+    rows: list[dict],
+    base_scores: list[float],
+    scores: list[float],
+    notes: list[str],
+    phis: dict[str, float] | None = None,
+    score_spans: list[int] | None = None,
+) -> tuple[list[dict], dict[str, float]]:
     m = config.monitoring
-    found, phis = stats.compare(base_rows, rows, _kinds(), slice_features=slice_features(config),
-                                seasonal=seasonal_features(config), alpha=m.alpha, min_distance=m.min_distance,
-                                feature_floors=dict(m.feature_thresholds), min_slice_examples=m.min_slice_examples,
-                                phis=phis)
+    found, phis = stats.compare(
+        base_rows,
+        rows,
+        _kinds(),
+        slice_features=slice_features(config),
+        seasonal=seasonal_features(config),
+        alpha=m.alpha,
+        min_distance=m.min_distance,
+        feature_floors=dict(m.feature_thresholds),
+        min_slice_examples=m.min_slice_examples,
+        phis=phis,
+    )
     tested = len({(r["feature"], r["slice"]) for r in found})
     out = stats.summarize(found)
     prediction = stats.compare_scores(base_scores, scores, m.alpha, m.min_distance, score_spans)
@@ -57,15 +73,18 @@ def _compare(config: Config, check: str, version: int | None, base_rows: list[di
         out.append(prediction)
     else:
         label = "the training window's eval split" if check == "skew" else "the previous window"
-        notes.append(f"{check}{'' if version is None else f' (version {version})'}: prediction drift not checked: "
-                     f"{len(scores)} logged score(s) in the window, {len(base_scores)} of {label}")
+        notes.append(
+            f"{check}{'' if version is None else f' (version {version})'}: prediction drift not checked: "
+            f"{len(scores)} logged score(s) in the window, {len(base_scores)} of {label}"
+        )
     for row in out:
         row.update(check=check, version=version, tests=tested)
     return out, phis
 
 
-def monitor(config: Config, since: float, until: float, log_dir: Path, version: int | None = None,
-            now: float | None = None) -> Report:
+def monitor(
+    config: Config, since: float, until: float, log_dir: Path, version: int | None = None, now: float | None = None
+) -> Report:
     """Skew, drift, prediction drift and anomalies of the traffic logged in [since, until); records the
     run in the history. Raises MonitorError for bad input."""
     import tensorflow_data_validation as tfdv
@@ -119,25 +138,43 @@ def monitor(config: Config, since: float, until: float, log_dir: Path, version: 
             notes.append(f"version {v}: its eval-split scores could not be computed ({base['score_error']})")
         # Skew: the whole training window's sample against this version's traffic.
         if len(rows) >= minimum:
-            found, dispersions[v] = _compare(config, "skew", v, base["rows"], rows, base["scores"],
-                                             baseline_lib.rows_with_scores(rows), notes,
-                                             score_spans=base.get("score_spans"))
+            found, dispersions[v] = _compare(
+                config,
+                "skew",
+                v,
+                base["rows"],
+                rows,
+                base["scores"],
+                baseline_lib.rows_with_scores(rows),
+                notes,
+                score_spans=base.get("score_spans"),
+            )
             checks += found
             samples[("skew", v)] = (base["rows"], rows)
         else:
             notes.append(f"version {v}: {len(rows)} example(s) < monitoring.min_examples {minimum}: skew not checked")
         # Anomalies: the serving statistics against the tolerant schema in the SERVING environment.
         schema = tfdv_checks.serving_schema(data.schema, base["rows"], config.monitoring.min_distance)
-        served = tfdv.validate_statistics(tfdv_checks.statistics_of(rows, histograms=False), schema, environment=tfdv_checks.SERVING)
+        served = tfdv.validate_statistics(
+            tfdv_checks.statistics_of(rows, histograms=False), schema, environment=tfdv_checks.SERVING
+        )
         for anomaly in tfdv_checks._schema_anomalies(served, v):
             anomaly["expected"] = anomaly["feature"] in seasonal
             anomalies.append(anomaly)
-        versions_out.append({
-            "version": v, "requests": traffic.requests[v], "examples": len(rows),
-            "training_spans": data.spans, "training_span": data.span, "training_examples": data.examples_uris,
-            "baseline_rows": len(base["rows"]), "training_rows": base["train_rows"],
-            "baseline_scores": len(base["scores"]), "schema": data.schema_uri,
-        })
+        versions_out.append(
+            {
+                "version": v,
+                "requests": traffic.requests[v],
+                "examples": len(rows),
+                "training_spans": data.spans,
+                "training_span": data.span,
+                "training_examples": data.examples_uris,
+                "baseline_rows": len(base["rows"]),
+                "training_rows": base["train_rows"],
+                "baseline_scores": len(base["scores"]),
+                "schema": data.schema_uri,
+            }
+        )
     # Drift: the previous window of the same length against this one (all versions' traffic).
     length = until - since
     previous = read_traffic(log_dir, since - length, since)
@@ -150,14 +187,24 @@ def monitor(config: Config, since: float, until: float, log_dir: Path, version: 
         # The previous window has no spans: the newest version's training dispersion is the normal evolution.
         newest = max(trained)
         phis = dispersions.get(newest) or {}
-        found, _ = _compare(config, "drift", None, previous_rows, current_rows,
-                            baseline_lib.rows_with_scores(previous_rows), baseline_lib.rows_with_scores(current_rows),
-                            notes, phis=phis)
+        found, _ = _compare(
+            config,
+            "drift",
+            None,
+            previous_rows,
+            current_rows,
+            baseline_lib.rows_with_scores(previous_rows),
+            baseline_lib.rows_with_scores(current_rows),
+            notes,
+            phis=phis,
+        )
         checks += found
         samples[("drift", None)] = (previous_rows, current_rows)
     else:
-        notes.append(f"{len(previous_rows)} example(s) in the previous window, {len(current_rows)} in this one "
-                     f"(monitoring.min_examples {minimum}): drift not checked")
+        notes.append(
+            f"{len(previous_rows)} example(s) in the previous window, {len(current_rows)} in this one "
+            f"(monitoring.min_examples {minimum}): drift not checked"
+        )
     alerts = [c for c in checks if c["alert"]]
     paging = [a for a in anomalies if not a["expected"]]
     checks.sort(key=lambda c: (c["check"], c["version"] or 0, c["feature"], c["slice"] is not None, c["slice"] or ""))
@@ -166,25 +213,40 @@ def monitor(config: Config, since: float, until: float, log_dir: Path, version: 
         "model": config.model_name,
         "log_dir": str(log_dir),
         "window": {"since": iso_seconds(since), "until": iso_seconds(until)},
-        "previous_window": {"since": iso_seconds(since - length), "until": iso_seconds(since),
-                            "requests": previous.total_requests, "examples": len(previous_rows)},
+        "previous_window": {
+            "since": iso_seconds(since - length),
+            "until": iso_seconds(since),
+            "requests": previous.total_requests,
+            "examples": len(previous_rows),
+        },
         "requests": sum(traffic.requests[v] for v in trained),
         "versions": versions_out,
-        "unknown_versions": [{"version": v, "requests": traffic.requests[v], "reason": reason} for v, reason in unknown],
+        "unknown_versions": [
+            {"version": v, "requests": traffic.requests[v], "reason": reason} for v, reason in unknown
+        ],
         "skipped_logs": traffic.skipped + [s for s in previous.skipped if s not in traffic.skipped],
-        "method": {"alpha": config.monitoring.alpha, "min_distance": config.monitoring.min_distance,
-                   "slice_features": list(slice_features(config)), "seasonal_features": sorted(seasonal)},
+        "method": {
+            "alpha": config.monitoring.alpha,
+            "min_distance": config.monitoring.min_distance,
+            "slice_features": list(slice_features(config)),
+            "seasonal_features": sorted(seasonal),
+        },
         "checks": checks,
         "anomalies": anomalies,
         "notes": notes,
-        "alerts": sorted({f"{c['check']}:{c['feature']}" for c in alerts} | {f"anomaly:{a['feature']}" for a in paging}),
+        "alerts": sorted(
+            {f"{c['check']}:{c['feature']}" for c in alerts} | {f"anomaly:{a['feature']}" for a in paging}
+        ),
         "alert": bool(alerts or paging),
     }
     entries = history.record(config, data, version, now)
     data["retrain_gate"] = history.retrain_gate(config, entries, data, version, now)
     data["retrain_wanted"] = data["retrain_gate"]["wanted"]
     total = time.perf_counter() - started
-    data["timing"] = {"seconds": round(total, 3), "read_seconds": round(read_seconds, 3),
-                      "baseline_seconds": round(baseline_seconds, 3),
-                      "compute_seconds": round(total - read_seconds - baseline_seconds, 3)}
+    data["timing"] = {
+        "seconds": round(total, 3),
+        "read_seconds": round(read_seconds, 3),
+        "baseline_seconds": round(baseline_seconds, 3),
+        "compute_seconds": round(total - read_seconds - baseline_seconds, 3),
+    }
     return Report(data, samples)

@@ -26,8 +26,10 @@ def _csv_to_examples(files: list[Path], schema, destination: Path) -> int:
     from tensorflow.core.example import example_pb2
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    kinds = {f.name: {schema_pb2.INT: "int64_list", schema_pb2.FLOAT: "float_list"}.get(f.type, "bytes_list")
-             for f in schema.feature}
+    kinds = {
+        f.name: {schema_pb2.INT: "int64_list", schema_pb2.FLOAT: "float_list"}.get(f.type, "bytes_list")
+        for f in schema.feature
+    }
     count = 0
     with tf.io.TFRecordWriter(str(destination)) as writer:
         for path in files:
@@ -92,18 +94,27 @@ def evaluate(config: Config, data: Path, version: int | None, workdir: Path) -> 
                 threshold.threshold.ClearField("change_threshold")
     shared = tfma.default_eval_shared_model(eval_saved_model_path=str(model_dir), eval_config=eval_cfg)
     output = workdir / "evaluation"
-    tfma.run_model_analysis(eval_shared_model=shared, eval_config=eval_cfg, data_location=str(examples),
-                            output_path=str(output), file_format="tfrecords")
+    tfma.run_model_analysis(
+        eval_shared_model=shared,
+        eval_config=eval_cfg,
+        data_location=str(examples),
+        output_path=str(output),
+        file_format="tfrecords",
+    )
     values = evaluation.overall_metrics(str(output))
     metrics = {name: round(value, 6) for (name, model, is_diff), value in sorted(values.items()) if not is_diff}
     ev = config.evaluation
     value = metrics.get(ev.value_metric)
     passed = value is not None and value >= ev.value_lower_bound
     return {
-        "workspace": str(config.workspace_path), "model": config.model_name, "version": version,
-        "data": [str(f) for f in files], "examples": count, "metrics": metrics,
-        "threshold": {"metric": ev.value_metric, "lower_bound": ev.value_lower_bound, "value": value,
-                      "passed": passed},
+        "workspace": str(config.workspace_path),
+        "model": config.model_name,
+        "version": version,
+        "data": [str(f) for f in files],
+        "examples": count,
+        "metrics": metrics,
+        "threshold": {"metric": ev.value_metric, "lower_bound": ev.value_lower_bound, "value": value, "passed": passed},
         "alerts": [] if passed else [f"evaluation:{ev.value_metric}"],
-        "alert": not passed, "retrain_wanted": not passed,
+        "alert": not passed,
+        "retrain_wanted": not passed,
     }

@@ -73,8 +73,10 @@ def mark_retrain(config: Config, data: dict, version_filter: int | None, retrain
     key = (data["window"]["since"], data["window"]["until"], version_filter)
     for entry in entries:
         if _key(entry) == key:
-            entry["retrain"] = {"started": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="seconds"),
-                                "exit_code": retrain.get("exit_code")}
+            entry["retrain"] = {
+                "started": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="seconds"),
+                "exit_code": retrain.get("exit_code"),
+            }
     _save(config, entries)
 
 
@@ -89,7 +91,11 @@ def retrain_gate(config: Config, entries: list[dict], data: dict, version_filter
     `max_retrains_per_day` retrains started in the last 24 hours."""
     m = config.monitoring
     k = m.retrain_after_windows
-    mine = [e for e in entries if e.get("version_filter") == version_filter and e["window"]["until"] <= data["window"]["until"]]
+    mine = [
+        e
+        for e in entries
+        if e.get("version_filter") == version_filter and e["window"]["until"] <= data["window"]["until"]
+    ]
     recent = mine[-k:]
     persisting = set.intersection(*(_alert_keys(e) for e in recent)) if len(recent) == k else set()
     day_ago = dt.datetime.fromtimestamp(now - 86400, dt.timezone.utc).isoformat(timespec="seconds")
@@ -99,12 +105,19 @@ def retrain_gate(config: Config, entries: list[dict], data: dict, version_filter
     elif not persisting:
         reason = f"no skew or drift alert persisted for {k} consecutive window(s) (monitoring.retrain_after_windows)"
     elif started >= m.max_retrains_per_day:
-        reason = f"{started} retrain(s) started in the last 24 h (monitoring.max_retrains_per_day {m.max_retrains_per_day})"
+        reason = (
+            f"{started} retrain(s) started in the last 24 h (monitoring.max_retrains_per_day {m.max_retrains_per_day})"
+        )
     else:
         reason = f"{', '.join(sorted(persisting))} alerted in {k} consecutive window(s)"
-    return {"wanted": bool(persisting) and started < m.max_retrains_per_day, "persisting": sorted(persisting),
-            "windows": k, "retrains_last_24h": started, "max_retrains_per_day": m.max_retrains_per_day,
-            "reason": reason}
+    return {
+        "wanted": bool(persisting) and started < m.max_retrains_per_day,
+        "persisting": sorted(persisting),
+        "windows": k,
+        "retrains_last_24h": started,
+        "max_retrains_per_day": m.max_retrains_per_day,
+        "reason": reason,
+    }
 
 
 def lines(entries: list[dict], feature: str | None) -> list[str]:
@@ -117,8 +130,10 @@ def lines(entries: list[dict], feature: str | None) -> list[str]:
             retrain = "  (retrain started)" if e.get("retrain") else ""
             out.append(f"{e['window']['until']:<26} {e['requests']:>8}  {', '.join(e['alerts']) or '-'}{retrain}")
         return out
-    out = [f"{'WINDOW UNTIL':<26} {'CHECK':<6} {'VERSION':<11} {'STATISTIC':<10} {'DISTANCE':>8} {'BAND':>8} "
-           f"{'P-VALUE':>9}  VERDICT"]
+    out = [
+        f"{'WINDOW UNTIL':<26} {'CHECK':<6} {'VERSION':<11} {'STATISTIC':<10} {'DISTANCE':>8} {'BAND':>8} "
+        f"{'P-VALUE':>9}  VERDICT"
+    ]
     found = False
     for e in entries:
         for s in e["scores"]:
@@ -127,9 +142,11 @@ def lines(entries: list[dict], feature: str | None) -> list[str]:
             found = True
             where = f"  [{s['slice']}]" if s["slice"] else ""
             verdict = "ALERT" if s["alert"] else ("expected" if s.get("expected") else "ok")
-            out.append(f"{e['window']['until']:<26} {s['check']:<6} {str(s['version'] or 'all'):<11} "
-                       f"{s['statistic']:<10} {s['distance']:>8.4f} {s['band']:>8.4f} {s['p_value']:>9.2e}  "
-                       f"{verdict}{where}")
+            out.append(
+                f"{e['window']['until']:<26} {s['check']:<6} {str(s['version'] or 'all'):<11} "
+                f"{s['statistic']:<10} {s['distance']:>8.4f} {s['band']:>8.4f} {s['p_value']:>9.2e}  "
+                f"{verdict}{where}"
+            )
     if not found:
         return [f"no scores of feature {feature!r} recorded"]
     return out

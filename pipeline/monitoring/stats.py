@@ -74,7 +74,9 @@ def _number(value) -> float:
         return math.nan
 
 
-def encode(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str, str]) -> tuple[Encoding, Sample, Sample]:
+def encode(
+    baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str, str]
+) -> tuple[Encoding, Sample, Sample]:
     """Both sides' columns, categorical values coded in one vocabulary (baseline values first)."""
     encoding = Encoding(kinds=kinds, vocab={}, baseline_vocab={})
     sides = (Sample({}, len(baseline_rows)), Sample({}, len(current_rows)))
@@ -162,8 +164,9 @@ def numeric_test(base: np.ndarray, cur: np.ndarray, alpha: float, phi: float = 1
     return _combine(results, len(cur), len(base))
 
 
-def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float, phi: float = 1.0,
-                     tau2: np.ndarray | None = None) -> dict | None:
+def categorical_test(
+    base: np.ndarray, cur: np.ndarray, seen: int, alpha: float, phi: float = 1.0, tau2: np.ndarray | None = None
+) -> dict | None:
     """Chi-squared on the counts (its statistic divided by the dispersion `phi`), the largest change of
     one category's share (its variance plus `tau2`, the category's own between-span variance), and the
     new-value test. `seen`: codes below it occur in the whole baseline (others are new values)."""
@@ -210,7 +213,7 @@ def categorical_test(base: np.ndarray, cur: np.ndarray, seen: int, alpha: float,
         n, m = len(base), len(cur)
         n1, n2 = int((cb[1:seen] == 1).sum()), int((cb[1:seen] == 2).sum())
         one_off = (n1 + 1) / (n + 1)
-        variance = max((n1 + 2 * n2) / n ** 2 - n1 ** 2 / n ** 3, 0.0)
+        variance = max((n1 + 2 * n2) / n**2 - n1**2 / n**3, 0.0)
         sd = math.sqrt(m * one_off * (1 - one_off) + m * m * variance)
         p = _norm_sf((new - 0.5 - m * one_off) / sd)
         band = one_off + _norm_isf(alpha) * sd / m
@@ -222,8 +225,14 @@ def _combine(results: list[tuple[str, float, float, float]], n: int, baseline_n:
     if not results:
         return None
     statistic, distance, p, band = min(results, key=lambda r: (r[2], -r[1]))
-    return {"statistic": statistic, "distance": round(distance, 6), "p_value": min(1.0, p * len(results)),
-            "band": round(band, 6), "n": n, "baseline_n": baseline_n}
+    return {
+        "statistic": statistic,
+        "distance": round(distance, 6),
+        "p_value": min(1.0, p * len(results)),
+        "band": round(band, 6),
+        "n": n,
+        "baseline_n": baseline_n,
+    }
 
 
 # --- Slices ------------------------------------------------------------------------------------
@@ -237,8 +246,9 @@ def _int_like(values: list[str]) -> bool:
         return False
 
 
-def slice_cells(encoding: Encoding, base: Sample, cur: Sample, slice_features: tuple[str, ...],
-                min_rows: int) -> list[tuple[str, tuple[str, ...], np.ndarray, np.ndarray]]:
+def slice_cells(
+    encoding: Encoding, base: Sample, cur: Sample, slice_features: tuple[str, ...], min_rows: int
+) -> list[tuple[str, tuple[str, ...], np.ndarray, np.ndarray]]:
     """(label, features, baseline mask, window mask) of each slice with >= min_rows rows on both sides.
 
     A categorical slice feature with many values (trip_start_hour) is cut into contiguous ranges of
@@ -274,8 +284,14 @@ def slice_cells(encoding: Encoding, base: Sample, cur: Sample, slice_features: t
             edges = np.nanquantile(b, [0, 0.25, 0.5, 0.75, 1.0]) if np.isfinite(b).any() else []
             for lo, hi in zip(edges[:-1], edges[1:]):
                 last = hi == edges[-1]
-                cells.append((name, f"{name}=[{lo:.4g}, {hi:.4g}{']' if last else ')'}",
-                              (b >= lo) & ((b <= hi) if last else (b < hi)), (c >= lo) & ((c <= hi) if last else (c < hi))))
+                cells.append(
+                    (
+                        name,
+                        f"{name}=[{lo:.4g}, {hi:.4g}{']' if last else ')'}",
+                        (b >= lo) & ((b <= hi) if last else (b < hi)),
+                        (c >= lo) & ((c <= hi) if last else (c < hi)),
+                    )
+                )
         singles.append(cells)
     out = [(label, (name,), bm, cm) for cells in singles for name, label, bm, cm in cells]
     for first, second in itertools.combinations(singles, 2):
@@ -286,7 +302,7 @@ def slice_cells(encoding: Encoding, base: Sample, cur: Sample, slice_features: t
 
 # --- Normal evolution: the dispersion between the training window's spans ----------------------
 
-KS_NULL_MEAN = math.pi ** 2 / 12  # E[n_eff * D^2] of the two-sample KS statistic when nothing changed
+KS_NULL_MEAN = math.pi**2 / 12  # E[n_eff * D^2] of the two-sample KS statistic when nothing changed
 
 
 def dispersion(encoding: Encoding, base: Sample, spans: np.ndarray) -> dict[str, Any]:
@@ -344,10 +360,19 @@ def numeric_dispersion(column: np.ndarray, spans: np.ndarray) -> float:
 # --- A whole check -----------------------------------------------------------------------------
 
 
-def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str, str], *,
-            slice_features: tuple[str, ...], seasonal: set[str], alpha: float, min_distance: float,
-            feature_floors: dict[str, float], min_slice_examples: int,
-            phis: dict[str, Any] | None = None) -> tuple[list[dict], dict[str, Any]]:
+def compare(
+    baseline_rows: list[dict],
+    current_rows: list[dict],
+    kinds: dict[str, str],
+    *,
+    slice_features: tuple[str, ...],
+    seasonal: set[str],
+    alpha: float,
+    min_distance: float,
+    feature_floors: dict[str, float],
+    min_slice_examples: int,
+    phis: dict[str, Any] | None = None,
+) -> tuple[list[dict], dict[str, Any]]:
     """Every (feature, slice) test of the window against the baseline, with its verdict, and the
     dispersion of each feature (measured between the baseline rows' SPAN labels unless `phis` is given).
 
@@ -359,8 +384,12 @@ def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str
         phis = dispersion(encoding, base, np.array([r.get(SPAN, 0) for r in baseline_rows]))
     cells = [(None, (), np.ones(base.size, bool), np.ones(cur.size, bool))]
     cells += slice_cells(encoding, base, cur, slice_features, min_slice_examples)
-    plan = [(feature, cell) for cell in cells for feature in kinds
-            if feature not in cell[1] and (cell[0] is None or feature not in seasonal)]
+    plan = [
+        (feature, cell)
+        for cell in cells
+        for feature in kinds
+        if feature not in cell[1] and (cell[0] is None or feature not in seasonal)
+    ]
     tested = sum(1 for feature, _ in plan if feature not in seasonal)
     corrected = alpha / max(tested, 1)
     tau2 = {}
@@ -381,14 +410,21 @@ def compare(baseline_rows: list[dict], current_rows: list[dict], kinds: dict[str
             continue
         expected = feature in seasonal
         floor = feature_floors.get(feature, min_distance)
-        result.update(feature=feature, slice=label, p_threshold=corrected, expected=expected, dispersion=round(phi, 3),
-                      alert=not expected and result["p_value"] < corrected and result["distance"] > floor)
+        result.update(
+            feature=feature,
+            slice=label,
+            p_threshold=corrected,
+            expected=expected,
+            dispersion=round(phi, 3),
+            alert=not expected and result["p_value"] < corrected and result["distance"] > floor,
+        )
         rows.append(result)
     return rows, phis
 
 
-def compare_scores(baseline: list[float], current: list[float], alpha: float, min_distance: float,
-                   spans: list[int] | None = None) -> dict | None:
+def compare_scores(
+    baseline: list[float], current: list[float], alpha: float, min_distance: float, spans: list[int] | None = None
+) -> dict | None:
     """Prediction drift: KS of the window's scores against the baseline's (with the dispersion of the
     baseline's scores between `spans`, when given)."""
     if len(baseline) < MIN_VALUES or len(current) < MIN_VALUES:
@@ -398,8 +434,14 @@ def compare_scores(baseline: list[float], current: list[float], alpha: float, mi
     result = numeric_test(base, np.asarray(current, float), alpha, phi)
     if result is None:
         return None
-    result.update(feature="prediction", slice=None, p_threshold=alpha, expected=False, dispersion=round(phi, 3),
-                  alert=result["p_value"] < alpha and result["distance"] > min_distance)
+    result.update(
+        feature="prediction",
+        slice=None,
+        p_threshold=alpha,
+        expected=False,
+        dispersion=round(phi, 3),
+        alert=result["p_value"] < alpha and result["distance"] > min_distance,
+    )
     return result
 
 

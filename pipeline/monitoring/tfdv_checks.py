@@ -26,8 +26,11 @@ def statistics_of(rows: list[dict[str, Any]], histograms: bool = True):
 
     # Declared column types (as ExampleGen encodes them), so that a feature missing from every
     # request is still an (empty) column of its type, as it is in the training data.
-    kinds = {"string": (pa.binary(), lambda v: v if isinstance(v, bytes) else str(v).encode()),
-             "float": (pa.float32(), float), "int": (pa.int64(), int)}
+    kinds = {
+        "string": (pa.binary(), lambda v: v if isinstance(v, bytes) else str(v).encode()),
+        "float": (pa.float32(), float),
+        "int": (pa.int64(), int),
+    }
     arrays, fields = [], []
     for name in model_features.MODEL_FEATURES:
         kind, convert = kinds[model_features.COLUMN_TYPES[name]]
@@ -35,10 +38,14 @@ def statistics_of(rows: list[dict[str, Any]], histograms: bool = True):
         arrays.append(pa.array([[] if v is None else [convert(v)] for v in values], type=pa.list_(kind)))
         fields.append(name)
     batch = pa.RecordBatch.from_arrays(arrays, fields)
-    options = stats_options.StatsOptions() if histograms else stats_options.StatsOptions(
-        num_histogram_buckets=1, num_quantiles_histogram_buckets=1, num_values_histogram_buckets=2)
+    options = (
+        stats_options.StatsOptions()
+        if histograms
+        else stats_options.StatsOptions(
+            num_histogram_buckets=1, num_quantiles_histogram_buckets=1, num_values_histogram_buckets=2
+        )
+    )
     return stats_impl.generate_statistics_in_memory(batch, options)
-
 
 
 def _feature_kinds(*stats_lists) -> dict[str, str]:
@@ -142,11 +149,17 @@ def _measurements(anomalies, check: str, version: int | None) -> list[dict]:
     for info in anomalies.drift_skew_info:
         feature = ".".join(info.path.step)
         for m in info.skew_measurements if check == "skew" else info.drift_measurements:
-            rows.append({
-                "check": check, "version": version, "feature": feature, "statistic": names(m.type),
-                "distance": round(float(m.value), 6), "threshold": float(m.threshold),
-                "alert": float(m.value) > float(m.threshold),
-            })
+            rows.append(
+                {
+                    "check": check,
+                    "version": version,
+                    "feature": feature,
+                    "statistic": names(m.type),
+                    "distance": round(float(m.value), 6),
+                    "threshold": float(m.threshold),
+                    "alert": float(m.value) > float(m.threshold),
+                }
+            )
     return rows
 
 
@@ -159,14 +172,22 @@ def _schema_anomalies(anomalies, version: int | None) -> list[dict]:
     for feature, info in sorted(anomalies.anomaly_info.items()):
         reasons = [r for r in info.reason if not type_name(r.type).startswith("COMPARATOR_")]
         if reasons:
-            found.append({
-                "version": version, "feature": feature,
-                "types": [type_name(r.type) for r in reasons],
-                "description": " ".join(r.description for r in reasons) or info.description,
-            })
+            found.append(
+                {
+                    "version": version,
+                    "feature": feature,
+                    "types": [type_name(r.type) for r in reasons],
+                    "description": " ".join(r.description for r in reasons) or info.description,
+                }
+            )
     if anomalies.HasField("dataset_anomaly_info") and anomalies.dataset_anomaly_info.reason:
         info = anomalies.dataset_anomaly_info
-        found.append({"version": version, "feature": "(dataset)", "types": [type_name(r.type) for r in info.reason],
-                      "description": " ".join(r.description for r in info.reason)})
+        found.append(
+            {
+                "version": version,
+                "feature": "(dataset)",
+                "types": [type_name(r.type) for r in info.reason],
+                "description": " ".join(r.description for r in info.reason),
+            }
+        )
     return found
-

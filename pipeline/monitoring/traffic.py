@@ -10,6 +10,7 @@ from typing import Any
 SCORE = "__score__"  # key of the model's logged score in a decoded row (None when the response has none)
 SCORE_OUTPUT = "scores"  # the models' score output (models/model.py OUTPUT_KEY, serving's CLASSIFY_SCORES)
 
+
 @dataclasses.dataclass
 class Traffic:
     """Decoded requests: one dict of raw feature values per example, grouped by model version."""
@@ -61,7 +62,7 @@ def decode_request(kind: str, request) -> list[dict[str, Any]]:
         return [example_row(example_pb2.Example.FromString(b)) for b in serialized_examples(request.input)]
     inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
     if len(inputs) == 1:
-        (name, array), = inputs.items()
+        ((name, array),) = inputs.items()
         if name in ("inputs", "examples") and array.dtype == object:
             return [example_row(example_pb2.Example.FromString(b)) for b in array.reshape(-1)]
     columns = {name: array.reshape(-1) for name, array in inputs.items()}
@@ -134,4 +135,3 @@ def read_traffic(log_dir: Path, since: float | None, until: float | None) -> Tra
         if bad_records:
             traffic.skipped.append({"path": path, "reason": f"{bad_records} record(s) are not readable PredictionLogs"})
     return traffic
-

@@ -49,4 +49,3 @@ def parse_time(text: str, now: float) -> float:
 
 def iso_seconds(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
-

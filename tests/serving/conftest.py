@@ -156,7 +156,11 @@ def live_serve(*flags: str, cwd=None, env=None, command=(MLPIPE, "serve"), attem
         rest = _unused_port()
         proc = subprocess.Popen(
             [*command, "--port", "0", "--rest_api_port", str(rest), *flags],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         server = LiveServer(proc)
         try:
@@ -190,7 +194,7 @@ def listening_addresses(port: int) -> set[str]:
             if int(hex_port, 16) != port or fields[3] != "0A":  # 0A: LISTEN
                 continue
             # The kernel prints each 32-bit word in host (little-endian) byte order.
-            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, width, 8))
+            raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, width, 8))
             ip = ipaddress.ip_address(raw)
             found.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # ::ffff:127.0.0.1 is 127.0.0.1
     return found

@@ -13,12 +13,24 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 
 BASE_ROW = {
-    "pickup_community_area": "8", "fare": 10.0, "trip_start_month": 5, "trip_start_hour": 9,
-    "trip_start_day": 3, "trip_start_timestamp": 1400269500, "pickup_latitude": 41.9,
-    "pickup_longitude": -87.6, "dropoff_latitude": 41.8, "dropoff_longitude": -87.7,
-    "trip_miles": 2.0, "pickup_census_tract": "17031081500", "dropoff_census_tract": "17031320100",
-    "payment_type": "Credit Card", "company": "Flash Cab", "trip_seconds": 600,
-    "dropoff_community_area": "32", "tips": 3.0,
+    "pickup_community_area": "8",
+    "fare": 10.0,
+    "trip_start_month": 5,
+    "trip_start_hour": 9,
+    "trip_start_day": 3,
+    "trip_start_timestamp": 1400269500,
+    "pickup_latitude": 41.9,
+    "pickup_longitude": -87.6,
+    "dropoff_latitude": 41.8,
+    "dropoff_longitude": -87.7,
+    "trip_miles": 2.0,
+    "pickup_census_tract": "17031081500",
+    "dropoff_census_tract": "17031320100",
+    "payment_type": "Credit Card",
+    "company": "Flash Cab",
+    "trip_seconds": 600,
+    "dropoff_community_area": "32",
+    "tips": 3.0,
 }
 
 
@@ -34,8 +46,14 @@ def rows():
     out = []
     for i in range(8):
         row = dict(BASE_ROW)
-        row.update(fare=5.0 + 3 * i, tips=float(i % 3), trip_miles=1.0 + i, trip_start_hour=i,
-                   payment_type="Cash" if i % 2 else "Credit Card", pickup_latitude=41.8 + 0.02 * i)
+        row.update(
+            fare=5.0 + 3 * i,
+            tips=float(i % 3),
+            trip_miles=1.0 + i,
+            trip_start_hour=i,
+            payment_type="Cash" if i % 2 else "Credit Card",
+            pickup_latitude=41.8 + 0.02 * i,
+        )
         out.append(row)
     return out
 

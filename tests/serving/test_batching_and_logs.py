@@ -69,7 +69,9 @@ def test_concurrent_requests_are_merged_and_each_gets_its_rows():
 def test_full_batches_close_at_max_batch_size_and_padding_uses_allowed_sizes():
     recorder = _Recorder()
     scheduler = BatchScheduler(
-        BatchingParameters(max_batch_size=4, batch_timeout_micros=100_000, num_batch_threads=1, allowed_batch_sizes=(2, 4))
+        BatchingParameters(
+            max_batch_size=4, batch_timeout_micros=100_000, num_batch_threads=1, allowed_batch_sizes=(2, 4)
+        )
     )
     try:
         futures = [scheduler.submit(recorder, _Sig(), {"x": np.array([i])}) for i in range(5)]
@@ -119,7 +121,8 @@ def test_batching_server_merges_concurrent_rest_requests(toy_versions):
     from serving.batching import BatchingParameters as P
 
     server = start_server(
-        [entry("toy", toy_versions([1]))], batching=P(max_batch_size=32, batch_timeout_micros=50_000, num_batch_threads=1)
+        [entry("toy", toy_versions([1]))],
+        batching=P(max_batch_size=32, batch_timeout_micros=50_000, num_batch_threads=1),
     )
     url = f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict"
     results, barrier = {}, threading.Barrier(8)
@@ -147,7 +150,9 @@ def test_rest_and_grpc_requests_are_logged_and_read_back(toy_versions, tmp_path)
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     log_root = str(tmp_path / "request_logs")
-    server = start_server([entry("toy", toy_versions([1]))], log_options=LogOptions(root=log_root, sampling_rate=1.0, seed=1))
+    server = start_server(
+        [entry("toy", toy_versions([1]))], log_options=LogOptions(root=log_root, sampling_rate=1.0, seed=1)
+    )
     try:
         before = time.time()
         requests.post(f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict", json={"instances": [1.0, 3.0]})

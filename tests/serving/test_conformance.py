@@ -91,13 +91,23 @@ def test_tf_serving_request_count_and_latency_metrics(url, stub):
     latency = ":tensorflow:serving:request_latency"
     assert f"# TYPE {latency} histogram" in after
     # Only successful requests are timed (http_server.cc:194: `if (http_status == OK) RecordRequestLatency`).
-    assert sample(after, f"{latency}_count{{{rest_predict}}}") - sample(before, f"{latency}_count{{{rest_predict}}}") == 1
-    assert sample(after, f"{latency}_count{{{grpc_predict}}}") - sample(before, f"{latency}_count{{{grpc_predict}}}") == 1
+    assert (
+        sample(after, f"{latency}_count{{{rest_predict}}}") - sample(before, f"{latency}_count{{{rest_predict}}}") == 1
+    )
+    assert (
+        sample(after, f"{latency}_count{{{grpc_predict}}}") - sample(before, f"{latency}_count{{{grpc_predict}}}") == 1
+    )
     # Buckets::Exponential(10, 1.8, 33) in microseconds, limits printed by absl::StrCat, +Inf last.
-    limits = [m.group(1) for line in after if (m := re.match(re.escape(f"{latency}_bucket{{{rest_predict},le=") + r'"([^"]+)"\}', line))]
+    limits = [
+        m.group(1)
+        for line in after
+        if (m := re.match(re.escape(f"{latency}_bucket{{{rest_predict},le=") + r'"([^"]+)"\}', line))
+    ]
     assert limits[:6] == ["10", "18", "32.4", "58.32", "104.976", "188.957"]
     assert len(limits) == 34 and limits[-1] == "+Inf"
-    assert sample(after, f'{latency}_bucket{{{rest_predict},le="+Inf"}}') == sample(after, f"{latency}_count{{{rest_predict}}}")
+    assert sample(after, f'{latency}_bucket{{{rest_predict},le="+Inf"}}') == sample(
+        after, f"{latency}_count{{{rest_predict}}}"
+    )
     assert sample(after, f"{latency}_sum{{{rest_predict}}}") > 0  # microseconds, not seconds
 
     runtime = ':tensorflow:serving:runtime_latency_count{model_name="toy",API="Predict",runtime="TF1"}'
@@ -111,8 +121,13 @@ def test_tf_serving_metrics_for_classify_and_regress_over_grpc(url, stub):
     request.input.example_list.examples.add().CopyFrom(example(1.0))
     stub.Classify(request, timeout=30)
     lines = metric_lines(url)
-    assert sample(lines, ':tensorflow:serving:request_latency_count{model_name="toy",API="Classify",entrypoint="GRPC"}') >= 1
-    assert sample(lines, ':tensorflow:serving:runtime_latency_count{model_name="toy",API="Classify",runtime="TF1"}') >= 1
+    assert (
+        sample(lines, ':tensorflow:serving:request_latency_count{model_name="toy",API="Classify",entrypoint="GRPC"}')
+        >= 1
+    )
+    assert (
+        sample(lines, ':tensorflow:serving:runtime_latency_count{model_name="toy",API="Classify",runtime="TF1"}') >= 1
+    )
 
 
 # ---- integers for float inputs: json_tensor.cc:293-296 (val.GetFloat(), no check since commit 57dac6cd) ----
@@ -210,14 +225,29 @@ def test_multi_inference_runs_classify_and_regress_tasks_on_one_input(stub):
 @pytest.mark.parametrize(
     "tasks,code,message",
     [
-        ([("classify_x", "tensorflow/serving/classify", "toy"), ("regress_x", "tensorflow/serving/regress", "other")],
-         grpc.StatusCode.INVALID_ARGUMENT, "must access the same model name"),
-        ([("regress_x", "tensorflow/serving/regress", "toy")] * 2, grpc.StatusCode.INVALID_ARGUMENT,
-         "Duplicate evaluation of signature: regress_x"),
-        ([("nope", "tensorflow/serving/regress", "toy")], grpc.StatusCode.INVALID_ARGUMENT,
-         "Requested signature not found in model graph: nope"),
-        ([("serving_default", "tensorflow/serving/predict", "toy")], grpc.StatusCode.UNIMPLEMENTED,
-         "Unsupported signature method_name: tensorflow/serving/predict"),
+        (
+            [
+                ("classify_x", "tensorflow/serving/classify", "toy"),
+                ("regress_x", "tensorflow/serving/regress", "other"),
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "must access the same model name",
+        ),
+        (
+            [("regress_x", "tensorflow/serving/regress", "toy")] * 2,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Duplicate evaluation of signature: regress_x",
+        ),
+        (
+            [("nope", "tensorflow/serving/regress", "toy")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Requested signature not found in model graph: nope",
+        ),
+        (
+            [("serving_default", "tensorflow/serving/predict", "toy")],
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Unsupported signature method_name: tensorflow/serving/predict",
+        ),
     ],
 )
 def test_multi_inference_errors_follow_tf_serving(stub, tasks, code, message):

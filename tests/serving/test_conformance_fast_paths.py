@@ -19,7 +19,12 @@ DTYPES = {"fare": np.dtype(np.float32), "hour": np.dtype(np.int32), "company": n
 
 def test_row_format_of_scalars_becomes_typed_columns():
     fmt, arrays = json_codec.predict_inputs(
-        {"instances": [{"fare": 16777217, "hour": 9, "company": "Flash Cab"}, {"fare": 1.5, "hour": -1, "company": "é"}]},
+        {
+            "instances": [
+                {"fare": 16777217, "hour": 9, "company": "Flash Cab"},
+                {"fare": 1.5, "hour": -1, "company": "é"},
+            ]
+        },
         DTYPES,
     )
     assert fmt == "row"
@@ -31,7 +36,10 @@ def test_row_format_of_scalars_becomes_typed_columns():
 @pytest.mark.parametrize(
     "instance,message",
     [
-        ({"fare": "x", "hour": 9, "company": "c"}, 'key: fare of \'instances\' list. Error: JSON Value: "x" Type: String is not of expected type: float'),
+        (
+            {"fare": "x", "hour": 9, "company": "c"},
+            "key: fare of 'instances' list. Error: JSON Value: \"x\" Type: String is not of expected type: float",
+        ),
         ({"fare": 1.0, "hour": True, "company": "c"}, "Type: True is not of expected type: int32"),
         ({"fare": 1.0, "hour": 2**31, "company": "c"}, "is not of expected type: int32"),
         ({"fare": 1.0, "hour": 9, "company": 3}, "Type: Number is not of expected type: string"),
@@ -49,7 +57,10 @@ def test_json_tokens_orjson_does_not_take_still_work():
     doc = json_codec.parse_body(b'{"instances": [NaN, Infinity, -Infinity]}')
     assert np.isnan(doc["instances"][0]) and doc["instances"][1:] == [float("inf"), float("-inf")]
     assert json_codec.dumps({"outputs": [float("nan"), 1.5]}) == b'{"outputs": [NaN, 1.5]}'
-    assert json.loads(json_codec.dumps({"predictions": [[0.25]], "s": "null"})) == {"predictions": [[0.25]], "s": "null"}
+    assert json.loads(json_codec.dumps({"predictions": [[0.25]], "s": "null"})) == {
+        "predictions": [[0.25]],
+        "s": "null",
+    }
     with pytest.raises(ServingError, match="JSON Parse error"):
         json_codec.parse_body(b'{"instances": [1,]}')
 
@@ -79,9 +90,15 @@ def test_nan_in_a_request_over_rest(toy_module_server):
 @pytest.mark.parametrize(
     "value,dtype",
     [
-        ([1.5], tf.float32), ([[1.0, 2.0], [3.0, 4.0]], tf.float64), ([7], tf.int32), ([[2**40]], tf.int64),
-        ([b"a", b"\xff"], tf.string), ([True, False], tf.bool), (np.arange(6, dtype=np.float32).reshape(2, 3), tf.float32),
-        (3.0, tf.float32), ([], tf.int64),
+        ([1.5], tf.float32),
+        ([[1.0, 2.0], [3.0, 4.0]], tf.float64),
+        ([7], tf.int32),
+        ([[2**40]], tf.int64),
+        ([b"a", b"\xff"], tf.string),
+        ([True, False], tf.bool),
+        (np.arange(6, dtype=np.float32).reshape(2, 3), tf.float32),
+        (3.0, tf.float32),
+        ([], tf.int64),
     ],
 )
 def test_tensor_protos_convert_like_make_ndarray(value, dtype):

@@ -48,16 +48,35 @@ def test_serving_root_serves_each_model_with_its_own_policy_and_labels_and_picks
         toy_model.copy_version(toy_cache, str(root / "beta"), version)  # no model.config: the default, latest
     rest, grpc_port = _free_port(), _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model_base_path", str(root), "--rest_api_port", str(rest),
-         "--port", str(grpc_port), "--file_system_poll_wait_seconds", "0.2", "--workspace", str(tmp_path / "ws")],
-        cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model_base_path",
+            str(root),
+            "--rest_api_port",
+            str(rest),
+            "--port",
+            str(grpc_port),
+            "--file_system_poll_wait_seconds",
+            "0.2",
+            "--workspace",
+            str(tmp_path / "ws"),
+        ],
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
+
         def up():
             try:
                 return _versions(rest, "alpha") and _versions(rest, "beta")
             except requests.ConnectionError:
                 return proc.poll() is not None
+
         wait_until(up, timeout=120, interval=0.3)
         assert proc.poll() is None
         assert _versions(rest, "alpha") == ["2", "1"]  # its model.config: all versions
@@ -92,8 +111,16 @@ def test_serving_root_serves_each_model_with_its_own_policy_and_labels_and_picks
 
 def test_version_labels_flag_with_a_serving_root_is_a_clear_error(toy_cache, tmp_path, capsys):
     toy_model.copy_version(toy_cache, str(tmp_path / "models" / "alpha"), 1)
-    code = cli.main(["--model_base_path", str(tmp_path / "models"), "--version_labels", "stable=1",
-                     "--workspace", str(tmp_path / "ws")])
+    code = cli.main(
+        [
+            "--model_base_path",
+            str(tmp_path / "models"),
+            "--version_labels",
+            "stable=1",
+            "--workspace",
+            str(tmp_path / "ws"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "--version_labels applies to one model" in err and "model.config" in err

@@ -19,10 +19,19 @@ ENDPOINTS = [
 SIGNATURES = ["serving_default", "multi", "classify_x", "regress_x", "nope", ""]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=8), st.just({"b64": "AAEC"}), st.just({"b64": "!"}),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.just({"b64": "AAEC"}),
+    st.just({"b64": "!"}),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=20)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
 keys = st.sampled_from(["instances", "inputs", "examples", "context", "signature_name", "x", "a", "tag", "n"])
 documents = st.one_of(
     st.fixed_dictionaries(
@@ -31,7 +40,9 @@ documents = st.one_of(
             "signature_name": st.one_of(st.sampled_from(SIGNATURES), values),
             "instances": values,
             "inputs": values,
-            "examples": st.one_of(values, st.lists(st.dictionaries(st.sampled_from(["x", "a", "y"]), values, max_size=3), max_size=3)),
+            "examples": st.one_of(
+                values, st.lists(st.dictionaries(st.sampled_from(["x", "a", "y"]), values, max_size=3), max_size=3)
+            ),
             "context": values,
         },
     ),
@@ -54,7 +65,12 @@ def session(toy_module_server):
     s.close()
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(endpoint=st.sampled_from(ENDPOINTS), body=raw_bodies)
 def test_malformed_bodies_get_4xx_json_errors(session, endpoint, body):
     r = session.post(session.base + endpoint, data=body, timeout=30)

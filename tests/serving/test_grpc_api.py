@@ -132,12 +132,32 @@ def test_get_model_status(models):
     [
         (lambda r: setattr(r.model_spec, "name", "nope"), grpc.StatusCode.NOT_FOUND, "Latest(nope)"),
         (lambda r: r.model_spec.version.__setattr__("value", 9), grpc.StatusCode.NOT_FOUND, "Specific(toy, 9)"),
-        (lambda r: setattr(r.model_spec, "version_label", "nope"), grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label"),
+        (
+            lambda r: setattr(r.model_spec, "version_label", "nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Unrecognized servable version label",
+        ),
         (lambda r: setattr(r.model_spec, "signature_name", "nope"), grpc.StatusCode.INVALID_ARGUMENT, "not found"),
-        (lambda r: r.inputs["extra"].CopyFrom(tf.make_tensor_proto([1.0])), grpc.StatusCode.INVALID_ARGUMENT, "Sent extra: {extra}"),
-        (lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto([b"s"])), grpc.StatusCode.INVALID_ARGUMENT, "expects dtype float32"),
-        (lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0]))), grpc.StatusCode.INVALID_ARGUMENT, "expects dtype float32 but got float64"),
-        (lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((2, 2), np.float32))), grpc.StatusCode.INVALID_ARGUMENT, "expects [?]"),
+        (
+            lambda r: r.inputs["extra"].CopyFrom(tf.make_tensor_proto([1.0])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Sent extra: {extra}",
+        ),
+        (
+            lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto([b"s"])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expects dtype float32",
+        ),
+        (
+            lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0]))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expects dtype float32 but got float64",
+        ),
+        (
+            lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((2, 2), np.float32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expects [?]",
+        ),
         (lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT, "output tensor alias not found"),
         (lambda r: setattr(r.model_spec, "name", ""), grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec name"),
     ],

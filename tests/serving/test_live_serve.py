@@ -36,8 +36,12 @@ def test_a_label_set_right_after_start_is_applied_within_the_poll_period(toy_cac
     config = workspace / "serving_model" / "models.config"
 
     with live_serve(
-        "--model_config_file", str(config), "--model_config_file_poll_wait_seconds", str(POLL_SECONDS),
-        "--file_system_poll_wait_seconds", "0",
+        "--model_config_file",
+        str(config),
+        "--model_config_file_poll_wait_seconds",
+        str(POLL_SECONDS),
+        "--file_system_poll_wait_seconds",
+        "0",
     ) as server:
         assert _label_answer(server, "stable") == 1.0
         # Right after start: before the config poll has run even once.

@@ -53,7 +53,9 @@ def test_mlpipe_serve_binds_loopback_by_default(toy_cache, tmp_path):
     base.mkdir()
     toy_model.copy_version(toy_cache, str(base), 1)
     # No --rest_api_host / --grpc_host: the defaults of the real command.
-    with live_serve("--model_name", "toy", "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0") as server:
+    with live_serve(
+        "--model_name", "toy", "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0"
+    ) as server:
         assert listening_addresses(server.rest_port) == {"127.0.0.1"}
         assert listening_addresses(server.grpc_port) == {"127.0.0.1"}
         r = requests.post(server.url("/v1/models/toy:predict"), json={"instances": [4.0]}, timeout=30)
@@ -81,7 +83,9 @@ def test_add_parser_registers_serve_with_defaults_and_help(capsys):
 
 def test_options_default_to_the_workspace_pushed_model(tmp_path, monkeypatch):
     monkeypatch.delenv("MLPIPE_WORKSPACE", raising=False)
-    args = _parser().parse_args(["serve", "--workspace", str(tmp_path), "--enable_batching", "--version_labels", "stable=3"])
+    args = _parser().parse_args(
+        ["serve", "--workspace", str(tmp_path), "--enable_batching", "--version_labels", "stable=3"]
+    )
     options = cli.build_options(args)
     (model,) = options.models
     assert model.name == "taxi"

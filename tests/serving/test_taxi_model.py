@@ -71,14 +71,22 @@ def test_predict_raw_classify_examples_and_b64_agree(taxi_server, taxi_slice):
     url = f"http://127.0.0.1:{taxi_server.rest_port}/v1/models/taxi"
     rows = taxi_rows(taxi_slice, 3)
     assert len(rows) == 3
-    raw = requests.post(url + ":predict", json={"signature_name": "serving_raw", "instances": [raw_instance(r) for r in rows]})
+    raw = requests.post(
+        url + ":predict", json={"signature_name": "serving_raw", "instances": [raw_instance(r) for r in rows]}
+    )
     assert raw.status_code == 200, raw.text
     by_raw = np.array(raw.json()["predictions"]).reshape(-1)
 
     # JSON examples as ExampleGen writes them: a missing value ("") is an absent feature, and floats
     # are written as floats (a whole number would be an int64 feature).
-    examples = [{k: (float(r[k]) if features.COLUMN_TYPES[k] == "float" else r[k]) for k in features.MODEL_FEATURES
-                 if r[k] != ""} for r in rows]
+    examples = [
+        {
+            k: (float(r[k]) if features.COLUMN_TYPES[k] == "float" else r[k])
+            for k in features.MODEL_FEATURES
+            if r[k] != ""
+        }
+        for r in rows
+    ]
     classified = requests.post(url + ":classify", json={"examples": examples})
     assert classified.status_code == 200, classified.text
     by_classify = np.array([row[0][1] for row in classified.json()["results"]])
@@ -94,7 +102,7 @@ def test_predict_raw_classify_examples_and_b64_agree(taxi_server, taxi_slice):
 
 
 def test_missing_values_in_the_raw_signature(taxi_server, taxi_slice):
-    """"" for a string and NaN for a float mean missing, as in the CSV; the b64 example omits them."""
+    """ "" for a string and NaN for a float mean missing, as in the CSV; the b64 example omits them."""
     url = f"http://127.0.0.1:{taxi_server.rest_port}/v1/models/taxi"
     rows = taxi_rows(taxi_slice, 3, missing_floats=True)
     assert any(r[k] != r[k] for r in rows for k in features.MODEL_FEATURES)  # a NaN float
@@ -139,11 +147,15 @@ def documented_requests(text: str) -> list[tuple[str, str]]:
     found = []
     for block in re.findall(r"```console\n(.*?)```", text, re.S):
         ex = re.search(r"EX=\$\(python -c '(.*?)'\)", block, re.S)
-        for path, single, double in re.findall(r"curl [^\n]*?(/v1/models/\S+) -d (?:'(.*?)'|\"(.*?)\")(?:\n|$)", block, re.S):
+        for path, single, double in re.findall(
+            r"curl [^\n]*?(/v1/models/\S+) -d (?:'(.*?)'|\"(.*?)\")(?:\n|$)", block, re.S
+        ):
             body = single or double.replace('\\"', '"')
             if "$EX" in body:
                 program = ex.group(1)
-                value = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout.strip()
+                value = subprocess.run(
+                    [sys.executable, "-c", program], capture_output=True, text=True, check=True
+                ).stdout.strip()
                 body = body.replace("$EX", value)
             found.append((path, body))
     return found
@@ -158,8 +170,11 @@ def test_mlpipe_serve_answers_every_documented_request_with_the_pushed_model(fir
     with live_serve("--file_system_poll_wait_seconds", "0", env=env) as server:
         (version,) = os.listdir(pushed_base)
         status = requests.get(server.url("/v1/models/taxi"), timeout=30).json()
-        assert status["model_version_status"][0] == {"version": version, "state": "AVAILABLE",
-                                                      "status": {"error_code": "OK", "error_message": ""}}
+        assert status["model_version_status"][0] == {
+            "version": version,
+            "state": "AVAILABLE",
+            "status": {"error_code": "OK", "error_message": ""},
+        }
         for doc, pairs in requests_in_docs.items():
             for path, body in pairs:
                 r = requests.post(server.url(path), data=body, timeout=60)

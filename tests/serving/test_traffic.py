@@ -24,8 +24,14 @@ from tests.serving.test_versions import _warmup_request, _write_warmup, states
 
 def write_models_config(path, base, versions, labels):
     """A TF Serving ModelServerConfig text file (what `mlpipe label set` writes)."""
-    lines = ["model_config_list {", "  config {", '    name: "toy"', f'    base_path: "{base}"',
-             '    model_platform: "tensorflow"', "    model_version_policy { specific {"]
+    lines = [
+        "model_config_list {",
+        "  config {",
+        '    name: "toy"',
+        f'    base_path: "{base}"',
+        '    model_platform: "tensorflow"',
+        "    model_version_policy { specific {",
+    ]
     lines += [f"      versions: {v}" for v in versions]
     lines += ["    } }"]
     lines += [f'    version_labels {{ key: "{k}" value: {v} }}' for k, v in sorted(labels.items())]
@@ -48,15 +54,18 @@ def config_server(tmp_path, base, versions, labels, traffic=None):
     write_models_config(config, base, versions, labels)
     if traffic is not None:
         write_traffic(str(tmp_path / "traffic.json"), traffic)
-    server = start_server(read_model_config_file(config), model_config_file=config,
-                          model_config_file_poll_wait_seconds=0.1)
+    server = start_server(
+        read_model_config_file(config), model_config_file=config, model_config_file_poll_wait_seconds=0.1
+    )
     time.sleep(0.5)  # let the config poller read the file once, so that later writes are seen as changes
     return server, config
 
 
 def post(session, server, path="/v1/models/toy:predict", key=None):
     headers = {"X-Client-Key": key} if key else {}
-    return session.post(f"http://127.0.0.1:{server.rest_port}{path}", json={"instances": [0.0]}, headers=headers, timeout=30)
+    return session.post(
+        f"http://127.0.0.1:{server.rest_port}{path}", json={"instances": [0.0]}, headers=headers, timeout=30
+    )
 
 
 def traffic_lines(tmp_path):
@@ -198,7 +207,9 @@ def test_shadow_gets_a_copy_off_the_request_path_and_a_failing_one_is_harmless(t
         primary = {r["request_id"]: r for r in rows if r["role"] == "primary"}
         for shadow in (r for r in rows if r["role"] == "shadow"):
             assert shadow["request_id"] in primary and shadow["ok"] and shadow["version"] == 2
-            assert shadow["outputs"] == {"predictions": [2.0]} and primary[shadow["request_id"]]["outputs"] == {"predictions": [1.0]}
+            assert shadow["outputs"] == {"predictions": [2.0]} and primary[shadow["request_id"]]["outputs"] == {
+                "predictions": [1.0]
+            }
 
         # A failing shadow (its label names nothing): callers are unaffected, the failure is logged.
         write_traffic(str(tmp_path / "traffic.json"), {"models": {"toy": {"split": {"stable": 1}, "shadow": "nope"}}})
@@ -236,8 +247,12 @@ def test_compare_reports_canary_and_shadow_from_the_traffic_log(toy_versions, tm
     try:
         for i in range(80):
             body = {"instances": [0.0]}
-            r = session.post(f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict", json=body,
-                             headers={"X-Client-Key": f"k{i}"}, timeout=30)
+            r = session.post(
+                f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict",
+                json=body,
+                headers={"X-Client-Key": f"k{i}"},
+                timeout=30,
+            )
             assert r.status_code == 200
         session.post(f"http://127.0.0.1:{server.rest_port}/v1/models/toy/versions/9:predict", json={"instances": [0.0]})
         wait_until(lambda: sum(r["role"] == "shadow" for r in traffic_lines(tmp_path)) == 81)
@@ -246,8 +261,9 @@ def test_compare_reports_canary_and_shadow_from_the_traffic_log(toy_versions, tm
     settings = tmp_path / "mlpipe.toml"
     settings.write_text('model_name = "toy"\n')
     page = tmp_path / "compare.html"
-    code, out, err = run_cli("compare", "--config", str(settings), "--log-dir", str(tmp_path / "traffic_logs"),
-                             "--json", "--html", str(page))
+    code, out, err = run_cli(
+        "compare", "--config", str(settings), "--log-dir", str(tmp_path / "traffic_logs"), "--json", "--html", str(page)
+    )
     assert code == 0, out + err
     report = json.loads(out)
     arms = {(a["role"], a["label"], a["version"]): a for a in report["arms"]}
@@ -260,8 +276,11 @@ def test_compare_reports_canary_and_shadow_from_the_traffic_log(toy_versions, tm
     (c,) = report["canaries"]
     assert c["label"] == "canary" and c["primary_label"] == "stable" and c["mean_prediction_diff"] == 1.0
     d = report["shadow"]["divergence"]
-    assert d["instances"] == 80 and d["max_abs_diff"] == 2.0 and d["mean_abs_diff"] == pytest.approx(
-        (stable["requests"] * 2.0 + canary["requests"] * 1.0) / 80, abs=1e-6)
+    assert (
+        d["instances"] == 80
+        and d["max_abs_diff"] == 2.0
+        and d["mean_abs_diff"] == pytest.approx((stable["requests"] * 2.0 + canary["requests"] * 1.0) / 80, abs=1e-6)
+    )
     assert "mlpipe compare" in page.read_text()
     code, out, _ = run_cli("compare", "--config", str(settings), "--log-dir", str(tmp_path / "traffic_logs"))
     assert code == 0 and "shadow candidate: 81 copies, 80 paired instances" in out

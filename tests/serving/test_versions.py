@@ -44,7 +44,9 @@ def test_hot_swap_under_load_has_no_failed_request(toy_versions, toy_cache, tmp_
         deadline = time.monotonic() + 60  # bounded even if the test fails
         while not stop.is_set() and time.monotonic() < deadline:
             try:
-                r = session.post(f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict", json={"instances": [0.0]}, timeout=30)
+                r = session.post(
+                    f"http://127.0.0.1:{server.rest_port}/v1/models/toy:predict", json={"instances": [0.0]}, timeout=30
+                )
                 if r.status_code != 200:
                     failures.append(r.text)
                 else:
@@ -199,7 +201,7 @@ def test_failing_warmup_fails_the_load(toy_versions):
     _write_warmup(os.path.join(base, "1"), [_warmup_request("not_an_input")])
     server = start_server([entry("toy", base)], file_system_poll_wait_seconds=0)
     try:
-        (version, state, error), = server.manager.status("toy")
+        ((version, state, error),) = server.manager.status("toy")
         assert state == "END" and "not_an_input" in error.message
         r = predict_version(server.rest_port)
         assert r.status_code == 404 and "no version of it is loaded" in r.json()["error"]
