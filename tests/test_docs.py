@@ -69,6 +69,22 @@ NOT_RUN_HERE = [
     ("mlpipe run --config warn.toml ...", "elided arguments (the same hand check)", "tests/test_monitor.py"),
     ("mlpipe lineage 1795324391 ...", "elided arguments (the same hand check)", "tests/test_registry.py (lineage)"),
     ("python bench/", "benchmarks are run by hand", "docs/performance.md"),
+    (
+        "mlpipe init myproj --data penguins.csv",
+        "needs the reader's own CSV",
+        "tests/test_byo_project.py (mlpipe init on a CSV, then mlpipe run --config on the scaffolded project)",
+    ),
+    ("mlpipe run --config myproj/mlpipe.toml", "the project the init line creates", "tests/test_byo_project.py"),
+    (
+        "mlpipe monitor --workspace ws --since 2026-",
+        "needs traffic logged at those exact times",
+        "tests/test_monitor.py writes traffic and runs monitor with --since/--until",
+    ),
+    (
+        "mlpipe label set stable 1795321741 --reason",
+        "needs that pushed version and a live server",
+        "tests/test_promotion.py (label set --reason --wait-server against a live mlpipe serve)",
+    ),
 ]
 
 

@@ -282,6 +282,14 @@ def test_compare_reports_canary_and_shadow_from_the_traffic_log(toy_versions, tm
         and d["mean_abs_diff"] == pytest.approx((stable["requests"] * 2.0 + canary["requests"] * 1.0) / 80, abs=1e-6)
     )
     assert "mlpipe compare" in page.read_text()
+    # --slice: these toy requests send unnamed instances, so every pair lands in "(unknown)", none dropped.
+    code, out, err = run_cli(
+        "compare", "--config", str(settings), "--log-dir", str(tmp_path / "traffic_logs"), "--slice", "x", "--json"
+    )
+    assert code == 0, out + err
+    sliced = json.loads(out)["shadow"]
+    assert json.loads(out)["slice_feature"] == "x"
+    assert list(sliced["by_slice"]) == ["(unknown)"] and sliced["by_slice"]["(unknown)"] == d
     code, out, _ = run_cli("compare", "--config", str(settings), "--log-dir", str(tmp_path / "traffic_logs"))
     assert code == 0 and "shadow candidate: 81 copies, 80 paired instances" in out
     code, _, err = run_cli("compare", "--config", str(settings), "--log-dir", str(tmp_path / "nothing"))
