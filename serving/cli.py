@@ -292,6 +292,7 @@ def build_options(args: argparse.Namespace):
         batching=batching,
         max_request_bytes=args.max_request_bytes,
         auth_token=token,
+        shared_metadata=cfg if cfg.metadata.backend != "sqlite" else None,
         log_options=LogOptions(
             root=log_root,
             sampling_rate=args.request_log_sampling_rate,

@@ -3,7 +3,8 @@
 The lineage is read live from the workspace's ML Metadata store (so it shows rollbacks and later
 label moves), through mlpipe's registry view: ml_metadata only, no TFX orchestration is imported
 (tests/serving/test_traffic.py checks that no `tfx` module gets loaded). The store is found beside
-the model's base path: `<workspace>/serving_model/<model>` -> `<workspace>/metadata.sqlite`.
+the model's base path: `<workspace>/serving_model/<model>` -> `<workspace>/metadata.sqlite`, or, when
+`mlpipe serve --config` names shared metadata (`[metadata] backend = "mysql"`), in that database.
 Reading MLMD at request time rather than writing a JSON file at push time keeps one home for the
 lineage logic (pipeline/registry.py) and shows what happened after the push.
 """
@@ -37,8 +38,15 @@ def find_metadata(base_path: str) -> Path | None:
     return None
 
 
-def version_lineage(model_name: str, base_path: str, version: int) -> dict:
-    """What `mlpipe lineage VERSION --json` prints for this version."""
+def version_lineage(model_name: str, base_path: str, version: int, shared_metadata=None) -> dict:
+    """What `mlpipe lineage VERSION --json` prints for this version.
+
+    `shared_metadata`: the server's config (`mlpipe serve --config`) when its [metadata] section names a
+    shared database (docs/metadata.md): the lineage is read there; else from the SQLite store beside
+    the model.
+    """
+    if shared_metadata is not None:
+        return _shared_lineage(shared_metadata, model_name, version)
     store_path = find_metadata(base_path)
     if store_path is None:
         raise not_found(
@@ -64,3 +72,17 @@ def version_lineage(model_name: str, base_path: str, version: int) -> dict:
         except registry.RegistryError:
             continue
     raise not_found(f"version {version} of model {model_name} was never pushed by a pipeline recorded in {store_path}")
+
+
+def _shared_lineage(config, model_name: str, version: int) -> dict:
+    from pipeline import registry
+
+    snap = registry.open_snapshot(config.replace({"model_name": model_name}))
+    if snap is None:
+        raise not_found(f"the shared ML Metadata database has no run of pipeline {config.pipeline_name} yet")
+    try:
+        return registry.lineage(snap, version)
+    except registry.RegistryError:
+        raise not_found(
+            f"version {version} of model {model_name} was never pushed by pipeline {config.pipeline_name}"
+        ) from None

@@ -45,8 +45,9 @@ def _json_message(message) -> dict:
 class RestApi:
     """Maps (method, path, body) to (HTTP status, JSON body); no HTTP server involved."""
 
-    def __init__(self, service, metrics):
+    def __init__(self, service, metrics, shared_metadata=None):
         self.service = service
+        self.shared_metadata = shared_metadata  # the config naming a shared MLMD database, for lineage
         self.metrics = metrics
 
     def handle(self, http_method: str, path: str, body: bytes, client_key: str | None = None) -> tuple[int, bytes]:
@@ -143,7 +144,7 @@ class RestApi:
             return {"model": name, "labels": labels, **self.service.router.state(name)}
         if version is None:
             raise invalid(f"use /v1/models/{name}/versions/VERSION/lineage")
-        return lineage.version_lineage(name, entry.base_path, version)
+        return lineage.version_lineage(name, entry.base_path, version, self.shared_metadata)
 
     def _status(self, name, version, label, body):
         # The label is parsed but not used: GetModelStatusImpl only looks at the version

@@ -46,6 +46,7 @@ class ServerOptions:
     log_options: LogOptions = field(default_factory=LogOptions)
     shutdown_grace_seconds: float = 10.0
     model_roots: list[ModelRoot] = field(default_factory=list)  # serving roots: each model directory is served
+    shared_metadata: object | None = None  # mlpipe Config whose [metadata] is a shared database (lineage)
 
 
 class ModelServer:
@@ -71,7 +72,7 @@ class ModelServer:
             roots=options.model_roots,
         )
         self.service = Service(self.manager, options.log_options)
-        self.rest_api = RestApi(self.service, self.metrics)
+        self.rest_api = RestApi(self.service, self.metrics, options.shared_metadata)
         self.executor = ThreadPoolExecutor(options.rest_api_num_threads, thread_name_prefix="rest")
         self.grpc_executor = ThreadPoolExecutor(options.grpc_max_threads, thread_name_prefix="grpc")
         self.rest_port: int | None = None

@@ -204,6 +204,22 @@ def test_copy_moves_a_sqlite_history_into_mysql_and_answers_stay_the_same(first_
         on_mysql = run_cli(*argv, *ws, "--config", str(path))
         assert on_sqlite[0] == on_mysql[0] == 0, (argv, on_mysql)
         assert json.loads(on_sqlite[1]) == json.loads(on_mysql[1]), argv
+    # The server's lineage answer: `mlpipe serve --config` naming the shared database reads it there
+    # (the same answer as `mlpipe lineage --json` on MySQL), not the SQLite file beside the model.
+    import requests
+
+    from tests.serving.conftest import live_serve
+
+    (workspace / "metadata.sqlite").rename(tmp_path / "moved-away.sqlite")
+    try:
+        with live_serve("--config", str(path), *ws) as server:
+            answer = requests.get(
+                f"http://127.0.0.1:{server.rest_port}/v1/models/taxi/versions/{version}/lineage", timeout=60
+            )
+    finally:
+        (tmp_path / "moved-away.sqlite").rename(workspace / "metadata.sqlite")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == json.loads(run_cli("lineage", str(version), *ws, "--config", str(path), "--json")[1])
     # A second copy would mix two histories: refused, nothing written.
     code, out, err = run_cli("metadata", "copy", "--to", "mysql", "--config", str(path), *ws)
     assert code == 2 and err.count("\n") == 1 and "metadata.database" in err and "empty database" in err
