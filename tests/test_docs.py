@@ -160,7 +160,10 @@ def block_of(command: DocCommand) -> list[DocCommand]:
 
 
 def template(line: str, values: dict[str, str] | None = None) -> re.Pattern:
-    """A documented output line as a pattern: numbers and "..." may differ, the rest must match."""
+    """A documented output line as a pattern: numbers and "..." may differ, the rest must match.
+
+    A documented decimal stands for a measured float, which may also be `nan` (TFMA's value of a metric
+    that is undefined on the data, e.g. precision when nothing is predicted positive)."""
     line = line.split("   # ")[0].rstrip()
     for placeholder, actual in (values or {}).items():
         line = line.replace(placeholder, "\0" + actual + "\0")
@@ -171,7 +174,9 @@ def template(line: str, values: dict[str, str] | None = None) -> re.Pattern:
             pattern += ".*"
         elif part and part[0] == "\0":
             pattern += re.escape(part.strip("\0"))
-        elif re.fullmatch(r"\d+(?:\.\d+)?", part or "x"):
+        elif re.fullmatch(r"\d+\.\d+", part or "x"):  # a measured value: any float, NaN included
+            pattern += r"(?:-?\d+(?:\.\d+)?(?:e-?\d+)?|nan)"  # (e.g. precision with no positive prediction)
+        elif re.fullmatch(r"\d+", part or "x"):
             pattern += r"-?\d+(?:\.\d+)?(?:e-?\d+)?"
         else:
             pattern += re.escape(part)
