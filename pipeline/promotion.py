@@ -76,14 +76,14 @@ def _record(config: Config, name: str, before, after, reason: str) -> dict:
         "model": config.model_name,
     }
     inputs = []
-    snap = open_snapshot(config) if config.metadata_path.is_file() else None
+    snap = open_snapshot(config)  # None when nothing has run yet (SQLite or a shared database)
     if snap is not None and after is not None:
         by_version = {v.version: v for v in pushed_versions(snap)}
         if str(after) in by_version:
             inputs.append(("target_pushed_model", by_version[str(after)].pushed_model))
 
     def put():
-        store = metadata.open_store(config.metadata_path, read_only=False)
+        store = metadata.open_store(config, read_only=False)
         props = {k: ("" if v is None else str(v)) for k, v in record.items()}
         return metadata.put_registry_execution(
             store, LABEL_MOVE_EXECUTION_TYPE, config.pipeline_name, props, inputs, []
@@ -94,14 +94,23 @@ def _record(config: Config, name: str, before, after, reason: str) -> dict:
     except Exception as e:
         raise RegistryError(
             f"the label moved but recording it in ML Metadata failed ({e}); "
-            f"check {config.metadata_path} and run the command again"
+            f"check {_where(config)} and run the command again"
         ) from None
     return record
 
 
+def _where(config: Config) -> str:
+    m = config.metadata
+    return (
+        str(config.metadata_path)
+        if m.backend == "sqlite"
+        else f"the {m.backend} database {m.database} at {m.host}:{m.port}"
+    )
+
+
 def label_history(config: Config, label: str | None = None) -> list[dict]:
     """Every recorded move, newest first (optionally of one label)."""
-    store = metadata.open_store(config.metadata_path) if metadata.store_initialized(config.metadata_path) else None
+    store = metadata.open_store(config) if metadata.store_initialized(config) else None
     if store is None:
         return []
     rows = []

@@ -124,7 +124,7 @@ def normalise(answers: dict) -> dict:
             if ISO.match(value):
                 return "<time>"
             value = value.replace(workspace, "<ws>").replace(data, "<data>")
-            value = re.sub(r"/run-\d{8}-\d{6}\.log$", "/run-<stamp>.log", value)  # run log names carry the time
+            value = re.sub(r"/run-\d{8}-\d{6}(-\d+)?\.log$", "/run-<stamp>.log", value)  # run log names carry the time
             if key == "input_fingerprint":  # ExampleGen's checksums fold in the input files' mtimes
                 value = re.sub(r"checksum:\d+", "checksum:<mtime>", value)
             for raw, name in version_names.items():
