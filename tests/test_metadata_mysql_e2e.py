@@ -108,7 +108,7 @@ def normalise(answers: dict) -> dict:
             return {version_names.get(k, k): fix(v, k) for k, v in value.items() if not k.startswith("_")}
         if isinstance(value, list):
             return [fix(v, key) for v in value]
-        if key in TIME_KEYS and value is not None:
+        if (key in TIME_KEYS or str(key).endswith("_seconds")) and value is not None:  # e.g. monitor timing
             return "<time>"
         if isinstance(value, bool) or value is None:
             return value
@@ -127,8 +127,8 @@ def normalise(answers: dict) -> dict:
             value = re.sub(r"/run-\d{8}-\d{6}(-\d+)?\.log$", "/run-<stamp>.log", value)  # run log names carry the time
             if key == "input_fingerprint":  # ExampleGen's checksums fold in the input files' mtimes
                 value = re.sub(r"checksum:\d+", "checksum:<mtime>", value)
-            for raw, name in version_names.items():
-                value = value.replace(f"/{raw}", f"/{name}")
+            for raw, name in version_names.items():  # in paths and in text ("rollback to version N: ...")
+                value = re.sub(rf"\b{raw}\b", name, value)
             for raw, name in run_names.items():
                 value = value.replace(raw, name)
             return value
