@@ -14,6 +14,7 @@ import tensorflow_transform.beam as tft_beam  # noqa: E402
 from tensorflow_transform.tf_metadata import schema_utils  # noqa: E402
 
 from models import features, model, preprocessing  # noqa: E402
+from tests.serving.taxi_export import BASE_ROW  # noqa: E402  (the one example raw row of the tests)
 
 # Column types as ExampleGen encodes them (models/features.py COLUMN_TYPES).
 DTYPES = {"int": tf.int64, "float": tf.float32, "string": tf.string}
@@ -28,26 +29,7 @@ RAW_SPEC = {c: tf.io.VarLenFeature(_dtype(c)) for c in features.CSV_COLUMNS}
 
 def _row(**values):
     """A raw instance: every column, [] where missing, as tft's instance dict format wants."""
-    base = {
-        "pickup_community_area": "8",
-        "fare": 10.0,
-        "trip_start_month": 5,
-        "trip_start_hour": 9,
-        "trip_start_day": 3,
-        "trip_start_timestamp": 1400269500,
-        "pickup_latitude": 41.9,
-        "pickup_longitude": -87.6,
-        "dropoff_latitude": 41.8,
-        "dropoff_longitude": -87.7,
-        "trip_miles": 2.0,
-        "pickup_census_tract": "17031081500",
-        "dropoff_census_tract": "17031320100",
-        "payment_type": "Credit Card",
-        "company": "Flash Cab",
-        "trip_seconds": 600,
-        "dropoff_community_area": "32",
-        "tips": 3.0,
-    }
+    base = dict(BASE_ROW)
     base.update(values)
     return {k: ([] if v is None else [v.encode() if isinstance(v, str) else v]) for k, v in base.items()}
 
