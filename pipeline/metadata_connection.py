@@ -18,6 +18,22 @@ class MetadataConnectionError(ConfigError):
     """The [metadata] settings do not reach a usable database; `key` names the setting to fix."""
 
 
+def location(config: Config) -> dict:
+    """Where the config's metadata lives, for answers and messages (never the password)."""
+    m = config.metadata
+    if m.backend == "sqlite":
+        return {"backend": "sqlite", "path": str(config.metadata_path)}
+    return {"backend": "mysql", "host": m.host, "port": m.port, "database": m.database, "user": m.user}
+
+
+def describe(config: Config) -> str:
+    """location() in words: the SQLite file, or the database and its address."""
+    where = location(config)
+    if where["backend"] == "sqlite":
+        return where["path"]
+    return f"the {where['backend']} database {where['database']} at {where['host']}:{where['port']}"
+
+
 def password(config: Config) -> str:
     """The MySQL password: the first line of metadata.password_file, else $<metadata.password_env>."""
     m = config.metadata

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 
-from pipeline import metadata
+from pipeline import metadata, metadata_connection
 from pipeline.config import Config
 from pipeline.registry import (
     RegistryError,
@@ -94,18 +94,9 @@ def _record(config: Config, name: str, before, after, reason: str) -> dict:
     except Exception as e:
         raise RegistryError(
             f"the label moved but recording it in ML Metadata failed ({e}); "
-            f"check {_where(config)} and run the command again"
+            f"check {metadata_connection.describe(config)} and run the command again"
         ) from None
     return record
-
-
-def _where(config: Config) -> str:
-    m = config.metadata
-    return (
-        str(config.metadata_path)
-        if m.backend == "sqlite"
-        else f"the {m.backend} database {m.database} at {m.host}:{m.port}"
-    )
 
 
 def label_history(config: Config, label: str | None = None) -> list[dict]:

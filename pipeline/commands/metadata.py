@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import cli
+from pipeline import cli, metadata_connection
 
 
 def add_parser(subparsers) -> None:
@@ -48,20 +48,13 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), cli.EXIT_USAGE)[1])
 
 
-def _where(config) -> dict:
-    m = config.metadata
-    if m.backend == "sqlite":
-        return {"backend": "sqlite", "path": str(config.metadata_path)}
-    return {"backend": "mysql", "host": m.host, "port": m.port, "database": m.database, "user": m.user}
-
-
 def _check(args: argparse.Namespace) -> int:
     from pipeline import metadata
 
     config = cli.load_config(args)
     store = metadata.open_store(config, read_only=config.metadata.backend == "sqlite")
     runs = len(metadata.pipeline_runs(store, config.pipeline_name)) if store is not None else 0
-    answer = {**_where(config), "pipeline_name": config.pipeline_name, "runs": runs}
+    answer = {**metadata_connection.location(config), "pipeline_name": config.pipeline_name, "runs": runs}
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
@@ -77,7 +70,7 @@ def _copy(args: argparse.Namespace) -> int:
     source = args.source or str(config.metadata_path)
     copied = metadata_copy.copy_sqlite_to_mysql(source, config)
     if args.json:
-        print(json.dumps({"from": source, "to": _where(config), "copied": copied}, indent=2))
+        print(json.dumps({"from": source, "to": metadata_connection.location(config), "copied": copied}, indent=2))
     else:
         m = config.metadata
         print(
