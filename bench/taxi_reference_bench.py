@@ -1,12 +1,22 @@
-"""`mlpipe run` against TFX's reference taxi pipeline, same data and train steps, side by side.
+"""mlpipe against TFX's reference taxi pipeline: same data, train steps and runner, side by side.
 
 The reference is `tfx/examples/chicago_taxi_pipeline/taxi_pipeline_native_keras.py` from the
-installed tfx package (its own `_create_pipeline` and module file), run under the same
-LocalDagRunner and Beam arguments as mlpipe, each in a fresh workspace and its own process.
-Both models are then scored on the same eval rows (each pipeline's own 2:1 hash split of the
-same CSV) with the same label (tip > 20% of fare): AUC and accuracy.
+installed tfx package (its own `_create_pipeline` and module file). In one invocation, each in a
+fresh workspace and its own process, under the same LocalDagRunner and Beam arguments:
 
-Usage: python bench/taxi_reference_bench.py [--train-steps 1000] [--eval-steps 150] [--out DIR]
+  mlpipe       `mlpipe run` with mlpipe's own model (models/: richer features, the serving contract)
+  byo          `mlpipe run` with TFX's own `taxi_utils_native_keras.py` as model.module_file and the
+               reference's evaluation (overall slice, example_count + binary_accuracy), export as
+               run_fn wrote it: identical work, so the difference is pipeline overhead
+  reference    TFX's taxi_pipeline_native_keras.py
+  mlpipe-sdist, byo-sdist (opt-in, --variants): the same mlpipe runs with TFX's `tfx_ephemeral`
+               sdist restored (what every run did before pipeline/ops/beam_args.py)
+
+Every model is scored on its own pipeline's eval split (the same 2:1 hash split of the same CSV) with
+the same label (tip > 20% of fare): AUC and accuracy. Ratios are against the reference of this
+invocation; per-component seconds come from each workspace's MLMD.
+
+Usage: python bench/taxi_reference_bench.py [--variants mlpipe,byo,reference] [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+STEPS = (1000, 150)  # the reference pipeline hard-codes these
+VARIANTS = ("mlpipe", "byo", "reference", "mlpipe-sdist", "byo-sdist")
 
 REFERENCE_SCRIPT = r"""
 import os, sys
@@ -40,12 +52,67 @@ p = ref._create_pipeline(
 LocalDagRunner().run(p)
 """ % (BEAM_ARGS,)
 
+# `mlpipe run` with TFX's ephemeral sdist put back: the "before" of pipeline/ops/beam_args.py.
+SDIST_SCRIPT = r"""
+import sys
+from pipeline.ops import beam_args
+beam_args.needs_tfx_package = lambda beam: True
+from pipeline import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def byo_config(path: Path, data_dir: Path) -> Path:
+    """mlpipe's config for TFX's own taxi module, evaluated as the reference evaluates."""
+    from models import features
+
+    module = (
+        Path(__import__("tfx").__file__).parent / "examples" / "chicago_taxi_pipeline" / "taxi_utils_native_keras.py"
+    )
+    # The types CsvExampleGen infers on the taxi data (TFX's module expects integer area codes).
+    types = {**features.COLUMN_TYPES}
+    for key in ("pickup_community_area", "dropoff_community_area", "pickup_census_tract", "dropoff_census_tract"):
+        types[key] = "int"
+    columns = ", ".join(f'{k} = "{v}"' for k, v in types.items())
+    path.write_text(
+        f"""pipeline_name = "tfx-taxi"
+model_name = "tfxtaxi"
+[data]
+root = "{data_dir}"
+columns = {{{columns}}}
+[evaluation]
+value_metric = "binary_accuracy"
+value_lower_bound = 0.6
+change_metric = "binary_accuracy"
+change_tolerance = 0.0
+[model]
+module_file = "{module}"
+label_key = "tips_xf"
+raw_label_keys = ["tips"]
+prediction_key = "outputs"
+slice_features = []
+metrics = ["example_count", "binary_accuracy"]
+serving_contract = false
+"""
+    )
+    return path
+
 
 def timed(cmd: list[str], log: Path) -> float:
     start = time.perf_counter()
     with open(log, "w") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        subprocess.run(
+            cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO))
+        )
     return time.perf_counter() - start
+
+
+def component_seconds(workspace: Path, pipeline_name: str) -> dict[str, float]:
+    from pipeline import metadata
+
+    store = metadata.open_store(workspace / "metadata.sqlite")
+    run = metadata.pipeline_runs(store, pipeline_name)[0]
+    return {e.node_id: e.seconds for e in metadata.run_executions(store, pipeline_name, run)}
 
 
 def score(model_dir: str, signature: str, input_key: str, output_key: str, eval_files: list[str]) -> dict:
@@ -72,67 +139,86 @@ def score(model_dir: str, signature: str, input_key: str, output_key: str, eval_
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-steps", type=int, default=1000, help="the reference pipeline hard-codes 1000")
-    parser.add_argument("--eval-steps", type=int, default=150, help="the reference pipeline hard-codes 150")
+    parser.add_argument(
+        "--variants",
+        default="mlpipe,byo,reference",
+        help=f"comma-separated, run in this order (default mlpipe,byo,reference; any of {', '.join(VARIANTS)})",
+    )
     parser.add_argument("--out", help="keep workspaces and logs here (default: a temp dir)")
     args = parser.parse_args()
-    if (args.train_steps, args.eval_steps) != (1000, 150):
-        parser.error("the reference pipeline's steps are fixed at 1000/150; use those for a fair comparison")
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or "reference" not in variants:
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)}, including reference (got {args.variants})")
 
     from data import taxi_sample
 
     out = Path(args.out or tempfile.mkdtemp(prefix="mlpipe-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     data_dir = taxi_sample.materialize()
-    mlpipe_ws, ref_ws = out / "mlpipe", out / "reference"
-    mlpipe = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "--workspace",
-        str(mlpipe_ws),
-        "--data-root",
-        str(data_dir),
-        "--train-steps",
-        str(args.train_steps),
-        "--eval-steps",
-        str(args.eval_steps),
-        "--no-cache",
-    ]
-    reference = [sys.executable, "-c", REFERENCE_SCRIPT, str(ref_ws), str(data_dir)]
+    steps = ["--train-steps", str(STEPS[0]), "--eval-steps", str(STEPS[1]), "--no-cache"]
+    beam = ["--direct-running-mode", "in_memory", "--direct-num-workers", "1"]
 
-    print(f"data: {data_dir} (15,002 rows); train/eval steps {args.train_steps}/{args.eval_steps}; beam {BEAM_ARGS}")
-    mlpipe_s = timed(mlpipe, out / "mlpipe.log")
-    ref_s = timed(reference, out / "reference.log")
+    def mlpipe_cmd(variant: str, ws: Path) -> list[str]:
+        head = (
+            [sys.executable, "-c", SDIST_SCRIPT] if variant.endswith("-sdist") else [sys.executable, "-m", "pipeline"]
+        )
+        cmd = [*head, "run", "--workspace", str(ws), *steps, *beam]
+        if variant.startswith("byo"):
+            return [*cmd, "--config", str(byo_config(out / f"{variant}.toml", data_dir))]
+        return [*cmd, "--data-root", str(data_dir)]
+
+    print(f"data: {data_dir} (15,002 rows); train/eval steps {STEPS[0]}/{STEPS[1]}; beam {BEAM_ARGS}", flush=True)
+    results = {}
+    for variant in variants:
+        ws = out / variant
+        if variant == "reference":
+            cmd = [sys.executable, "-c", REFERENCE_SCRIPT, str(ws), str(data_dir)]
+        else:
+            cmd = mlpipe_cmd(variant, ws)
+        seconds = timed(cmd, out / f"{variant}.log")
+        print(f"  {variant:<14} {seconds:7.1f} s", flush=True)
+        results[variant] = {"seconds": seconds, "workspace": ws}
 
     def artifacts(ws, pattern):
         return glob.glob(str(ws / "pipeline_root" / pattern))
 
-    # Each model on its own pipeline's eval split: the same rows (the same hash split of the same
-    # CSV), encoded with that pipeline's column types (mlpipe declares codes as strings).
-    mlpipe_q = score(
-        artifacts(mlpipe_ws, "Trainer/model/*/Format-Serving")[0],
-        "serving_default",
-        "inputs",
-        "scores",
-        artifacts(mlpipe_ws, "CsvExampleGen/examples/*/Split-eval/*"),
-    )
-    ref_q = score(
-        artifacts(ref_ws, "Trainer/model/*/Format-Serving")[0],
-        "serving_default",
-        "examples",
-        "outputs",
-        artifacts(ref_ws, "CsvExampleGen/examples/*/Split-eval/*"),
-    )
+    pipeline_names = {"reference": "chicago_taxi_native_keras"}
+    for variant, r in results.items():
+        ws = r.pop("workspace")
+        own_contract = variant.startswith("mlpipe")
+        r.update(
+            score(
+                artifacts(ws, "Trainer/model/*/Format-Serving")[0],
+                "serving_default",
+                "inputs" if own_contract else "examples",
+                "scores" if own_contract else "outputs",
+                artifacts(ws, "CsvExampleGen/examples/*/Split-eval/*"),
+            )
+        )
+        name = pipeline_names.get(variant, "tfx-taxi" if variant.startswith("byo") else "mlpipe-taxi")
+        r["components"] = component_seconds(ws, name)
 
-    rows = [("mlpipe run", mlpipe_s, mlpipe_q), ("TFX taxi_pipeline_native_keras", ref_s, ref_q)]
-    print(f"{'pipeline':<32} {'wall s':>8} {'eval AUC':>9} {'eval acc':>9}")
-    for name, seconds, q in rows:
-        print(f"{name:<32} {seconds:8.1f} {q['auc']:9.4f} {q['accuracy']:9.4f}")
-    print(f"wall-time ratio mlpipe/reference: {mlpipe_s / ref_s:.2f}")
-    (out / "result.json").write_text(json.dumps({n: {"seconds": s, **q} for n, s, q in rows}, indent=2))
-    print(f"workspaces and logs: {out}")
+    ref_s = results["reference"]["seconds"]
+    print(f"\n{'pipeline':<14} {'wall s':>8} {'vs ref':>7} {'eval AUC':>9} {'eval acc':>9}")
+    for variant, r in results.items():
+        print(f"{variant:<14} {r['seconds']:8.1f} {r['seconds'] / ref_s:6.2f}x {r['auc']:9.4f} {r['accuracy']:9.4f}")
+    shown = (
+        "CsvExampleGen",
+        "StatisticsGen",
+        "SchemaGen",
+        "ExampleValidator",
+        "Transform",
+        "Trainer",
+        "Evaluator",
+        "Pusher",
+    )
+    print(f"\nper component (s, from MLMD)\n{'component':<18}" + "".join(f" {v:>13}" for v in results))
+    for node in shown:
+        print(f"{node:<18}" + "".join(f" {r['components'].get(node, float('nan')):13.1f}" for r in results.values()))
+    print(f"{'sum of components':<18}" + "".join(f" {sum(r['components'].values()):13.1f}" for r in results.values()))
+    (out / "result.json").write_text(json.dumps(results, indent=2))
+    print(f"\nworkspaces and logs: {out}")
     return 0
 
 

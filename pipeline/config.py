@@ -59,6 +59,9 @@ class DataConfig:
     eval_buckets: int = 1
     schema: str = ""  # curated schema.pbtxt to pin (ImportSchemaGen); empty = infer with SchemaGen
     window_spans: int = 3  # span layout only: Transform and Trainer use the latest N spans
+    # Span layout only: Transform keeps tf.Transform's analyzer cache and analyses only the spans it has
+    # not analysed before (pipeline/dag/analyzer_cache.py); false = analyse the whole window every run.
+    analyzer_cache: bool = True
     # Rows with a value that does not parse as its column's type: up to this fraction of the checked
     # rows is skipped by ExampleGen (with a warning); more stops the run before anything runs. 0 = none.
     max_bad_row_fraction: float = 0.0

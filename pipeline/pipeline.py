@@ -14,6 +14,7 @@ from pipeline import user_code
 from pipeline.components import AnomaliesGate, BaselineModelStrategy
 from pipeline.components_drift import drift_gate
 from pipeline.config import METRIC_CLASSES, Config
+from pipeline.dag import analyzer_cache
 from pipeline.dataset import column_types
 from pipeline.inputs import CSV_PATTERN
 from pipeline.pusher import AtomicPusher
@@ -158,8 +159,12 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
             ),
         ).with_id(WINDOW_RESOLVER)
         training_examples = window_resolver.outputs["examples"]
+    cache_resolver = analyzer_cache.resolver(example_gen.id) if analyzer_cache.enabled(config, use_spans) else None
     transform = tfx.components.Transform(
         examples=training_examples,
+        # Span layout: only the new span is analysed (pipeline/dag/analyzer_cache.py); flat: no cache.
+        analyzer_cache=cache_resolver.outputs["cache"] if cache_resolver else None,
+        disable_analyzer_cache=cache_resolver is None,
         schema=schema_gen.outputs["schema"],
         # A module file is loaded by path through the shim; an import path goes to TFX as it is.
         preprocessing_fn=user_code.PREPROCESSING_SHIM if config.model.module_file else config.model.preprocessing_fn,
@@ -236,6 +241,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
                 drift_resolver,
                 drift_check,
                 window_resolver,
+                cache_resolver,
                 transform,
                 warm_start_resolver,
                 trainer,

@@ -262,7 +262,9 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     try:
         pipeline = create_pipeline(config)
         pipeline.metadata_connection_config = metadata.connection_config(config)
-        with metadata.redacting(config):
+        from pipeline.ops import beam_args
+
+        with metadata.redacting(config), beam_args.local_dependencies(config.beam):
             tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:  # a component failed: report it, keep MLMD as it is
         error = e
