@@ -4,6 +4,7 @@ a SIGKILLed retrain and the clean one after it. Expensive: every pipeline run is
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -109,6 +110,19 @@ def replay(tmp_path_factory):
     ingest_next(source, root)
     seen["run2"] = run_cli("retrain", *common)
     seen["versions_before_kill"] = serving_versions(workspace)
+    # A copy of the metadata after run2: an unchanged re-run there must be fully cached (the analyzer
+    # cache input is a function of the window), then the same window analysed in full (no analyzer cache).
+    copy = base / "copy"
+    copy.mkdir()
+    shutil.copyfile(workspace / "metadata.sqlite", copy / "metadata.sqlite")
+    same, no_cache = copy / "same.toml", copy / "no-analyzer-cache.toml"
+    same.write_text("[data]\nwindow_spans = 2\n[training]\nwarm_start = true\n")  # FLAGS' retrain-only ones
+    no_cache.write_text("[data]\nwindow_spans = 2\nanalyzer_cache = false\n[training]\nwarm_start = true\n")
+    assert FLAGS[4:6] == ["--window-spans", "2"] and FLAGS[6] == "--warm-start"
+    in_copy = ["--workspace", str(copy), "--data-root", str(root), *FLAGS[:4], *FLAGS[7:]]
+    seen["rerun"] = run_cli("run", "--config", str(same), *in_copy, "--json")
+    seen["full_analysis"] = run_cli("run", "--config", str(no_cache), *in_copy)
+    seen["copy"] = copy
 
     ingest_next(source, root)
     trainers_before = trainer_dirs(workspace)
@@ -221,3 +235,108 @@ def test_killed_retrain_leaves_no_partial_version_and_next_one_completes(replay)
     store = metadata.open_store(replay["workspace"] / "metadata.sqlite")
     states = [metadata.STATE_NAMES[e.last_known_state] for e in store.get_executions()]
     assert "running" in states
+
+
+def transform_outputs(workspace: Path, nth_run: int) -> dict:
+    """The Transform execution behind the nth run's Trainer (0 = oldest run): its inputs and outputs."""
+    store = metadata.open_store(workspace / "metadata.sqlite")
+    run = list(reversed(metadata.pipeline_runs(store, PIPELINE)))[nth_run]
+    execs = {e.node_id: e for e in metadata.run_executions(store, PIPELINE, run)}
+    graph = metadata.inputs(store, execs["Trainer"].execution.id)["transform_graph"][0]
+    transform = metadata.producer_execution_id(store, graph.id)
+    return {
+        "id": transform,
+        "inputs": metadata.inputs(store, transform),
+        "outputs": metadata.outputs(store, transform),
+        "store": store,
+    }
+
+
+def transformed(graph_uri: str, raw_examples: list[bytes]) -> dict:
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    output = tft.TFTransformOutput(graph_uri)
+    parsed = tf.io.parse_example(tf.constant(raw_examples), output.raw_feature_spec())
+    features = output.transform_raw_features(parsed, drop_unused_features=True)
+    return {
+        k: tf.sparse.to_dense(v).numpy() if isinstance(v, tf.SparseTensor) else v.numpy() for k, v in features.items()
+    }
+
+
+def feature_stats(stats_uri: str) -> dict:
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    stats = statistics_pb2.DatasetFeatureStatisticsList()
+    stats.ParseFromString(Path(stats_uri, "FeatureStats.pb").read_bytes())
+    (dataset,) = stats.datasets
+    result = {"num_examples": dataset.num_examples}
+    for f in dataset.features:
+        kind = f.WhichOneof("stats")
+        s = getattr(f, kind)
+        common = s.common_stats
+        result[f.path.step[0]] = (
+            common.num_non_missing,
+            common.num_missing,
+            getattr(s, "mean", None),
+            getattr(s, "std_dev", None),
+            getattr(s, "unique", None),
+        )
+    return result
+
+
+def test_retrain_analyses_only_the_new_span_and_matches_a_full_analysis(replay):
+    """run2 (window 1-2) re-used run1's analyzer cache (span 1 analysed then, not again); its transform
+    graph, vocabularies and statistics equal those of the same window analysed in full."""
+    import numpy as np
+    import tensorflow as tf
+
+    for key in ("run2", "rerun", "full_analysis"):
+        code, out, err = replay[key]
+        assert code == 0, f"{key}: {out}{err}"
+    incremental = transform_outputs(replay["workspace"], 1)
+    first = transform_outputs(replay["workspace"], 0)
+    (cache,) = incremental["inputs"]["analyzer_cache"]
+    assert metadata.producer_execution_id(incremental["store"], cache.id) == first["id"]
+    # An unchanged re-run keeps Transform cached (its cache input does not change with each run; the
+    # Trainer runs again: warm start now resolves run2's own model) ...
+    states = {c["node_id"]: c["state"] for c in json.loads(replay["rerun"][1])["components"]}
+    assert states["Transform"] == "cached" and states["CsvExampleGen"] == "cached", states
+    # ... and the full analysis (data.analyzer_cache = false) read no cache.
+    full = transform_outputs(replay["copy"], -1)
+    assert "analyzer_cache" not in full["inputs"] and full["id"] != incremental["id"]
+    assert [a.id for a in full["inputs"]["examples"]] == [a.id for a in incremental["inputs"]["examples"]]
+
+    inc_graph, full_graph = (Path(t["outputs"]["transform_graph"][0].uri) for t in (incremental, full))
+    assets = sorted(p.name for p in (inc_graph / "transform_fn" / "assets").iterdir())
+    assert assets  # the vocabularies
+    for name in assets:
+        assert (inc_graph / "transform_fn" / "assets" / name).read_bytes() == (
+            full_graph / "transform_fn" / "assets" / name
+        ).read_bytes(), name
+    raw = []
+    for examples in incremental["inputs"]["examples"]:  # rows of both spans
+        files = sorted(Path(examples.uri, "Split-train").glob("*.gz"))
+        raw += [r.numpy() for r in tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP")]
+    a, b = transformed(str(inc_graph), raw), transformed(str(full_graph), raw)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if a[key].dtype.kind == "f":
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for stats in ("pre_transform_stats", "post_transform_stats"):
+        sa, sb = (feature_stats(t["outputs"][stats][0].uri) for t in (incremental, full))
+        assert sa.keys() == sb.keys() and sa["num_examples"] == sb["num_examples"]
+        for key in sa:
+            np.testing.assert_allclose(
+                np.array(sa[key], dtype=float), np.array(sb[key], dtype=float), rtol=1e-5, err_msg=key
+            )
+
+
+def test_window_after_a_killed_run_uses_a_cache_from_before_its_newest_span(replay):
+    run3 = transform_outputs(replay["workspace"], -1)
+    (cache,) = run3["inputs"]["analyzer_cache"]
+    producer = metadata.producer_execution_id(run3["store"], cache.id)
+    seen = metadata.examples_spans(metadata.inputs(run3["store"], producer)["examples"])
+    assert seen == [1, 2]  # run2's cache, not the one the killed span-3 run wrote
