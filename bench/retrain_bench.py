@@ -63,7 +63,7 @@ def mlpipe(argv: list[str], log: Path) -> float:
 
 
 def component_seconds(workspace: Path) -> dict[str, float]:
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     store = metadata.open_store(workspace / "metadata.sqlite")
     run = metadata.pipeline_runs(store, PIPELINE)[0]

@@ -108,7 +108,7 @@ def timed(cmd: list[str], log: Path) -> float:
 
 
 def component_seconds(workspace: Path, pipeline_name: str) -> dict[str, float]:
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     store = metadata.open_store(workspace / "metadata.sqlite")
     run = metadata.pipeline_runs(store, pipeline_name)[0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from tfx import v1 as tfx
 
-from pipeline import metadata
+from pipeline.metadata import queries as metadata
 
 RESOLVER = "transform_cache_resolver"
 
