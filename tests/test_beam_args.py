@@ -8,14 +8,25 @@ from pipeline import config as config_lib
 from pipeline.ops import beam_args
 
 
-def test_the_shared_run_built_no_tfx_sdist(first_run):
-    workspace, code, out, err = first_run
-    assert code == 0, out + err
-    log = min((workspace / "logs").glob("run-*.log"))  # the first run in it: the shared one
-    text = log.read_text()
-    assert "Component Transform is running" in text  # TFX's INFO records are in the log ...
-    assert "Attempting to infer TFX Python dependency" not in text  # ... but no sdist was built
-    assert "tfx_ephemeral" not in text and "--extra_package" not in text
+def test_a_beam_executor_made_during_a_local_run_builds_no_tfx_sdist(monkeypatch):
+    """TFX's own BaseBeamExecutor (StatisticsGen's), made as the LocalDagRunner makes it: inside the
+    runner's local_dependencies (pipeline/ops/runner.py) no sdist and no --extra_package; outside, TFX
+    builds one (only the build itself is replaced, by a counter: it takes seconds)."""
+    from tfx.components.statistics_gen.executor import Executor
+    from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
+
+    built = []
+    monkeypatch.setattr(
+        dependency_utils, "build_ephemeral_package", lambda: built.append(1) or "/tmp/tfx_ephemeral.tgz"
+    )
+    beam = config_lib.BeamConfig()
+    args = beam.pipeline_args()
+    with beam_args.local_dependencies(beam):
+        executor = Executor(BaseBeamExecutor.Context(beam_pipeline_args=list(args)))
+    assert built == [] and executor._beam_pipeline_args[: len(args)] == args
+    assert not [a for a in executor._beam_pipeline_args if a.startswith("--extra_package")]
+    outside = Executor(BaseBeamExecutor.Context(beam_pipeline_args=list(args)))
+    assert built == [1] and "--extra_package=/tmp/tfx_ephemeral.tgz" in outside._beam_pipeline_args
 
 
 def test_direct_runner_passes_beam_args_through_and_restores_tfx():
