@@ -84,6 +84,7 @@ class ModelServer:
         self._http = None
         self._loop_thread: threading.Thread | None = None
         self._inflight = 0
+        self.recent_request_seconds = 0.0  # moving average of REST requests' time (serving/rest.py)
         self._inflight_cond = threading.Condition()
         self._stopped = threading.Event()
         self._config_thread: threading.Thread | None = None
