@@ -131,7 +131,7 @@ class Supervisor:
                     code,
                 )
                 self.stop()
-                return code or 1
+                return code if code and code > 0 else 1
         self._options_path = options_path
         opts = self.options
         log.info(
@@ -153,7 +153,7 @@ class Supervisor:
             self._quick_deaths[index] = self._quick_deaths[index] + 1 if quick else 1
             if self._quick_deaths[index] > MAX_QUICK_RESTARTS:
                 log.error("server process %d keeps exiting (last code %s); stopping", index + 1, proc.returncode)
-                return proc.returncode or 1
+                return 1
             log.warning(
                 "server process %d (pid %d) exited with %s; starting it again", index + 1, proc.pid, proc.returncode
             )
