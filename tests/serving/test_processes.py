@@ -138,3 +138,18 @@ def test_merged_pages_sum_counters_and_histograms_and_keep_gauges():
     assert ':tensorflow:serving:request_count{model_name="t",status="OK"} 7' in lines
     assert ':tensorflow:serving:request_latency_bucket{model_name="t",le="10"} 3' in lines
     assert ':tensorflow:serving:request_latency_sum{model_name="t"} 1.00123e+06' in lines  # TF Serving's digits
+
+
+def test_num_processes_must_be_positive(tmp_path):
+    import subprocess
+
+    from tests.serving.conftest import MLPIPE
+
+    done = subprocess.run(
+        [MLPIPE, "serve", "--workspace", str(tmp_path), "--num_processes", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "mlpipe serve: error: --num_processes must be positive, got 0"
