@@ -66,6 +66,8 @@ class DataConfig:
     # schema's types (data.schema), else the default model's (models/features.py COLUMN_TYPES).
     columns: dict[str, str] = field(default_factory=dict, hash=False)
     infer_feature_shape: bool = False  # SchemaGen: dense features where every example has one value
+    # The column of event times (epoch seconds) `mlpipe ingest` lays spans out by; not monitored.
+    timestamp_column: str = default_model.TIMESTAMP_COLUMN
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,9 @@ class MonitoringConfig:
     # Features whose change is expected (calendar, season): reported, never alerting. Empty: the
     # model's own list (models/features.py SEASONAL_FEATURES).
     seasonal_features: tuple[str, ...] = ()
+    # Features compared as categories (chi-squared, shares). Empty: the model's own list for the taxi
+    # model (models/features.py CATEGORICAL_FEATURES), else the string columns (docs/monitoring.md).
+    categorical_features: tuple[str, ...] = ()
     baseline_rows: int = 20000  # at most this many training rows (seeded sample) form the skew baseline
     retrain_after_windows: int = 2  # --retrain: the same alert in this many consecutive monitor runs
     max_retrains_per_day: int = 1  # --retrain starts at most this many retrains in 24 h

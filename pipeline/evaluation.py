@@ -67,7 +67,9 @@ def load_metrics(eval_uri: str):
     """TFMA's MetricsForSlice records of an evaluation (tfma.load_metrics, without importing TFMA)."""
     from pipeline.tfrecords import message_class
 
-    metrics_for_slice = message_class(_TFMA_PROTOS + "metrics_for_slice_pb2", "tensorflow_model_analysis.MetricsForSlice")
+    metrics_for_slice = message_class(
+        _TFMA_PROTOS + "metrics_for_slice_pb2", "tensorflow_model_analysis.MetricsForSlice"
+    )
     for record in _records(eval_uri, "metrics"):
         yield metrics_for_slice.FromString(record)
 
@@ -115,7 +117,9 @@ def validation_failures(eval_uri: str) -> list[str]:
     """TFMA's record of the thresholds that failed, one line each (empty when blessed)."""
     from pipeline.tfrecords import message_class
 
-    validation_result = message_class(_TFMA_PROTOS + "validation_result_pb2", "tensorflow_model_analysis.ValidationResult")
+    validation_result = message_class(
+        _TFMA_PROTOS + "validation_result_pb2", "tensorflow_model_analysis.ValidationResult"
+    )
     records = list(_records(eval_uri, "validations"))
     if len(records) != 1:  # as tfma.load_validation_result
         raise ValueError(f"{len(records)} validation results in {eval_uri}, expected 1")

@@ -46,7 +46,8 @@ class TrainingData:
 
 def training_data(snap: registry.Snapshot, version: int, config: Config | None = None) -> TrainingData:
     """Lineage of `version` in MLMD to the schema and the Examples of its whole training window."""
-    import tensorflow_data_validation as tfdv
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2  # without TF, unlike tfdv.load_schema_text
 
     versions = {v.version: v for v in registry.pushed_versions(snap)}
     if str(version) not in versions:
@@ -74,7 +75,7 @@ def training_data(snap: registry.Snapshot, version: int, config: Config | None =
         model_dir = Path(pushed.destination)
     return TrainingData(
         version=version,
-        schema=tfdv.load_schema_text(str(schema_path)),
+        schema=text_format.Parse(schema_path.read_text(), schema_pb2.Schema()),
         schema_uri=str(schema_path),
         spans=registry.spans_of(examples),
         examples_uris=[a.uri for a in examples],
@@ -121,8 +122,6 @@ def _eval_scores(model_dir: str, serialized: list[bytes]) -> list[float]:
 def baseline(config: Config, trained: TrainingData) -> dict:
     """{"rows": [decoded train rows, merged over the window's spans, sampled], "scores": [eval-split scores],
     "train_rows": total train rows, "eval_rows": scored eval rows}, cached per version."""
-    from tensorflow.core.example import example_pb2
-
     cache = config.workspace_path / BASELINE_DIR / f"{trained.version}.json"
     key = {
         "examples": trained.examples_uris,
@@ -138,6 +137,8 @@ def baseline(config: Config, trained: TrainingData) -> dict:
                 return data
         except (OSError, ValueError):
             pass  # unreadable cache: recompute
+    from tensorflow.core.example import example_pb2
+
     rng = random.Random(0)
     train = [
         (span, raw)
