@@ -28,8 +28,8 @@ class Traffic:
 
 
 def _example_class():
-    """tf.Example, without importing TensorFlow (pipeline/tfrecords.py)."""
-    from pipeline.tfrecords import message_class
+    """tf.Example, without importing TensorFlow (pipeline/metadata/tfrecords.py)."""
+    from pipeline.metadata.tfrecords import message_class
 
     return message_class("tensorflow.core.example.example_pb2", "tensorflow.Example")
 
@@ -60,7 +60,7 @@ def decode_request(kind: str, request) -> list[dict[str, Any]]:
     predict: one tensor per raw feature (the `serving_raw` signature), or one string tensor of
     serialized tf.Examples (`serving_default` through Predict); classify/regress: tf.Examples.
     """
-    from pipeline.tfrecords import make_ndarray
+    from pipeline.metadata.tfrecords import make_ndarray
     from serving.inference import serialized_examples
 
     example_class = _example_class()
@@ -88,7 +88,7 @@ def decode_scores(kind: str, response, count: int) -> list[float | None]:
     elif kind == "regress":
         scores = [float(r.value) for r in response.result.regressions]
     elif response.outputs:
-        from pipeline.tfrecords import make_ndarray
+        from pipeline.metadata.tfrecords import make_ndarray
 
         name = SCORE_OUTPUT if SCORE_OUTPUT in response.outputs else next(iter(response.outputs))
         array = make_ndarray(response.outputs[name])
@@ -104,7 +104,7 @@ def read_traffic(log_dir: Path, since: float | None, until: float | None) -> Tra
     """The decoded requests logged in [since, until) under `log_dir`; unreadable parts are skipped and listed."""
     from google.protobuf.message import DecodeError
 
-    from pipeline.tfrecords import CorruptRecordError, message_class, tfrecords
+    from pipeline.metadata.tfrecords import CorruptRecordError, message_class, tfrecords
     from serving.request_log import log_files
 
     prediction_log = message_class("tensorflow_serving.apis.prediction_log_pb2", "tensorflow.serving.PredictionLog")

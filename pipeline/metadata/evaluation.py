@@ -1,7 +1,7 @@
 """Reads the Evaluator's TFMA output: each thresholded metric against its bound.
 
 The output is read as TFMA's own loaders read it (the `metrics*` / `validations*` TFRecord files of
-the evaluation directory), without importing TFMA or TensorFlow (pipeline/tfrecords.py), so the
+the evaluation directory), without importing TFMA or TensorFlow (pipeline/metadata/tfrecords.py), so the
 commands that show metrics answer at once.
 """
 
@@ -54,7 +54,7 @@ def describe_failure(metric: str, value: float | None, bound: float | None, base
 def _records(output_path: str, key: str) -> Iterator[bytes]:
     """The records of TFMA's output `key` ('metrics', 'validations') as tfma.load_metrics finds them:
     `<dir>/<key>*.tfrecord`, else `<dir>/<key>*`."""
-    from pipeline.tfrecords import tfrecords
+    from pipeline.metadata.tfrecords import tfrecords
 
     if os.path.isdir(output_path):
         output_path = os.path.join(output_path, key)
@@ -65,7 +65,7 @@ def _records(output_path: str, key: str) -> Iterator[bytes]:
 
 def load_metrics(eval_uri: str):
     """TFMA's MetricsForSlice records of an evaluation (tfma.load_metrics, without importing TFMA)."""
-    from pipeline.tfrecords import message_class
+    from pipeline.metadata.tfrecords import message_class
 
     metrics_for_slice = message_class(
         _TFMA_PROTOS + "metrics_for_slice_pb2", "tensorflow_model_analysis.MetricsForSlice"
@@ -115,7 +115,7 @@ def threshold_checks(eval_uri: str, config: EvaluationConfig) -> list[ThresholdC
 
 def validation_failures(eval_uri: str) -> list[str]:
     """TFMA's record of the thresholds that failed, one line each (empty when blessed)."""
-    from pipeline.tfrecords import message_class
+    from pipeline.metadata.tfrecords import message_class
 
     validation_result = message_class(
         _TFMA_PROTOS + "validation_result_pb2", "tensorflow_model_analysis.ValidationResult"

@@ -22,7 +22,7 @@ def statistics_of(rows: list[dict[str, Any]], histograms: bool = True, config: C
     import pyarrow as pa
     from tensorflow_data_validation.statistics import stats_impl, stats_options
 
-    from pipeline.monitoring import features as monitored
+    from pipeline.dag import feature_roles as monitored
 
     # Declared column types (as ExampleGen encodes them), so that a feature missing from every
     # request is still an (empty) column of its type, as it is in the training data.
@@ -76,7 +76,7 @@ def monitoring_schema(schema, config: Config, kinds: dict[str, str], check: str 
     """A copy of `schema` with TRAINING/SERVING environments and, for `check` ('skew'/'drift'), comparators."""
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    from pipeline.monitoring import features as monitored
+    from pipeline.dag import feature_roles as monitored
 
     config = config or Config()
     model_features, numeric_features = set(monitored.model_features(config)), set(monitored.numeric_features(config))
@@ -115,7 +115,7 @@ def serving_schema(schema, baseline_rows: list[dict], new_value_mass: float, con
     of the feature's traffic (TFDV's distribution_constraints.min_domain_mass), and presence is not
     required (the share of missing values is tested statistically, stats.py MISSING).
     """
-    from pipeline.monitoring import features as monitored
+    from pipeline.dag import feature_roles as monitored
 
     config = config or Config()
     model_features = set(monitored.model_features(config))
@@ -181,7 +181,7 @@ def _may_have_anomalies(schema, rows: list[dict], config: Config) -> bool:
     no feature that needs a value lacks one, every monitored feature is in the schema with its column type."""
     import math
 
-    from pipeline.monitoring import features as monitored
+    from pipeline.dag import feature_roles as monitored
 
     if {f.name for f, _ in schema.ListFields()} - _SCHEMA_FIELDS:
         return True

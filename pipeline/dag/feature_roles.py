@@ -3,7 +3,7 @@
 For mlpipe's own taxi model (no [model] module or code paths set, the taxi columns) these are the lists
 of models/features.py, as before. For a user's model and data (README "Your own model"):
 - the features: `model.serving_features` (what serving_raw takes), else every column of the dataset
-  (pipeline/dataset.py column_types: [data.columns], the pinned schema, or the taxi columns) except the
+  (pipeline/dag/dataset.py column_types: [data.columns], the pinned schema, or the taxi columns) except the
   raw label columns (`model.raw_label_keys`) and the timestamp column (`data.timestamp_column`);
 - each one's type: the dataset's column type ("string" | "int" | "float");
 - categorical: `monitoring.categorical_features` if set, else the string columns (an integer column is
@@ -13,8 +13,8 @@ of models/features.py, as before. For a user's model and data (README "Your own 
 
 from __future__ import annotations
 
-from pipeline import dataset
 from pipeline.config import Config, ModelConfig
+from pipeline.dag import dataset
 
 
 def _taxi_model(config: Config) -> bool:
