@@ -3,7 +3,10 @@ of a fully cached `mlpipe run`, and of `mlpipe monitor` on a 500-request window.
 
 The workspace is built once in --workdir (kept for reruns): one real `mlpipe run` on a 3000-row slice
 of the taxi sample with few steps, two more with other step counts (three pushed versions), then cached
-re-runs up to 20 runs in MLMD. Each command then runs as a fresh `python -m pipeline` process, --repeats
+re-runs up to 20 runs in MLMD. Cheaper: --from-workspace WS copies a workspace that has real runs and
+adds MLMD records only: copies of its newest `pipeline_run` context (same properties, associated with
+the same executions, under the pipeline context), until MLMD holds 20 run contexts. The cached-run row
+then runs on that copy (`--data-root`/`--config` of the original are passed with --run-args). Each command then runs as a fresh `python -m pipeline` process, --repeats
 times (the best is reported); with --compare REPO the same commands run with that checkout's code too
 (e.g. /work/main), side by side in this invocation, and the table shows the ratio.
 
@@ -66,6 +69,41 @@ def build_workspace(workdir: Path, runs: int) -> tuple[Path, list[float]]:
     return ws, cached
 
 
+def clone_runs(source: Path, workdir: Path, runs: int, config: Path | None) -> Path:
+    """A copy of `source` whose MLMD holds `runs` pipeline_run contexts (copies of the newest one)."""
+    import datetime as dt
+    import shutil
+
+    sys.path.insert(0, str(REPO))
+    from ml_metadata.proto import metadata_store_pb2
+
+    from pipeline.config import load
+    from pipeline.metadata import queries
+
+    ws = workdir / "ws"
+    if not ws.is_dir():
+        shutil.copytree(source, ws, ignore=shutil.ignore_patterns("request_logs", "monitoring"))
+    name = load(config, {"workspace": str(ws)}).pipeline_name
+    store = queries.open_store(ws / "metadata.sqlite", read_only=False)
+    existing = queries.pipeline_runs(store, name)
+    newest = existing[0]
+    executions = store.get_executions_by_context(newest.id)
+    parent = store.get_context_by_type_and_name("pipeline", name)
+    start = dt.datetime.fromisoformat(newest.name)
+    for i in range(runs - len(existing)):
+        context = metadata_store_pb2.Context()
+        context.CopyFrom(newest)
+        context.ClearField("id")
+        context.ClearField("create_time_since_epoch")
+        context.ClearField("last_update_time_since_epoch")
+        context.name = (start + dt.timedelta(minutes=i + 1)).isoformat()
+        [context_id] = store.put_contexts([context])
+        associations = [metadata_store_pb2.Association(context_id=context_id, execution_id=e.id) for e in executions]
+        store.put_attributions_and_associations([], associations)
+        store.put_parent_contexts([metadata_store_pb2.ParentContext(child_id=context_id, parent_id=parent.id)])
+    return ws
+
+
 def last_window(workdir: Path) -> tuple[Path, Path | None, list[str]] | None:
     ws = workdir / "ws"
     history = ws / "monitoring" / "history.jsonl"
@@ -98,34 +136,40 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compare", type=Path, help="another checkout whose code runs the same commands")
     parser.add_argument("--monitor-workdir", type=Path, default=Path("/tmp/mlpipe-drift-bench"))
+    parser.add_argument("--from-workspace", type=Path, help="copy this workspace and add run records (see above)")
+    parser.add_argument("--config", type=Path, help="the config of --from-workspace (its pipeline name, data)")
+    parser.add_argument("--run-args", default="", help="flags of the cached `mlpipe run` on --from-workspace")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    ws, cached = build_workspace(args.workdir, args.runs)
+    if args.from_workspace:
+        ws, cached = clone_runs(args.from_workspace, args.workdir, args.runs, args.config), []
+        run_flags = [*(["--config", str(args.config)] if args.config else []), *args.run_args.split()]
+    else:
+        ws, cached = build_workspace(args.workdir, args.runs)
+        run_flags = ["--data-root", str(args.workdir / "data"), "--eval-steps", "20", "--train-steps", "102"]
     ws_flags = ["--workspace", str(ws)]
-    _, done = mlpipe(REPO, "models", "--json", *ws_flags)
+    cfg_flags = ["--config", str(args.config)] if args.config else []
+    _, done = mlpipe(REPO, "models", "--json", *ws_flags, *cfg_flags)
     versions = [v["version"] for v in json.loads(done.stdout)["versions"]]
     commands = {
-        "runs": ["runs", *ws_flags],
-        "runs --json": ["runs", "--json", *ws_flags],
-        "models": ["models", *ws_flags],
-        "lineage V": ["lineage", str(versions[0]), *ws_flags],
-        "label list": ["label", "list", *ws_flags],
-        "rollback --dry-run": ["rollback", "--dry-run", "--reason", "bench", *ws_flags],
-        "run (fully cached)": [
-            "run",
-            *ws_flags,
-            "--data-root",
-            str(args.workdir / "data"),
-            "--eval-steps",
-            "20",
-            "--train-steps",
-            "102",
-        ],
+        "runs": ["runs", *ws_flags, *cfg_flags],
+        "runs --json": ["runs", "--json", *ws_flags, *cfg_flags],
+        "models": ["models", *ws_flags, *cfg_flags],
+        "lineage V": ["lineage", str(versions[0]), *ws_flags, *cfg_flags],
+        "label list": ["label", "list", *ws_flags, *cfg_flags],
+        "rollback --dry-run": ["rollback", "--dry-run", "--reason", "bench", *ws_flags, *cfg_flags],
     }
+    if not args.from_workspace or args.run_args:  # a copied workspace is cached only for the code that built it
+        commands["run (fully cached)"] = ["run", *ws_flags, *run_flags]
     ok = {"rollback --dry-run": (0, 2)}
     monitored = last_window(args.monitor_workdir)
     if monitored:
-        mws, config, window = monitored
+        import shutil
+
+        source, config, window = monitored
+        mws = args.workdir / "monitor-ws"  # a copy: each monitor run appends to the workspace's history
+        if not mws.is_dir():
+            shutil.copytree(source, mws)
         commands["monitor (500 requests)"] = [
             "monitor",
             "--workspace",
