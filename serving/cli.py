@@ -159,6 +159,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--grpc_max_threads", type=int, default=max(16, 4 * (os.cpu_count() or 1)), help="threads running gRPC requests"
     )
     g.add_argument(
+        "--num_processes",
+        type=int,
+        default=1,
+        help="server processes sharing the REST and gRPC ports (SO_REUSEPORT), each with its own copy of the "
+        "models; the first process supervises them (default 1)",
+    )
+    g.add_argument(
         "--max_request_bytes",
         type=int,
         default=32 << 20,
@@ -228,9 +235,7 @@ def build_options(args: argparse.Namespace):
         name = args.model_name or cfg.model_name
         if "/" in name or ":" in name:
             raise ServingConfigError(f"--model_name {name!r} must not contain '/' or ':'")
-        base = args.model_base_path or (
-            str(cfg.serving_model_dir) if name == cfg.model_name else str(cfg.workspace_path / "serving_model" / name)
-        )
+        base = args.model_base_path or (str(cfg.serving_dir_of(name)))
         models = [
             ModelEntry(
                 name=name,
@@ -266,13 +271,19 @@ def build_options(args: argparse.Namespace):
             batching = BatchingParameters()
     elif args.batching_parameters_file:
         raise ServingConfigError("--batching_parameters_file needs --enable_batching")
-    for flag in ("rest_api_num_threads", "grpc_max_threads", "max_request_bytes", "num_request_iterations_for_warmup"):
+    for flag in (
+        "rest_api_num_threads",
+        "grpc_max_threads",
+        "max_request_bytes",
+        "num_request_iterations_for_warmup",
+        "num_processes",
+    ):
         if getattr(args, flag) <= 0:
             raise ServingConfigError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if args.max_num_load_retries < 0:
         raise ServingConfigError(f"--max_num_load_retries must be >= 0, got {args.max_num_load_retries}")
     token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
-    log_root = args.request_log_dir or str(cfg.workspace_path / "request_logs")
+    log_root = args.request_log_dir or str(cfg.request_log_root)
     tags = tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     return ServerOptions(
         models=models,
@@ -331,6 +342,11 @@ def run(args: argparse.Namespace) -> int:
             file=terminal(),
         )
     try:
+        if args.num_processes > 1:
+            from serving.processes import Supervisor
+
+            out = terminal()
+            return Supervisor(options, args.num_processes, args.log_level, out.fileno()).serve()
         return ModelServer(options).serve()
     except OSError as e:
         print(f"mlpipe serve: error: {e}", file=terminal())
@@ -347,8 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    from pipeline.cli import command_log  # the argument parser and config only: no TFX
-    from pipeline.logs import quiet_stderr
+    from pipeline.logs import command_log, quiet_stderr  # the config only: no TFX
 
-    with quiet_stderr(command_log(args, "serve")):  # TF's start-up noise to <workspace>/logs/serve.log
+    with quiet_stderr(
+        command_log(getattr(args, "config", None), getattr(args, "workspace", None), "serve")
+    ):  # TF's start-up noise to <workspace>/logs/serve.log
         return run(args)
