@@ -12,9 +12,12 @@ per slice, a two-sample test whose p-value accounts for the window's size, plus 
 Every run's scores go to the workspace's history (history.py), which gates `--retrain`.
 
 Modules: window (times, MonitorError), traffic, baseline, stats, tfdv_checks, check (the run),
-report (table, HTML), history, actions (hooks, retrain), evaluate (`--evaluate`).
+report (table, HTML), history, actions (hooks, retrain), evaluate (`--evaluate`), labels and feedback
+(`--labels`: late labels joined to logged predictions by request key, the live quality series and the
+automatic rollback).
 """
 
+from pipeline.monitoring import feedback, labels
 from pipeline.monitoring.actions import notify, start_retrain
 from pipeline.monitoring.baseline import TrainingData, training_data
 from pipeline.monitoring.check import Report, monitor
@@ -39,7 +42,9 @@ __all__ = [
     "TrainingData",
     "decode_request",
     "evaluate",
+    "feedback",
     "iso_seconds",
+    "labels",
     "monitor",
     "monitoring_schema",
     "notify",
