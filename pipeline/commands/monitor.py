@@ -226,6 +226,9 @@ def _labels(args: argparse.Namespace, config) -> int:
     return _act(args, config, data, lines, html=None)
 
 
+_ACTIONS = {"rollback": "roll back", "drop_label": "remove a label"}
+
+
 def _rollback_line(decision: dict) -> str:
     done = decision.get("done")
     if done and done["action"] == "rollback":
@@ -236,7 +239,7 @@ def _rollback_line(decision: dict) -> str:
     if done:
         return f"mlpipe: removed label {done['label']} automatically ({decision['reason']})"
     if decision.get("dry_run") and decision["action"]:
-        return f"dry run: would {decision['action'].replace('_', ' ')}: {decision['reason']}"
+        return f"dry run: would {_ACTIONS[decision['action']]}: {decision['reason']}"
     return f"automatic rollback: none ({decision['reason']})"
 
 
