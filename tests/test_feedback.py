@@ -86,7 +86,7 @@ def _labels(path: Path, keyed: list[tuple[str, dict]], shifted: bool, extra: lis
 
 
 def test_late_labels_drop_the_live_quality_and_the_served_version_is_rolled_back_once(two_versions, tmp_path):
-    ws = two_versions
+    ws = copy_workspace((two_versions,), tmp_path / "ws")
     v1, v2 = version_dirs(ws)
     alerts = tmp_path / "alerts.jsonl"
     config = _write_config(tmp_path / "mlpipe.toml", ws, alerts)
@@ -184,6 +184,9 @@ def test_labels_errors_are_one_line(two_versions, tmp_path):
     assert code == 2 and "has no column 'request_key' (monitoring.label_key_column)" in err, out + err
     code, out, err = run_cli("monitor", "--config", str(config), "--labels", str(tmp_path / "nothing"))
     assert code == 2 and "no label CSV at" in err, out + err
+    config.write_text(f'workspace = "{two_versions}"\n[monitoring]\nquality_window = "soon"\n')
+    code, out, err = run_cli("monitor", "--config", str(config), "--labels", str(bad))
+    assert code == 2 and "config error: monitoring.quality_window: bad duration 'soon'" in err, out + err
 
 
 def _series(ws: Path, version: int, passed: list[bool]) -> None:
