@@ -214,8 +214,8 @@ def test_rollback_rule_limits_targets_and_canaries(two_versions, tmp_path):
     import dataclasses
 
     from pipeline import config as config_lib
-    from pipeline import promotion, registry
     from pipeline.monitoring import feedback
+    from pipeline.publish import promotion, registry
 
     ws = copy_workspace((two_versions,), tmp_path / "ws")
     v1, v2 = version_dirs(ws)

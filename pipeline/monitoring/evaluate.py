@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import registry
 from pipeline.config import Config
 from pipeline.monitoring.baseline import training_data
 from pipeline.monitoring.window import MonitorError
+from pipeline.publish import registry
 
 
 def _csv_files(path: Path) -> list[Path]:
@@ -62,7 +62,7 @@ def _csv_to_examples(files: list[Path], schema, destination: Path) -> int:
 def value_only_eval_config(config: Config):
     """The pipeline's own eval config (the blessing's metrics and slices) without the change threshold:
     there is no baseline model when scoring newly labelled data."""
-    from pipeline.pipeline import eval_config
+    from pipeline.dag.pipeline import eval_config
 
     eval_cfg = eval_config(config)
     for spec in eval_cfg.metrics_specs:
@@ -97,7 +97,7 @@ def evaluate(config: Config, data: Path, version: int | None, workdir: Path) -> 
 
     import tensorflow_model_analysis as tfma
 
-    from pipeline import evaluation
+    from pipeline.metadata import evaluation
 
     eval_cfg = value_only_eval_config(config)
     shared = tfma.default_eval_shared_model(eval_saved_model_path=str(model_dir), eval_config=eval_cfg)

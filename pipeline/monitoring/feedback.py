@@ -25,10 +25,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline import registry
 from pipeline.config import Config
 from pipeline.monitoring import history, labels
 from pipeline.monitoring.window import MonitorError, iso_seconds, parse_duration
+from pipeline.publish import registry
 
 QUALITY_FILE = "monitoring/quality.jsonl"
 ACTIONS_FILE = "monitoring/rollbacks.jsonl"
@@ -312,7 +312,7 @@ def rollback_decision(config: Config, now: float) -> dict:
 
 def _target(config: Config, current: int, check: str, actions: list[dict]) -> int | None:
     """The newest blessed, never-rolled-back-from original version older than `current`'s origin."""
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     snap = registry.open_snapshot(config)
     if snap is None:
@@ -333,7 +333,7 @@ def _target(config: Config, current: int, check: str, actions: list[dict]) -> in
 
 def apply(config: Config, decision: dict, now: float) -> dict:
     """Carries out a rollback decision through the audited paths of `mlpipe rollback` / `mlpipe label remove`."""
-    from pipeline import promotion
+    from pipeline.publish import promotion
 
     failure = decision["failure"]
     reason = f"automatic: {decision['reason']}"

@@ -245,7 +245,8 @@ def _rollback_line(decision: dict) -> str:
 
 def _auto_rollback(args: argparse.Namespace, config, data: dict, now: float) -> None:
     """The automatic rollback rule after a monitor run; a rollback is an alert of its own (the hooks say so)."""
-    from pipeline import monitoring, registry
+    from pipeline import monitoring
+    from pipeline.publish import registry
 
     decision = monitoring.feedback.rollback_decision(config, now)
     decision["dry_run"] = args.dry_run
