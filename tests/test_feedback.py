@@ -252,3 +252,54 @@ def test_rollback_rule_limits_targets_and_canaries(two_versions, tmp_path):
     assert done["failed_version"] == v1 and "canary" not in registry.read_labels(base)
     assert promotion.label_history(base, "canary")[0]["reason"].startswith("automatic: version")
     assert feedback.rollback_decision(with_rule(2), now)["action"] is None  # acted once
+
+
+def test_prediction_skew_that_persists_is_a_rollback_check_too(two_versions, tmp_path):
+    import dataclasses
+
+    from pipeline import config as config_lib
+    from pipeline.monitoring import feedback
+
+    ws = copy_workspace((two_versions,), tmp_path / "ws")
+    v1, v2 = version_dirs(ws)[:2]
+    base = config_lib.load(None, {"workspace": str(ws)})
+    rule = dataclasses.replace(base, monitoring=dataclasses.replace(base.monitoring, rollback_after_windows=2))
+    # Two monitor runs (monitoring/history.jsonl, as `mlpipe monitor` records them) with skew:prediction of v2.
+    runs = [
+        {
+            "run_at": f"2026-11-27T0{i}:00:00+00:00",
+            "window": {"since": f"2026-11-27T0{i}:00:00+00:00", "until": f"2026-11-27T0{i + 1}:00:00+00:00"},
+            "version_filter": None,
+            "versions": [v2],
+            "requests": 500,
+            "alerts": ["skew:prediction"],
+            "scores": [{"check": "skew", "version": v2, "feature": "prediction", "slice": None, "alert": True}],
+            "retrain": None,
+        }
+        for i in range(2)
+    ]
+    (ws / "monitoring").mkdir(exist_ok=True)
+    (ws / "monitoring" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    decision = feedback.rollback_decision(rule, time.time())
+    assert decision["failing"][0]["check"] == "prediction_drift"
+    assert (decision["action"], decision["to_version"]) == ("rollback", v1)
+
+
+def test_example_keys_and_what_a_label_that_does_not_join_counts_as():
+    from pipeline.monitoring.labels import Labels, Prediction, example_keys, join
+
+    rows = [{"trip_id": b"t-1"}, {"trip_id": None}, {}]
+    assert example_keys("req", rows, "trip_id") == ["t-1", "req/1", "req/2"]
+    assert example_keys("req", rows[1:2], "trip_id") == ["req"]
+    assert example_keys("", rows[1:], "") == [None, None]
+
+    now = 1_800_000_000.0
+    old_generated = f"{int((now - 10 * 86400) * 1000):011x}-0123456789abcdef"
+    predictions = {
+        "fresh": [Prediction("fresh", now - 60, 2, {}, 0.9)],
+        "stale": [Prediction("stale", now - 8 * 86400, 1, {}, 0.1)],
+    }
+    labels = Labels({"fresh": "1", "stale": "0", old_generated: "1", "typo": "0"}, [], {})
+    matched, counts = join(labels, predictions, oldest_kept=now - 7 * 86400, oldest_logged=now - 8 * 86400)
+    assert [(p.key, label) for p, label in matched] == [("fresh", "1")]
+    assert counts == {"matched": 1, "unmatched": 1, "outside_retention": 2}
