@@ -215,7 +215,8 @@ def test_rollback_rule_limits_targets_and_canaries(two_versions, tmp_path):
 
     from pipeline import config as config_lib
     from pipeline.monitoring import feedback
-    from pipeline.publish import promotion, registry
+    from pipeline.publish import promotion
+    from pipeline.publish.versions import read_labels
 
     ws = copy_workspace((two_versions,), tmp_path / "ws")
     v1, v2 = version_dirs(ws)
@@ -249,7 +250,7 @@ def test_rollback_rule_limits_targets_and_canaries(two_versions, tmp_path):
     decision = feedback.rollback_decision(with_rule(2), now)
     assert (decision["action"], decision["label"]) == ("drop_label", "canary")
     done = feedback.apply(with_rule(2), decision, now)
-    assert done["failed_version"] == v1 and "canary" not in registry.read_labels(base)
+    assert done["failed_version"] == v1 and "canary" not in read_labels(base)
     assert promotion.label_history(base, "canary")[0]["reason"].startswith("automatic: version")
     assert feedback.rollback_decision(with_rule(2), now)["action"] is None  # acted once
 

@@ -112,7 +112,7 @@ def _monitor(args: argparse.Namespace) -> int:
                 since = until - monitoring.parse_duration(config.monitoring.window)
             except monitoring.MonitorError as e:
                 raise monitoring.MonitorError(f"config error: monitoring.window: {e}") from None
-        log_root = Path(args.log_dir) if args.log_dir else config.workspace_path / "request_logs"
+        log_root = Path(args.log_dir) if args.log_dir else config.request_log_root
         report = monitoring.monitor(config, since, until, log_root / config.model_name, args.version, now=now)
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
@@ -186,7 +186,7 @@ def _labels(args: argparse.Namespace, config) -> int:
     from pipeline import monitoring
 
     now = time.time()
-    log_root = Path(args.log_dir) if args.log_dir else config.workspace_path / "request_logs"
+    log_root = Path(args.log_dir) if args.log_dir else config.request_log_root
     try:
         with tempfile.TemporaryDirectory(prefix="mlpipe-labels-") as workdir:
             data = monitoring.feedback.live_quality(
@@ -246,14 +246,14 @@ def _rollback_line(decision: dict) -> str:
 def _auto_rollback(args: argparse.Namespace, config, data: dict, now: float) -> None:
     """The automatic rollback rule after a monitor run; a rollback is an alert of its own (the hooks say so)."""
     from pipeline import monitoring
-    from pipeline.publish import registry
+    from pipeline.metadata.snapshot import RegistryError
 
     decision = monitoring.feedback.rollback_decision(config, now)
     decision["dry_run"] = args.dry_run
     if decision["action"] and not args.dry_run:
         try:
             decision["done"] = monitoring.feedback.apply(config, decision, now)
-        except registry.RegistryError as e:
+        except RegistryError as e:
             raise cli.CommandError(f"automatic rollback failed: {e}", e.code) from None
         data["alerts"] = sorted(set(data["alerts"]) | {f"rollback:{decision['failure']['version']}"})
         data["alert"] = True
@@ -262,7 +262,8 @@ def _auto_rollback(args: argparse.Namespace, config, data: dict, now: float) -> 
 
 def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=None) -> int:
     """Writes the HTML page, notifies, retrains, prints; returns the exit code."""
-    from pipeline import logs, monitoring
+    from pipeline import logs
+    from pipeline.cli import actions
 
     if args.html and html is not None:
         try:
@@ -272,7 +273,7 @@ def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=N
         data["html"] = str(Path(args.html).resolve())
     data["notified"] = None
     if data["alert"] and not args.no_notify and (config.monitoring.alert_command or config.monitoring.webhook_url):
-        data["notified"] = monitoring.notify(config, {k: v for k, v in data.items() if k != "notified"})
+        data["notified"] = actions.notify(config, {k: v for k, v in data.items() if k != "notified"})
         for channel, outcome in data["notified"].items():
             if outcome is not None and not outcome["ok"]:
                 print(
@@ -283,7 +284,7 @@ def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=N
     if args.retrain and data["retrain_wanted"]:
         if not args.json:
             print("mlpipe: alert: starting `mlpipe retrain`", flush=True)
-        data["retrain"] = monitoring.start_retrain(config, args.config)
+        data["retrain"] = actions.start_retrain(config, args.config)
         if on_retrain is not None:
             on_retrain(data["retrain"])
     if args.json:

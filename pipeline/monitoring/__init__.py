@@ -12,9 +12,10 @@ per slice, a two-sample test whose p-value accounts for the window's size, plus 
 Every run's scores go to the workspace's history (history.py), which gates `--retrain`.
 
 Modules: window (times, MonitorError), traffic, baseline, stats, tfdv_checks, check (the run),
-report (table, HTML), history, actions (hooks, retrain), evaluate (`--evaluate`), labels and feedback
-(`--labels`: late labels joined to logged predictions by request key, the live quality series and the
-automatic rollback).
+report (table, HTML), history, evaluate (`--evaluate`), labels and feedback (`--labels`: late labels
+joined to logged predictions by request key, the live quality series and the automatic rollback). What
+an alert sets off (the alert command, the webhook, `mlpipe retrain`) starts processes, so it lives in
+the CLI: pipeline/cli/actions.py.
 """
 
 from pipeline.dag.tfdv_checks import (
@@ -25,7 +26,6 @@ from pipeline.dag.tfdv_checks import (
     threshold_for,
 )
 from pipeline.monitoring import feedback, labels
-from pipeline.monitoring.actions import notify, start_retrain
 from pipeline.monitoring.baseline import TrainingData, training_data
 from pipeline.monitoring.check import Report, monitor
 from pipeline.monitoring.evaluate import evaluate
@@ -47,11 +47,9 @@ __all__ = [
     "labels",
     "monitor",
     "monitoring_schema",
-    "notify",
     "parse_duration",
     "parse_time",
     "read_traffic",
-    "start_retrain",
     "statistics_of",
     "table",
     "threshold_for",

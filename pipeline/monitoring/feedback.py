@@ -10,7 +10,7 @@ Evaluator's slice features within a window. Each (window, version) becomes a lin
 The rollback rule (off unless `monitoring.rollback_after_windows` K >= 1): a version that serves (the
 highest version directory, or one a label points at) whose last K judged windows all failed one check,
 live quality (value metric below `evaluation.value_lower_bound`) or prediction skew (`skew:prediction`
-of `mlpipe monitor`), is rolled back through registry.rollback + promotion.after_rollback (the path of
+of `mlpipe monitor`), is rolled back through publish.rollback.rollback + promotion.after_rollback (the path of
 `mlpipe rollback`) when it is the highest version, or loses its label (promotion.move_label, the path
 of `mlpipe label remove`) otherwise. Each action is kept in <workspace>/monitoring/rollbacks.jsonl:
 one action per failing version, at most `monitoring.max_rollbacks_per_day` in 24 h, never back to a
@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.metadata.snapshot import open_snapshot
+from pipeline.metadata.versions import original_version, pushed_versions
 from pipeline.monitoring import history, labels
 from pipeline.monitoring.window import MonitorError, iso_seconds, parse_duration
-from pipeline.publish import registry
+from pipeline.publish.versions import read_labels, serving_versions
 
-QUALITY_FILE = "monitoring/quality.jsonl"
-ACTIONS_FILE = "monitoring/rollbacks.jsonl"
 WINDOW_FEATURE = "__mlpipe_window__"  # the slice feature that carries an example's window into TFMA
 
 
@@ -66,7 +66,7 @@ def _write_jsonl(path: Path, entries: list[dict]) -> None:
 
 def load_series(config: Config) -> list[dict]:
     """The live quality series: one entry per (window, version), oldest window first."""
-    entries = _read_jsonl(config.workspace_path / QUALITY_FILE)
+    entries = _read_jsonl(config.monitoring_quality_path)
     return sorted(entries, key=lambda e: (e["window"]["since"], e["version"]))
 
 
@@ -74,7 +74,7 @@ def _record_series(config: Config, new: list[dict]) -> None:
     fresh = {(e["window"]["since"], e["version"]) for e in new}
     kept = [e for e in load_series(config) if (e["window"]["since"], e["version"]) not in fresh]
     entries = sorted(kept + new, key=lambda e: (e["window"]["since"], e["version"]))
-    _write_jsonl(config.workspace_path / QUALITY_FILE, entries)
+    _write_jsonl(config.monitoring_quality_path, entries)
 
 
 def _examples(config: Config, schema, pairs, window_seconds: float, destination: Path) -> int:
@@ -180,7 +180,7 @@ def live_quality(config: Config, labels_path: Path, log_dir: Path, now: float, w
     for prediction, label in matched:
         by_version.setdefault(prediction.version, []).append((prediction, label))
     series, notes = [], []
-    snap = registry.open_snapshot(config) if by_version else None
+    snap = open_snapshot(config) if by_version else None
     workdir.mkdir(parents=True, exist_ok=True)
     for version, pairs in sorted(by_version.items()):
         from pipeline.monitoring.baseline import training_data
@@ -237,7 +237,7 @@ def live_quality(config: Config, labels_path: Path, log_dir: Path, now: float, w
 
 
 def load_actions(config: Config) -> list[dict]:
-    return _read_jsonl(config.workspace_path / ACTIONS_FILE)
+    return _read_jsonl(config.auto_rollbacks_path)
 
 
 def _quality_windows(config: Config, version: int) -> list[tuple[str, bool]]:
@@ -264,12 +264,10 @@ def rollback_decision(config: Config, now: float) -> dict:
     decision: dict[str, Any] = {"enabled": k > 0, "action": None, "windows": k, "failing": []}
     if k == 0:
         return dict(decision, reason="off (monitoring.rollback_after_windows = 0)")
-    on_disk = registry.serving_versions(config)
+    on_disk = serving_versions(config)
     if not on_disk:
         return dict(decision, reason=f"nothing is published in {config.serving_model_dir}")
-    served = [(on_disk[-1], None)] + [
-        (v, name) for name, v in sorted(registry.read_labels(config).items()) if v != on_disk[-1]
-    ]
+    served = [(on_disk[-1], None)] + [(v, name) for name, v in sorted(read_labels(config).items()) if v != on_disk[-1]]
     actions = load_actions(config)
     for version, label in served:
         for check, windows_of in CHECKS.items():
@@ -314,12 +312,12 @@ def _target(config: Config, current: int, check: str, actions: list[dict]) -> in
     """The newest blessed, never-rolled-back-from original version older than `current`'s origin."""
     from pipeline.metadata import queries as metadata
 
-    snap = registry.open_snapshot(config)
+    snap = open_snapshot(config)
     if snap is None:
         return None
-    versions = registry.pushed_versions(snap)
+    versions = pushed_versions(snap)
     by_version = {v.version: v for v in versions}
-    origin = int(registry.original_version(by_version, str(current)))
+    origin = int(original_version(by_version, str(current)))
     failed = {a["failed_origin"] for a in actions if a["check"] == check}
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         if v.is_rollback or int(v.version) >= origin or int(v.version) in failed:
@@ -334,17 +332,18 @@ def _target(config: Config, current: int, check: str, actions: list[dict]) -> in
 def apply(config: Config, decision: dict, now: float) -> dict:
     """Carries out a rollback decision through the audited paths of `mlpipe rollback` / `mlpipe label remove`."""
     from pipeline.publish import promotion
+    from pipeline.publish.rollback import rollback
 
     failure = decision["failure"]
     reason = f"automatic: {decision['reason']}"
     if decision["action"] == "rollback":
-        result = registry.rollback(config, decision["to_version"], reason)
+        result = rollback(config, decision["to_version"], reason)
         result["label_moves"] = promotion.after_rollback(config, result)
     else:
         result = promotion.move_label(config, decision["label"], None, reason)
-    snap = registry.open_snapshot(config)
-    by_version = {v.version: v for v in registry.pushed_versions(snap)} if snap is not None else {}
-    origin = registry.original_version(by_version, str(failure["version"])) if by_version else failure["version"]
+    snap = open_snapshot(config)
+    by_version = {v.version: v for v in pushed_versions(snap)} if snap is not None else {}
+    origin = original_version(by_version, str(failure["version"])) if by_version else failure["version"]
     entry = {
         "time": iso_seconds(now),
         "action": decision["action"],
@@ -357,7 +356,7 @@ def apply(config: Config, decision: dict, now: float) -> dict:
         "label": decision.get("label"),
         "reason": reason,
     }
-    _write_jsonl(config.workspace_path / ACTIONS_FILE, load_actions(config) + [entry])
+    _write_jsonl(config.auto_rollbacks_path, load_actions(config) + [entry])
     return {**entry, "result": result}
 
 
