@@ -72,14 +72,18 @@ def threshold_for(config: Config, check: str, feature: str, kind: str) -> float:
     return getattr(m, f"{check}_{kind}")
 
 
-def monitoring_schema(schema, config: Config, kinds: dict[str, str], check: str | None):
-    """A copy of `schema` with TRAINING/SERVING environments and, for `check` ('skew'/'drift'), comparators."""
+def monitoring_schema(schema, config: Config, kinds: dict[str, str], check: str | None, numeric_features=None):
+    """A copy of `schema` with TRAINING/SERVING environments and, for `check` ('skew'/'drift'), comparators.
+
+    `numeric_features` overrides the continuous features the config describes (the drift gate passes those of
+    the config the pipeline was built from)."""
     from tensorflow_metadata.proto.v0 import schema_pb2
 
     from pipeline.dag import feature_roles as monitored
 
     config = config or Config()
-    model_features, numeric_features = set(monitored.model_features(config)), set(monitored.numeric_features(config))
+    model_features = set(monitored.model_features(config))
+    numeric_features = set(monitored.numeric_features(config) if numeric_features is None else numeric_features)
     copy = schema_pb2.Schema()
     copy.CopyFrom(schema)
     del copy.default_environment[:]
