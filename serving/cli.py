@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 
-from serving.batching import BatchingParameters, parse_batching_parameters
 from serving.config import (
     MODEL_CONFIG_FILE,
     ModelEntry,
@@ -255,6 +254,8 @@ def build_options(args: argparse.Namespace):
             models, roots = [], [ModelRoot(os.path.abspath(base), parse_version_policy(args.version_policy))]
     batching = None
     if args.enable_batching:
+        from serving.batching import BatchingParameters, parse_batching_parameters  # numpy: only when serving
+
         if args.batching_parameters_file:
             try:
                 with open(args.batching_parameters_file) as f:

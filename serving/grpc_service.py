@@ -13,7 +13,7 @@ import time
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving import inference
+from serving import inference, request_log
 from serving.config import ServingConfigError, entries_from_proto
 from serving.errors import Code, ServingError, from_exception, invalid
 from serving.traffic import CLIENT_KEY_METADATA, VERSION_METADATA
@@ -51,7 +51,12 @@ class _Calls:
         if name and self.service.manager.entry(name) is None:
             name = "<unknown>"  # keep client-chosen values out of metric labels
         version = None
+        key = None
         try:
+            if tfs_api in ("Predict", "Classify", "Regress"):  # the request key goes on its log record
+                key = dict(context.invocation_metadata() or ()).get(request_log.REQUEST_KEY_METADATA)
+                key = key or request_log.new_request_key()
+                request_log.set_request_key(key)
             version, response = body()
             code = "OK"
         except Exception as e:
@@ -62,7 +67,10 @@ class _Calls:
             context.abort(error.code, error.message)
         self.metrics.observe(name, version, api, "grpc", code, time.perf_counter() - start, tfs_api)
         if version is not None:
-            context.set_trailing_metadata(((VERSION_METADATA, str(version)),))
+            trailer = ((VERSION_METADATA, str(version)),)
+            if key is not None:
+                trailer += ((request_log.REQUEST_KEY_METADATA, key),)
+            context.set_trailing_metadata(trailer)
         return response
 
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import tornado.web
 
-from serving import inference, json_codec, lineage
+from serving import inference, json_codec, lineage, request_log
 from serving import metrics as metrics_mod
 from serving.errors import Code, ServingError, from_exception, invalid, not_found
 from serving.traffic import CLIENT_KEY_HEADER, VERSION_HEADER
@@ -57,11 +57,19 @@ class RestApi:
     def handle(self, http_method: str, path: str, body: bytes, client_key: str | None = None) -> tuple[int, bytes]:
         return self.handle_versioned(http_method, path, body, client_key)[:2]
 
-    def handle_versioned(self, http_method: str, path: str, body: bytes, client_key: str | None = None):
-        """(status, payload, version that answered or None): the version goes out as the X-Model-Version header."""
+    def handle_versioned(
+        self, http_method: str, path: str, body: bytes, client_key: str | None = None, request_key: str | None = None
+    ):
+        """(status, payload, version that answered or None): the version goes out as the X-Model-Version header.
+
+        `request_key` (the X-Request-Id header, or one the handler generated) is stamped on the request's log."""
         start = time.perf_counter()
         api, model, version, tfs_api, label, doc = "unknown", "", None, "", None, None
         try:
+            try:
+                request_log.set_request_key(request_key)
+            except ValueError as e:
+                raise invalid(str(e)) from None
             name = version_str = label = method = sub = None
             match = None
             # Any other method, like PUT or DELETE, is a 400 "Malformed request" (http_rest_api_util.cc
@@ -304,6 +312,7 @@ class ApiHandler(_Base):
         server = self.server
         loop = asyncio.get_running_loop()
         key = self.request.headers.get(CLIENT_KEY_HEADER)
+        request_key = self.request.headers.get(request_log.REQUEST_KEY_HEADER) or request_log.new_request_key()
         started = time.perf_counter()
         if (
             server.batcher is None
@@ -316,16 +325,23 @@ class ApiHandler(_Base):
             server.track(+1)
             try:
                 status, payload, version = server.rest_api.handle_versioned(
-                    method, self.request.path, bytes(self._body), key
+                    method, self.request.path, bytes(self._body), key, request_key
                 )
             finally:
                 server.track(-1)
                 server.recent_request_seconds += 0.2 * (time.perf_counter() - started - server.recent_request_seconds)
             if version is not None:
                 self.set_header(VERSION_HEADER, str(version))
+                self.set_header(request_log.REQUEST_KEY_HEADER, request_key)
             return self.reply(status, payload)
         call = loop.run_in_executor(
-            server.executor, server.rest_api.handle_versioned, method, self.request.path, bytes(self._body), key
+            server.executor,
+            server.rest_api.handle_versioned,
+            method,
+            self.request.path,
+            bytes(self._body),
+            key,
+            request_key,
         )
         server.track(+1)
         try:
@@ -335,6 +351,7 @@ class ApiHandler(_Base):
             status, payload, version = await asyncio.wait_for(asyncio.shield(call), timeout)
             if version is not None:
                 self.set_header(VERSION_HEADER, str(version))
+                self.set_header(request_log.REQUEST_KEY_HEADER, request_key)
         except asyncio.TimeoutError:
             status, payload = 504, json_codec.dumps({"error": "Request timed out (see --rest_api_timeout_in_ms)"})
         finally:

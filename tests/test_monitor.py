@@ -465,3 +465,28 @@ def test_drift_gate_is_wired_before_transform_only_when_configured(tmp_path):
     # A flat data root has no previous span: no gate even when configured.
     flat = base.replace({"monitoring.pipeline_drift": "block"})
     assert "DriftCheck" not in {c.id for c in create_pipeline(flat).components}
+
+
+def test_drift_gate_describes_a_users_dataset_not_the_taxi_columns(tmp_path):
+    """The DriftCheck node carries the feature roles of the configured dataset: a user's float columns get
+    quantile histograms, as `mlpipe monitor` gives them, instead of the taxi model's lists."""
+    import json
+
+    from pipeline import config as config_lib
+    from pipeline.dag import feature_roles
+    from pipeline.dag.pipeline import create_pipeline
+
+    root = tmp_path / "spans"
+    (root / "span-1").mkdir(parents=True)
+    (root / "span-1" / "data.csv").write_text("species,bill_length_mm,island\nAdelie,39.1,Torgersen\n")
+    config = config_lib.Config(workspace=str(tmp_path / "ws")).replace(
+        {
+            "data.root": str(root),
+            "data.columns": {"species": "string", "bill_length_mm": "float", "island": "string"},
+            "model.raw_label_keys": ["species"],
+            "monitoring.pipeline_drift": "warn",
+        }
+    )
+    node = {c.id: c for c in create_pipeline(config).components}["DriftCheck"]
+    roles = json.loads(node.exec_properties["monitoring_json"])
+    assert roles["numeric_features"] == list(feature_roles.numeric_features(config)) == ["bill_length_mm"]

@@ -15,6 +15,8 @@ import os
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
+from pipeline.dag import feature_roles
+
 DRIFT_MODES = ("off", "warn", "block")
 PREVIOUS_STATISTICS_RESOLVER = "drift_baseline_resolver"
 SPLIT = "train"
@@ -86,9 +88,11 @@ def _load_split(statistics_artifact):
     return tfdv.load_stats_binary(os.path.join(uri, "FeatureStats.pb"))
 
 
-def drift_checks(current, previous, schema, monitoring_config):
+def drift_checks(current, previous, schema, monitoring_config, numeric_features=None):
     """TFDV's drift measurements of `current` against `previous` (DatasetFeatureStatisticsLists).
 
+    `numeric_features`: the dataset's continuous features (pipeline/dag/feature_roles.py), fixed when the
+    pipeline was built from the full config; None means the default (taxi) model's.
     Returns (the Anomalies proto, [check dicts as in `mlpipe monitor --json`]).
     """
     import tensorflow_data_validation as tfdv
@@ -100,7 +104,7 @@ def drift_checks(current, previous, schema, monitoring_config):
     kinds = tfdv_checks._feature_kinds(previous, current)
     anomalies = tfdv.validate_statistics(
         current,
-        tfdv_checks.monitoring_schema(schema, config, kinds, "drift"),
+        tfdv_checks.monitoring_schema(schema, config, kinds, "drift", numeric_features=numeric_features),
         environment=tfdv_checks.TRAINING,
         previous_statistics=previous,
     )
@@ -123,7 +127,9 @@ def DriftCheck(
 
     from pipeline.config import MonitoringConfig
 
-    monitoring_config = MonitoringConfig(**json.loads(monitoring_json))
+    settings = json.loads(monitoring_json)
+    numeric_features = settings.pop("numeric_features", None)
+    monitoring_config = MonitoringConfig(**settings)
     schema_proto = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
     drift.split_names = artifact_utils.encode_split_names([SPLIT])
     out_dir = artifact_utils.get_split_uri([drift], SPLIT)
@@ -139,7 +145,11 @@ def DriftCheck(
         anomalies, checks = anomalies_pb2.Anomalies(), []
     else:
         anomalies, checks = drift_checks(
-            _load_split(statistics), _load_split(previous_statistics), schema_proto, monitoring_config
+            _load_split(statistics),
+            _load_split(previous_statistics),
+            schema_proto,
+            monitoring_config,
+            numeric_features=numeric_features,
         )
     with open(os.path.join(out_dir, "SchemaDiff.pb"), "wb") as f:
         f.write(anomalies.SerializeToString())
@@ -174,6 +184,9 @@ def drift_gate(config, example_gen, statistics_gen, schema_gen):
         "drift_categorical": m.drift_categorical,
         "drift_numeric": m.drift_numeric,
         "feature_thresholds": dict(m.feature_thresholds),
+        # The component sees only these settings, so the dataset's feature roles are resolved here, from
+        # the whole config (a user's [data]/[model]), not from a default config inside the executor.
+        "numeric_features": list(feature_roles.numeric_features(config)),
     }
     check = DriftCheck(
         statistics=statistics_gen.outputs["statistics"],
