@@ -16,6 +16,7 @@ from pipeline.components_drift import drift_gate
 from pipeline.config import METRIC_CLASSES, Config
 from pipeline.dataset import column_types
 from pipeline.inputs import CSV_PATTERN
+from pipeline.publish.approvals import release_settings
 from pipeline.pusher import AtomicPusher
 from pipeline.typed_csv import TypedCsvExampleGen
 
@@ -220,7 +221,10 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(config.serving_model_dir))
         ),
         # warm-up requests from logged traffic (pipeline/serving_assets.py)
-        custom_config={"request_log_dir": str(config.workspace_path / "request_logs" / config.model_name)},
+        custom_config={
+            "request_log_dir": str(config.workspace_path / "request_logs" / config.model_name),
+            **release_settings(config),  # release.mode canary / manual (pipeline/publish/approvals.py)
+        },
     ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

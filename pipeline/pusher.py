@@ -7,6 +7,7 @@ executor copies into a hidden ``<base>/.tmp-<version>-<pid>/`` and renames it to
 removed at the start of the next push. Versions are unix seconds, strictly increasing.
 """
 
+import json
 import os
 import shutil
 import time
@@ -46,21 +47,27 @@ def clean_stale_tmp_dirs(base: str) -> List[str]:
     return removed
 
 
-def next_version(base: str) -> str:
-    """Unix seconds now, or one more than the newest existing version if that is not later."""
-    existing = [int(n) for n in os.listdir(base) if n.isdigit()] if os.path.isdir(base) else []
+HOLD_DIR_KEY = "hold_dir"  # Pusher custom_config: push there instead (release.mode = manual, pipeline/publish)
+
+
+def next_version(base: str, *others: str) -> str:
+    """Unix seconds now, or one more than the newest existing version (in `base` or `others`) if that is not later."""
+    existing = [int(n) for d in (base, *others) if os.path.isdir(d) for n in os.listdir(d) if n.isdigit()]
     return str(max([int(time.time())] + [v + 1 for v in existing]))
 
 
-def atomic_push(model_path: str, base: str, extra_files: Dict[str, bytes] | None = None) -> tuple:
+def atomic_push(
+    model_path: str, base: str, extra_files: Dict[str, bytes] | None = None, numbered_with: tuple = ()
+) -> tuple:
     """Copies the SavedModel at `model_path` to a new `<base>/<version>`; returns (version, path).
 
     `extra_files` ({relative path: content}, e.g. assets.extra/mlmd_uuid) are written into the copy
-    before it is renamed into place."""
+    before it is renamed into place. `numbered_with`: other directories whose versions the new
+    number must exceed (a held push is numbered after the served ones)."""
     os.makedirs(base, exist_ok=True)
     for name in clean_stale_tmp_dirs(base):
         logging.warning("Removed a partial push left by a killed run: %s", os.path.join(base, name))
-    version = next_version(base)
+    version = next_version(base, *numbered_with)
     tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
     shutil.copytree(model_path, tmp, copy_function=lambda src, dst: shutil.copy2(src, dst))
     for relative, content in (extra_files or {}).items():
@@ -71,6 +78,13 @@ def atomic_push(model_path: str, base: str, extra_files: Dict[str, bytes] | None
     final = os.path.join(base, version)
     os.rename(tmp, final)  # atomic: the version is either absent or complete
     return version, final
+
+
+def _custom_config(exec_properties: Dict[str, Any]) -> dict:
+    raw = exec_properties.get("custom_config")
+    if isinstance(raw, str):
+        return json.loads(raw) if raw else {}
+    return dict(raw or {})
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):
@@ -94,7 +108,9 @@ class AtomicPusherExecutor(pusher_executor.Executor):
             raise NotImplementedError("AtomicPusherExecutor pushes to a filesystem destination only")
         uuid = serving_assets.new_mlmd_uuid()
         extra = serving_assets.extra_files(uuid, exec_properties.get("custom_config"), model_path)
-        version, serving_path = atomic_push(model_path, destination.filesystem.base_directory, extra)
+        base = destination.filesystem.base_directory
+        hold = _custom_config(exec_properties).get(HOLD_DIR_KEY)  # manual release: held, not served
+        version, serving_path = atomic_push(model_path, hold or base, extra, numbered_with=(base,) if hold else ())
         logging.info("Model written to serving path %s.", serving_path)
         io_utils.copy_dir(model_path, model_push.uri)
         model_push.set_string_custom_property(serving_assets.MLMD_UUID_PROPERTY, uuid)

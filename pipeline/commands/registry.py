@@ -9,6 +9,7 @@ import argparse
 import json
 
 from pipeline import cli, promotion, registry
+from pipeline.publish import approvals
 
 
 def _snapshot(args: argparse.Namespace):
@@ -83,6 +84,9 @@ def _models(args: argparse.Namespace) -> int:
     if not records and not serving["versions_on_disk"]:
         return _nothing_yet(config, args, {"serving": serving, "versions": [], "refused": []}, snap)
     refused = registry.refused_candidates(snap) if snap is not None else []
+    states = approvals.release_states(config)
+    for r in records:
+        r["release"] = approvals.status_of(states, r["version"])  # pending/canary/approved/rejected/auto
     if args.json:
         _dump({"workspace": str(config.workspace_path), "serving": serving, "versions": records, "refused": refused})
         return cli.EXIT_OK
@@ -96,6 +100,8 @@ def _models(args: argparse.Namespace) -> int:
     for r in records:
         tags = ", ".join(marks.get(r["version"], []))
         print(f"version {r['version']}" + (f"  [{tags}]" if tags else "") + f"  pushed {r['pushed']}")
+        if r["release"]["status"] != "auto":
+            print(f"  release: {_release_line(r['release'])}")
         if r["rollback"]:
             rb = r["rollback"]
             print(
@@ -119,6 +125,13 @@ def _models(args: argparse.Namespace) -> int:
             print(f"  {registry.describe_check(check)}")
     print(_serving_line(serving))
     return cli.EXIT_OK
+
+
+def _release_line(release: dict) -> str:
+    last = release["decisions"][-1] if release["decisions"] else None
+    by = f" by {last['user']} at {last['time']}: {last['reason']}" if last else ""
+    held = f" (held in {release['held_path']})" if release["held_path"] else ""
+    return f"{release['status']}{by}{held}"
 
 
 # --- lineage ----------------------------------------------------------------------------------
@@ -150,6 +163,7 @@ def _lineage(args: argparse.Namespace) -> int:
             print(f"No pushed version was trained on span {args.span}")
         return cli.EXIT_OK
     chain = registry.lineage(snap, args.version)
+    chain["release"] = approvals.status_of(approvals.release_states(config), args.version)
     if args.json:
         _dump(chain)
         return cli.EXIT_OK
@@ -158,6 +172,10 @@ def _lineage(args: argparse.Namespace) -> int:
         f"Version {chain['version']}: {chain['pushed']['path']}"
         f"{'' if chain['pushed']['exists'] else ' (directory missing)'}  pushed {pub['pushed']}"
     )
+    if chain["release"]["status"] != "auto":
+        print(f"  release: {_release_line(chain['release'])}")
+        for d in chain["release"]["decisions"]:
+            print(f"     {d['time']} {d['user']} {d['decision']} (execution {d['execution_id']}): {d['reason']}")
     if chain["rollback"]:
         rb = chain["rollback"]
         print(
