@@ -24,6 +24,7 @@ from tfx.utils import io_utils, proto_utils
 
 from pipeline import serving_assets
 from pipeline.lock import pid_alive
+from pipeline.publish.approvals import HOLD_DIR_KEY  # release.mode = manual: push there, held
 
 TMP_PREFIX = ".tmp-"
 
@@ -45,9 +46,6 @@ def clean_stale_tmp_dirs(base: str) -> List[str]:
         shutil.rmtree(os.path.join(base, name), ignore_errors=True)
         removed.append(name)
     return removed
-
-
-HOLD_DIR_KEY = "hold_dir"  # Pusher custom_config: push there instead (release.mode = manual, pipeline/publish)
 
 
 def next_version(base: str, *others: str) -> str:

@@ -13,11 +13,14 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import FAST_FLAGS, run_cli
+from tests.test_docs import Server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -131,11 +134,30 @@ def test_canary_release_labels_and_splits_traffic_until_approved(canary, tmp_pat
     rejected = tmp_path / "ws-reject"
     shutil.copytree(workspace, rejected)
 
-    code, out, err = run_cli("approve", str(version), "--reason", "canary healthy", "--workspace", str(workspace))
-    assert code == 0, err
-    assert models(workspace)["serving"]["labels"] == {"stable": version}
-    assert read_traffic(str(sidecar))[0] == {}
-    assert release_of(workspace, version)["status"] == "approved"
+    # A live server on the workspace's models.config routes by the label and the weight, then follows
+    # the approval without a restart.
+    config_file = workspace / "serving_model" / "models.config"
+    server = Server(f"mlpipe serve --model_config_file {config_file} --model_config_file_poll_wait_seconds 1", tmp_path)
+    try:
+        traffic = f"http://127.0.0.1:{server.rest}/v1/models/taxi/traffic"
+        assert requests.get(traffic, timeout=10).json() == {
+            "model": "taxi",
+            "labels": {"canary": version, "stable": before},
+            "split": {"canary": 0.2, "stable": 0.8},
+            "shadow": None,
+        }
+        code, out, err = run_cli("approve", str(version), "--reason", "canary healthy", "--workspace", str(workspace))
+        assert code == 0, err
+        assert models(workspace)["serving"]["labels"] == {"stable": version}
+        assert read_traffic(str(sidecar))[0] == {}
+        assert release_of(workspace, version)["status"] == "approved"
+        deadline = time.monotonic() + 120
+        while requests.get(traffic, timeout=10).json()["labels"] != {"stable": version}:
+            assert time.monotonic() < deadline, requests.get(traffic, timeout=10).text
+            time.sleep(0.5)
+        assert requests.get(traffic, timeout=10).json()["split"] == {}
+    finally:
+        assert server.stop() == 0
 
     code, out, err = run_cli("reject", str(version), "--reason", "auc dropped", "--workspace", str(rejected))
     assert code == 0 and "was canary" in out, err
@@ -200,3 +222,30 @@ def test_each_run_writes_a_release_report_that_renders_in_a_browser(first_run, t
     broken.write_text(page.replace("<section id='lineage'>", "<div>").replace("(function () {", "(function () {x();"))
     problems = rendering_problems(broken)
     assert "section lineage missing" in problems and any("ReferenceError" in p for p in problems), problems
+
+
+def test_the_report_shows_the_verdict_of_any_gate_recorded_in_mlmd(first_run, tmp_path):
+    """Gates other components record (an execution with a `verdict` about the run's model, as an audited
+    override or a replay gate would) appear in the report without code for them."""
+    from pipeline import config as config_lib
+    from pipeline import metadata, registry
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(first_run[0], workspace)
+    config = config_lib.load(None, {"workspace": str(workspace)})
+    (pushed,) = registry.pushed_versions(registry.open_snapshot(config))
+    metadata.put_registry_execution(
+        metadata.open_store(config, read_only=False),
+        "mlpipe.SomeGate",
+        config.pipeline_name,
+        {"verdict": "NOT_BLESSED", "why": "divergence 0.31 > 0.05"},
+        [("model", pushed.model)],
+        [],
+    )
+    code, out, err = run_cli("report", "--regenerate", "--workspace", str(workspace))
+    assert code == 0, err
+    page = Path(out.strip()).read_text()
+    assert "mlpipe.SomeGate" in page and "divergence 0.31 &gt; 0.05" in page and "a gate did not pass" in page
+    if CHROMIUM:
+        dom, console = browse(Path(out.strip()))
+        assert console == [] and re.search(r'id="gate-count">\d+ gate\(s\), 1 not passed<', dom), dom

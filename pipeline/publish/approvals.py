@@ -26,8 +26,8 @@ from pathlib import Path
 
 from pipeline import metadata, metadata_connection
 from pipeline.config import Config
-from pipeline.pusher import HOLD_DIR_KEY
 
+HOLD_DIR_KEY = "hold_dir"  # the Pusher's custom_config: push there instead (pipeline/pusher.py)
 RELEASE_DECISION_EXECUTION_TYPE = "mlpipe.ReleaseDecision"
 RELEASE_MODE_KEY = "release_mode"
 CANARY, STABLE = "canary", "stable"

@@ -94,7 +94,14 @@ def sliced_metrics(eval_uri: str | None) -> list[dict]:
                 entry.value.double_value.value
             )
         rows.append({"slice": _slice_name(per_slice.slice_key), "metrics": dict(sorted(metrics.items()))})
-    return sorted(rows, key=lambda r: (r["slice"] != "overall", r["slice"]))
+    return sorted(rows, key=lambda r: (r["slice"] != "overall", _natural(r["slice"])))
+
+
+def _natural(text: str) -> list:
+    """trip_start_hour=2 before trip_start_hour=10."""
+    import re
+
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 # --- gates ---------------------------------------------------------------------------------------
@@ -202,7 +209,10 @@ def gather(config: Config, run_id: str) -> dict:
                 "gate": "Evaluator (TFMA thresholds)",
                 "verdict": "BLESSED" if metadata.prop(blessing[0], "blessed") == 1 else "NOT_BLESSED",
                 "where": f"artifact {blessing[0].id}: {blessing[0].uri}",
-                "details": {c["metric"]: registry.describe_check(c) for c in report["evaluation"]["checks"]},
+                "details": {
+                    c["metric"]: registry.describe_check(c)[len(c["metric"]) + 1 :]
+                    for c in report["evaluation"]["checks"]
+                },
             }
         )
     elif evaluator is None:
@@ -273,7 +283,10 @@ def model_card(config: Config, report: dict) -> str:
 
 
 def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A metric value: counts as integers, the rest with 4 decimals."""
+    if value is None:
+        return "-"
+    return str(int(value)) if value == value and abs(value) >= 2 and float(value).is_integer() else f"{value:.4f}"
 
 
 def write(config: Config, run_id: str) -> Path:

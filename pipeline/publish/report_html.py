@@ -11,6 +11,7 @@ import html
 import json
 
 from pipeline.monitoring.report import _bars  # the monitor page's inline SVG bar chart
+from pipeline.publish.release_report import _fmt
 
 SECTIONS = ("summary", "gates", "data", "metrics", "push", "lineage")
 PASSING = ("BLESSED", "PASSED")
@@ -38,7 +39,7 @@ def _e(value) -> str:
 
 
 def _num(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return _fmt(value)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
