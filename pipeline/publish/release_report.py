@@ -229,10 +229,14 @@ def gather(config: Config, run_id: str) -> dict:
     # What was pushed and why.
     version = row.get("pushed_version")
     states = approvals.release_states(config)
+    release = approvals.status_of(states, int(version)) if version else None
     report["push"] = {
         "version": int(version) if version else None,
-        "release_mode": config.release.mode,
-        "release": approvals.status_of(states, int(version)) if version else None,
+        # the mode the version was released under (its first decision), not today's config
+        "release_mode": (release["decisions"][0]["mode"] if release["decisions"] else "auto")
+        if release
+        else config.release.mode,
+        "release": release,
         "why": _why(row, gates),
     }
     report["lineage"] = registry.lineage(snap, int(version)) if version else None

@@ -1,7 +1,7 @@
 """The release report as one self-contained HTML page: inline CSS, inline SVG, no network.
 
 Sections (each a <section id=...>, which tests/test_release.py checks in a headless browser):
-summary, gates, data, metrics, push, lineage. A small inline script counts the gates that did not
+summary, gates, push, data, metrics, lineage. A small inline script counts the gates that did not
 pass into the heading and marks the page rendered (<html data-rendered="yes">).
 """
 
@@ -13,7 +13,7 @@ import json
 from pipeline.monitoring.report import _bars  # the monitor page's inline SVG bar chart
 from pipeline.publish.release_report import _fmt
 
-SECTIONS = ("summary", "gates", "data", "metrics", "push", "lineage")
+SECTIONS = ("summary", "gates", "push", "data", "metrics", "lineage")
 PASSING = ("BLESSED", "PASSED")
 
 STYLE = """
@@ -184,7 +184,13 @@ def render(report: dict, model_card_name: str | None = None) -> str:
     body = {
         "summary": f"<h2>Summary</h2><p>Run <code>{_e(report['run_id'])}</code> of pipeline "
         f"{_e(report['pipeline'])}: <b>{_e(report['outcome'])}</b></p>"
-        f"<p class='{'pass' if passing else 'fail'}'>{'every gate passed' if passing else 'a gate did not pass'}</p>",
+        f"<p class='{'pass' if passing else 'fail'}'>{'every gate passed' if passing else 'a gate did not pass'}</p>"
+        + (
+            f"<p>Release: version {report['push']['version']} is <b>{_e(report['push']['release']['status'])}</b> "
+            f"(release.mode = {_e(report['push']['release_mode'])})</p>"
+            if report["push"]["version"] is not None
+            else ""
+        ),
         "gates": _gates(report),
         "data": _data(report),
         "metrics": _metrics(report),
