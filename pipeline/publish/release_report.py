@@ -18,7 +18,7 @@ from pipeline.config import Config
 
 REPORT_NAME = "release_report.html"
 MODEL_CARD_NAME = "model_card.md"
-GATE_ARTIFACT_TYPES = ("InfraBlessing",)  # TFX's; any artifact type named mlpipe.* with a verdict too
+GATE_ARTIFACT_TYPES = ("InfraBlessing",)  # TFX's (its `blessed` property); and any artifact with a `verdict`
 
 
 def run_dir(config: Config, run_id: str) -> Path:
@@ -118,13 +118,13 @@ def _verdict_of(item) -> str | None:
 
 
 def generic_gates(store, run_execution_ids: list[int], artifact_ids: set[int], skip: set[int]) -> list[dict]:
-    """Gates recorded in MLMD by anyone: artifacts of a gate type output by the run's executions, and
+    """Gates recorded in MLMD by anyone: InfraBlessing or `verdict` artifacts output by the run's executions, and
     executions with a `verdict` property (of the run, or recorded later about its artifacts)."""
     gates = []
     events = metadata.events_of(store, run_execution_ids)
     outputs = {e.artifact_id for e in events if e.type in registry.OUTPUT_EVENTS}
     for a in metadata.artifacts_by_id(store, outputs).values():
-        if a.id in skip or not (a.type in GATE_ARTIFACT_TYPES or a.type.startswith("mlpipe.")):
+        if a.id in skip or not (a.type in GATE_ARTIFACT_TYPES or metadata.prop(a, "verdict")):
             continue
         verdict = _verdict_of(a)
         if verdict is not None:
