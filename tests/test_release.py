@@ -229,7 +229,8 @@ def test_the_report_shows_the_verdict_of_any_gate_recorded_in_mlmd(first_run, tm
     """Gates other components record (an execution with a `verdict` about the run's model, as an audited
     override or a replay gate would) appear in the report without code for them."""
     from pipeline import config as config_lib
-    from pipeline import metadata, registry
+    from pipeline.metadata import queries as metadata
+    from pipeline.publish import registry
 
     workspace = tmp_path / "ws"
     shutil.copytree(first_run[0], workspace)

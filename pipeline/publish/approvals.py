@@ -24,10 +24,11 @@ import os
 import time
 from pathlib import Path
 
-from pipeline import metadata, metadata_connection
 from pipeline.config import Config
+from pipeline.metadata import connection as metadata_connection
+from pipeline.metadata import queries as metadata
 
-HOLD_DIR_KEY = "hold_dir"  # the Pusher's custom_config: push there instead (pipeline/pusher.py)
+HOLD_DIR_KEY = "hold_dir"  # the Pusher's custom_config: push there instead (pipeline/publish/pusher.py)
 RELEASE_DECISION_EXECUTION_TYPE = "mlpipe.ReleaseDecision"
 RELEASE_MODE_KEY = "release_mode"
 CANARY, STABLE = "canary", "stable"
@@ -102,7 +103,7 @@ def status_of(states: dict[int, dict], version: int) -> dict:
 
 
 def _record(config: Config, version: int, decision: str, reason: str, **extra) -> dict:
-    from pipeline.registry import RegistryError, _user, _with_retries, iso, open_snapshot, pushed_versions
+    from pipeline.publish.registry import RegistryError, _user, _with_retries, iso, open_snapshot, pushed_versions
 
     record = {
         "model": config.model_name,
@@ -138,14 +139,14 @@ def _record(config: Config, version: int, decision: str, reason: str, **extra) -
 
 
 def traffic_path(config: Config) -> Path:
-    from pipeline.registry import models_config_path
+    from pipeline.publish.registry import models_config_path
 
     return models_config_path(config).parent / TRAFFIC_FILE
 
 
 def set_split(config: Config, split: dict[str, int] | None) -> Path:
     """Sets (None: removes) this model's weighted split in traffic.json, keeping everything else in it."""
-    from pipeline.registry import RegistryError
+    from pipeline.publish.registry import RegistryError
 
     path = traffic_path(config)
     doc: dict = {}
@@ -175,8 +176,8 @@ def set_split(config: Config, split: dict[str, int] | None) -> Path:
 def after_push(config: Config, version: int) -> dict:
     """Carries out release.mode for a version the Pusher has just pushed; returns the decision record
     (auto: {"status": "auto"}, nothing recorded)."""
-    from pipeline import promotion
-    from pipeline.registry import read_labels, serving_versions
+    from pipeline.publish import promotion
+    from pipeline.publish.registry import read_labels, serving_versions
 
     mode = config.release.mode
     if mode == "auto":
@@ -206,7 +207,7 @@ def after_push(config: Config, version: int) -> dict:
 
 def _pending(config: Config, version: int, action: str) -> str:
     """The version's status, which must be pending or canary; else RegistryError (exit 2)."""
-    from pipeline.registry import RegistryError, open_snapshot, pushed_versions
+    from pipeline.publish.registry import RegistryError, open_snapshot, pushed_versions
 
     states = release_states(config)
     status = status_of(states, version)["status"]
@@ -227,8 +228,8 @@ def _pending(config: Config, version: int, action: str) -> str:
 
 def approve(config: Config, version: int, reason: str) -> dict:
     """Releases a pending (manual) or canary version: it becomes `stable` and is served."""
-    from pipeline import promotion
-    from pipeline.registry import RegistryError, read_labels
+    from pipeline.publish import promotion
+    from pipeline.publish.registry import RegistryError, read_labels
 
     if not reason.strip():
         raise RegistryError("--reason must say why (it is kept in ML Metadata as the audit trail)", code=2)
@@ -254,8 +255,8 @@ def approve(config: Config, version: int, reason: str) -> dict:
 
 def reject(config: Config, version: int, reason: str) -> dict:
     """Refuses a pending or canary version: it is not (or no longer) served; it stays on disk, held."""
-    from pipeline import promotion
-    from pipeline.registry import RegistryError, read_labels, write_models_config
+    from pipeline.publish import promotion
+    from pipeline.publish.registry import RegistryError, read_labels, write_models_config
 
     if not reason.strip():
         raise RegistryError("--reason must say why (it is kept in ML Metadata as the audit trail)", code=2)

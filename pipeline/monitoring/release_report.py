@@ -5,7 +5,7 @@ anomalies), TFMA's sliced metrics against the baseline with the thresholds, the 
 gate (TFMA's blessing, the anomalies and drift gates, and generically any InfraBlessing artifact or
 execution with a `verdict` property, so gates recorded by other components appear without code
 here), the lineage, and what was pushed and why (the release decision). write() renders it as one
-self-contained HTML page (pipeline/publish/report_html.py) and the model card as Markdown, under
+self-contained HTML page (pipeline/monitoring/release_report_html.py) and the model card as Markdown, under
 config.reports_dir/<run>/.
 """
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import metadata, registry
 from pipeline.config import Config
+from pipeline.metadata import queries as metadata
+from pipeline.publish import registry
 
 REPORT_NAME = "release_report.html"
 MODEL_CARD_NAME = "model_card.md"
@@ -295,7 +296,7 @@ def _fmt(value) -> str:
 
 def write(config: Config, run_id: str) -> Path:
     """Writes the run's report (and, when it pushed, the version's model card); returns the report's path."""
-    from pipeline.publish import report_html
+    from pipeline.monitoring import release_report_html as report_html
 
     report = gather(config, run_id)
     directory = run_dir(config, run_id)

@@ -22,8 +22,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from pipeline import serving_assets
-from pipeline.lock import pid_alive
+from pipeline.ops.lock import pid_alive
+from pipeline.publish import serving_assets
 from pipeline.publish.approvals import HOLD_DIR_KEY  # release.mode = manual: push there, held
 
 TMP_PREFIX = ".tmp-"

@@ -10,15 +10,15 @@ from tfx import v1 as tfx
 
 from data import spans
 from models import features
-from pipeline import user_code
-from pipeline.components import AnomaliesGate, BaselineModelStrategy
-from pipeline.components_drift import drift_gate
 from pipeline.config import METRIC_CLASSES, Config
-from pipeline.dataset import column_types
-from pipeline.inputs import CSV_PATTERN
+from pipeline.dag import user_code
+from pipeline.dag.components import AnomaliesGate, BaselineModelStrategy
+from pipeline.dag.components_drift import drift_gate
+from pipeline.dag.dataset import column_types
+from pipeline.dag.inputs import CSV_PATTERN
+from pipeline.dag.typed_csv import TypedCsvExampleGen
 from pipeline.publish.approvals import release_settings
-from pipeline.pusher import AtomicPusher
-from pipeline.typed_csv import TypedCsvExampleGen
+from pipeline.publish.pusher import AtomicPusher
 
 MODELS_DIR = Path(features.__file__).resolve().parent
 # Node ids in the order the local runner executes them.
@@ -220,7 +220,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(config.serving_model_dir))
         ),
-        # warm-up requests from logged traffic (pipeline/serving_assets.py)
+        # warm-up requests from logged traffic (pipeline/publish/serving_assets.py)
         custom_config={
             "request_log_dir": str(config.workspace_path / "request_logs" / config.model_name),
             **release_settings(config),  # release.mode canary / manual (pipeline/publish/approvals.py)

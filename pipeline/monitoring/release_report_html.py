@@ -10,8 +10,8 @@ from __future__ import annotations
 import html
 import json
 
+from pipeline.monitoring.release_report import _fmt
 from pipeline.monitoring.report import _bars  # the monitor page's inline SVG bar chart
-from pipeline.publish.release_report import _fmt
 
 SECTIONS = ("summary", "gates", "push", "data", "metrics", "lineage")
 PASSING = ("BLESSED", "PASSED")

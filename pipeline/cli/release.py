@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import cli, registry
+from pipeline import cli
+from pipeline.publish import registry
 
 
 def _guard(handler):
@@ -39,7 +40,7 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline.publish import release_report
+    from pipeline.monitoring import release_report
 
     config = cli.load_config(args)
     run_id, version = release_report.find(config, args.target)
