@@ -23,7 +23,7 @@ GATE_ARTIFACT_TYPES = ("InfraBlessing",)  # TFX's (its `blessed` property); and 
 
 
 def run_dir(config: Config, run_id: str) -> Path:
-    return config.reports_dir / run_id.replace(":", "-")
+    return config.reports_dir / run_id  # the run id as `mlpipe runs` prints it (an ISO time)
 
 
 def report_path(config: Config, run_id: str) -> Path:
