@@ -230,12 +230,13 @@ def test_the_report_shows_the_verdict_of_any_gate_recorded_in_mlmd(first_run, tm
     override or a replay gate would) appear in the report without code for them."""
     from pipeline import config as config_lib
     from pipeline.metadata import queries as metadata
-    from pipeline.publish import registry
+    from pipeline.metadata.snapshot import open_snapshot
+    from pipeline.metadata.versions import pushed_versions
 
     workspace = tmp_path / "ws"
     shutil.copytree(first_run[0], workspace)
     config = config_lib.load(None, {"workspace": str(workspace)})
-    (pushed,) = registry.pushed_versions(registry.open_snapshot(config))
+    (pushed,) = pushed_versions(open_snapshot(config))
     metadata.put_registry_execution(
         metadata.open_store(config, read_only=False),
         "mlpipe.SomeGate",

@@ -9,14 +9,14 @@ import argparse
 import json
 
 from pipeline import cli
-from pipeline.publish import registry
+from pipeline.metadata.snapshot import RegistryError
 
 
 def _guard(handler):
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except registry.RegistryError as e:
+        except RegistryError as e:
             raise cli.CommandError(str(e), e.code) from None
 
     return run

@@ -14,8 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.metadata import lineage as lineage_lib
 from pipeline.metadata import queries as metadata
-from pipeline.publish import registry
+from pipeline.metadata import runs as runs_lib
+from pipeline.metadata import thresholds
+from pipeline.metadata import versions as versions_lib
+from pipeline.metadata.artifacts import read_anomalies, row_counts, split_names
+from pipeline.metadata.snapshot import RegistryError, open_snapshot
 
 REPORT_NAME = "release_report.html"
 MODEL_CARD_NAME = "model_card.md"
@@ -123,7 +128,7 @@ def generic_gates(store, run_execution_ids: list[int], artifact_ids: set[int], s
     executions with a `verdict` property (of the run, or recorded later about its artifacts)."""
     gates = []
     events = metadata.events_of(store, run_execution_ids)
-    outputs = {e.artifact_id for e in events if e.type in registry.OUTPUT_EVENTS}
+    outputs = {e.artifact_id for e in events if e.type in metadata.OUTPUT_EVENTS}
     for a in metadata.artifacts_by_id(store, outputs).values():
         if a.id in skip or not (a.type in GATE_ARTIFACT_TYPES or metadata.prop(a, "verdict")):
             continue
@@ -155,14 +160,14 @@ def _gate(name: str, verdict: str, item, where: str) -> dict:
 
 
 def gather(config: Config, run_id: str) -> dict:
-    """What the report shows about run `run_id` (raises registry.RegistryError for an unknown run)."""
+    """What the report shows about run `run_id` (raises RegistryError for an unknown run)."""
     from pipeline.publish import approvals
 
-    snap = registry.open_snapshot(config)
-    rows = {r["run_id"]: r for r in registry.list_runs(snap)} if snap is not None else {}
+    snap = open_snapshot(config)
+    rows = {r["run_id"]: r for r in runs_lib.list_runs(snap)} if snap is not None else {}
     if run_id not in rows:
         known = ", ".join(list(rows)[:5]) or "none yet"
-        raise registry.RegistryError(f"no run {run_id!r} in {config.workspace_path} (newest: {known})", code=2)
+        raise RegistryError(f"no run {run_id!r} in {config.workspace_path} (newest: {known})", code=2)
     row = rows[run_id]
     ids = sorted(i for i, r in snap.run_of.items() if r == run_id and i in snap.executions)
     nodes = {snap.node(i): i for i in ids}
@@ -170,7 +175,7 @@ def gather(config: Config, run_id: str) -> dict:
         "run_id": run_id,
         "pipeline": config.pipeline_name,
         "model": config.model_name,
-        "outcome": registry.describe_run(row),
+        "outcome": runs_lib.describe_run(row),
         "run": row,
         "components": [snap.execution_summary(i) for i in ids],
     }
@@ -183,10 +188,10 @@ def gather(config: Config, run_id: str) -> dict:
     report["data"] = {
         "examples_uri": examples[0].uri if examples else None,
         "span": int(metadata.prop(examples[0], "span", 0) or 0) if examples else None,
-        "row_counts": registry._row_counts(statistics[0]) if statistics else {},
+        "row_counts": row_counts(statistics[0]) if statistics else {},
         "statistics_uri": statistics[0].uri if statistics else None,
         "features": feature_statistics(statistics[0].uri) if statistics else [],
-        "anomalies": registry._anomalies(anomalies[0]) if anomalies else {},
+        "anomalies": read_anomalies(anomalies[0].uri, split_names(anomalies[0])) if anomalies else {},
         "training_spans": row["spans"],
     }
     # Evaluation: sliced metrics against the baseline, with the recorded thresholds.
@@ -194,12 +199,12 @@ def gather(config: Config, run_id: str) -> dict:
     evaluation = snap.output_artifacts(evaluator, "evaluation") if evaluator is not None else []
     blessing = snap.output_artifacts(evaluator, "blessing") if evaluator is not None else []
     eval_uri = evaluation[0].uri if evaluation else None
-    versions = registry.pushed_versions(snap)
+    versions = versions_lib.pushed_versions(snap)
     report["evaluation"] = {
         "uri": eval_uri,
-        "thresholds": registry.recorded_thresholds(snap.executions[evaluator]) if evaluator is not None else [],
-        "checks": registry.threshold_checks(snap.executions[evaluator], eval_uri) if evaluator is not None else [],
-        "baseline": registry.baseline_version(snap, versions, blessing[0] if blessing else None),
+        "thresholds": thresholds.recorded_thresholds(snap.executions[evaluator]) if evaluator is not None else [],
+        "checks": thresholds.threshold_checks(snap.executions[evaluator], eval_uri) if evaluator is not None else [],
+        "baseline": versions_lib.baseline_version(snap, versions, blessing[0] if blessing else None),
         "slices": sliced_metrics(eval_uri),
     }
     # Gates: TFMA's blessing, the anomalies gate, the drift check, then whatever else MLMD holds.
@@ -211,7 +216,7 @@ def gather(config: Config, run_id: str) -> dict:
                 "verdict": "BLESSED" if metadata.prop(blessing[0], "blessed") == 1 else "NOT_BLESSED",
                 "where": f"artifact {blessing[0].id}: {blessing[0].uri}",
                 "details": {
-                    c["metric"]: registry.describe_check(c)[len(c["metric"]) + 1 :]
+                    c["metric"]: thresholds.describe_check(c)[len(c["metric"]) + 1 :]
                     for c in report["evaluation"]["checks"]
                 },
             }
@@ -240,7 +245,7 @@ def gather(config: Config, run_id: str) -> dict:
         "release": release,
         "why": _why(row, gates),
     }
-    report["lineage"] = registry.lineage(snap, int(version)) if version else None
+    report["lineage"] = lineage_lib.lineage(snap, int(version)) if version else None
     return report
 
 
@@ -314,22 +319,22 @@ def write(config: Config, run_id: str) -> Path:
 
 def find(config: Config, what: str | None) -> tuple[str, int | None]:
     """(run id, version) a `mlpipe report [RUN|VERSION]` argument names; newest run by default."""
-    snap = registry.open_snapshot(config)
+    snap = open_snapshot(config)
     if snap is None or not snap.runs:
-        raise registry.RegistryError(f"no pipeline has run in {config.workspace_path} yet: no report", code=2)
+        raise RegistryError(f"no pipeline has run in {config.workspace_path} yet: no report", code=2)
     if what is None:
         return snap.runs[0].name, None
     if what.isdigit():
-        versions = registry.pushed_versions(snap)
+        versions = versions_lib.pushed_versions(snap)
         by_version = {v.version: v for v in versions}
         if what not in by_version:
             known = ", ".join(by_version) or "none yet"
-            raise registry.RegistryError(f"version {what} was never pushed (known versions: {known})", code=2)
-        source = by_version[registry.original_version(by_version, what)]
+            raise RegistryError(f"version {what} was never pushed (known versions: {known})", code=2)
+        source = by_version[versions_lib.original_version(by_version, what)]
         run_id = snap.run_of.get(source.execution_id)
         return run_id, int(what)
     if what not in {r.name for r in snap.runs}:
-        raise registry.RegistryError(
+        raise RegistryError(
             f"no run {what!r} (newest: {snap.runs[0].name}); give a run id from `mlpipe runs` or a version", code=2
         )
     return what, None

@@ -27,12 +27,15 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.metadata import connection as metadata_connection
 from pipeline.metadata import queries as metadata
+from pipeline.metadata.connection import retry_on_lock
+from pipeline.metadata.snapshot import RegistryError, iso, open_snapshot
+from pipeline.metadata.versions import pushed_versions
+from pipeline.publish.versions import read_labels, serving_versions, write_models_config
 
 HOLD_DIR_KEY = "hold_dir"  # the Pusher's custom_config: push there instead (pipeline/publish/pusher.py)
 RELEASE_DECISION_EXECUTION_TYPE = "mlpipe.ReleaseDecision"
 RELEASE_MODE_KEY = "release_mode"
 CANARY, STABLE = "canary", "stable"
-TRAFFIC_FILE = "traffic.json"  # serving/traffic.py's sidecar beside models.config
 
 
 def release_settings(config: Config) -> dict:
@@ -103,14 +106,14 @@ def status_of(states: dict[int, dict], version: int) -> dict:
 
 
 def _record(config: Config, version: int, decision: str, reason: str, **extra) -> dict:
-    from pipeline.publish.registry import RegistryError, _user, _with_retries, iso, open_snapshot, pushed_versions
+    from pipeline.publish.rollback import user_name
 
     record = {
         "model": config.model_name,
         "version": str(version),
         "decision": decision,
         "mode": config.release.mode,
-        "user": _user(),
+        "user": user_name(),
         "time": iso(int(time.time() * 1000)),
         "reason": reason.strip() or "(no reason given)",
         **{k: str(v) for k, v in extra.items()},
@@ -126,7 +129,7 @@ def _record(config: Config, version: int, decision: str, reason: str, **extra) -
         )
 
     try:
-        execution_id = _with_retries(put)
+        execution_id = retry_on_lock(put)
     except Exception as e:
         raise RegistryError(
             f"version {version}: the {decision} decision was carried out but recording it in ML Metadata failed "
@@ -138,17 +141,10 @@ def _record(config: Config, version: int, decision: str, reason: str, **extra) -
 # --- traffic.json (serving/traffic.py reads it) ---------------------------------------------------
 
 
-def traffic_path(config: Config) -> Path:
-    from pipeline.publish.registry import models_config_path
-
-    return models_config_path(config).parent / TRAFFIC_FILE
-
-
 def set_split(config: Config, split: dict[str, int] | None) -> Path:
     """Sets (None: removes) this model's weighted split in traffic.json, keeping everything else in it."""
-    from pipeline.publish.registry import RegistryError
 
-    path = traffic_path(config)
+    path = config.traffic_config_path
     doc: dict = {}
     if path.is_file():
         try:
@@ -176,8 +172,7 @@ def set_split(config: Config, split: dict[str, int] | None) -> Path:
 def after_push(config: Config, version: int) -> dict:
     """Carries out release.mode for a version the Pusher has just pushed; returns the decision record
     (auto: {"status": "auto"}, nothing recorded)."""
-    from pipeline.publish import promotion
-    from pipeline.publish.registry import read_labels, serving_versions
+    from pipeline.publish import promotion  # (imports rollback, which the Pusher's module must not load first)
 
     mode = config.release.mode
     if mode == "auto":
@@ -207,7 +202,6 @@ def after_push(config: Config, version: int) -> dict:
 
 def _pending(config: Config, version: int, action: str) -> str:
     """The version's status, which must be pending or canary; else RegistryError (exit 2)."""
-    from pipeline.publish.registry import RegistryError, open_snapshot, pushed_versions
 
     states = release_states(config)
     status = status_of(states, version)["status"]
@@ -228,8 +222,7 @@ def _pending(config: Config, version: int, action: str) -> str:
 
 def approve(config: Config, version: int, reason: str) -> dict:
     """Releases a pending (manual) or canary version: it becomes `stable` and is served."""
-    from pipeline.publish import promotion
-    from pipeline.publish.registry import RegistryError, read_labels
+    from pipeline.publish import promotion  # (imports rollback, which the Pusher's module must not load first)
 
     if not reason.strip():
         raise RegistryError("--reason must say why (it is kept in ML Metadata as the audit trail)", code=2)
@@ -255,8 +248,7 @@ def approve(config: Config, version: int, reason: str) -> dict:
 
 def reject(config: Config, version: int, reason: str) -> dict:
     """Refuses a pending or canary version: it is not (or no longer) served; it stays on disk, held."""
-    from pipeline.publish import promotion
-    from pipeline.publish.registry import RegistryError, read_labels, write_models_config
+    from pipeline.publish import promotion  # (imports rollback, which the Pusher's module must not load first)
 
     if not reason.strip():
         raise RegistryError("--reason must say why (it is kept in ML Metadata as the audit trail)", code=2)

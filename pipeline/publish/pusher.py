@@ -2,15 +2,11 @@
 
 TFX's Pusher copies the model file by file straight into ``<base>/<version>/``; a process killed
 mid-copy leaves a partial version that TF Serving (or mlpipe serve) would try to load. This
-executor copies into a hidden ``<base>/.tmp-<version>-<pid>/`` and renames it to
-``<base>/<version>/`` (atomic on one filesystem). Leftover ``.tmp-*`` dirs of dead pushes are
-removed at the start of the next push. Versions are unix seconds, strictly increasing.
+executor publishes through atomic.py instead (a hidden temp copy renamed into place; leftovers of
+dead pushes removed by the next one). Versions are unix seconds, strictly increasing.
 """
 
 import json
-import os
-import shutil
-import time
 from typing import Any, Dict, List
 
 from absl import logging
@@ -22,60 +18,9 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from pipeline.ops.lock import pid_alive
 from pipeline.publish import serving_assets
 from pipeline.publish.approvals import HOLD_DIR_KEY  # release.mode = manual: push there, held
-
-TMP_PREFIX = ".tmp-"
-
-
-def clean_stale_tmp_dirs(base: str) -> List[str]:
-    """Removes `<base>/.tmp-<version>-<pid>` left by pushes whose process is gone; returns their names.
-
-    A temp dir of a live process (a push running right now elsewhere) is left alone.
-    """
-    removed = []
-    if not os.path.isdir(base):
-        return removed
-    for name in sorted(os.listdir(base)):
-        if not name.startswith(TMP_PREFIX):
-            continue
-        pid = name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
-            continue
-        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-        removed.append(name)
-    return removed
-
-
-def next_version(base: str, *others: str) -> str:
-    """Unix seconds now, or one more than the newest existing version (in `base` or `others`) if that is not later."""
-    existing = [int(n) for d in (base, *others) if os.path.isdir(d) for n in os.listdir(d) if n.isdigit()]
-    return str(max([int(time.time())] + [v + 1 for v in existing]))
-
-
-def atomic_push(
-    model_path: str, base: str, extra_files: Dict[str, bytes] | None = None, numbered_with: tuple = ()
-) -> tuple:
-    """Copies the SavedModel at `model_path` to a new `<base>/<version>`; returns (version, path).
-
-    `extra_files` ({relative path: content}, e.g. assets.extra/mlmd_uuid) are written into the copy
-    before it is renamed into place. `numbered_with`: other directories whose versions the new
-    number must exceed (a held push is numbered after the served ones)."""
-    os.makedirs(base, exist_ok=True)
-    for name in clean_stale_tmp_dirs(base):
-        logging.warning("Removed a partial push left by a killed run: %s", os.path.join(base, name))
-    version = next_version(base, *numbered_with)
-    tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
-    shutil.copytree(model_path, tmp, copy_function=lambda src, dst: shutil.copy2(src, dst))
-    for relative, content in (extra_files or {}).items():
-        target = os.path.join(tmp, relative)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as f:
-            f.write(content)
-    final = os.path.join(base, version)
-    os.rename(tmp, final)  # atomic: the version is either absent or complete
-    return version, final
+from pipeline.publish.atomic import atomic_push, next_version
 
 
 def _custom_config(exec_properties: Dict[str, Any]) -> dict:
@@ -108,7 +53,9 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         extra = serving_assets.extra_files(uuid, exec_properties.get("custom_config"), model_path)
         base = destination.filesystem.base_directory
         hold = _custom_config(exec_properties).get(HOLD_DIR_KEY)  # manual release: held, not served
-        version, serving_path = atomic_push(model_path, hold or base, extra, numbered_with=(base,) if hold else ())
+        # a held version is numbered after every served one as well as every held one
+        version = str(max(int(next_version(base)), int(next_version(hold)))) if hold else None
+        version, serving_path = atomic_push(model_path, hold or base, extra, version=version)
         logging.info("Model written to serving path %s.", serving_path)
         io_utils.copy_dir(model_path, model_push.uri)
         model_push.set_string_custom_property(serving_assets.MLMD_UUID_PROPERTY, uuid)
