@@ -170,7 +170,6 @@ def _lineage(args: argparse.Namespace) -> int:
             print(f"No pushed version was trained on span {args.span}")
         return cli.EXIT_OK
     chain = lineage_lib.lineage(snap, args.version)
-    chain["release"] = approvals.status_of(approvals.release_states(config), args.version)
     if args.json:
         _dump(chain)
         return cli.EXIT_OK

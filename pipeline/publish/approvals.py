@@ -28,12 +28,17 @@ from pipeline.config import Config
 from pipeline.metadata import connection as metadata_connection
 from pipeline.metadata import queries as metadata
 from pipeline.metadata.connection import retry_on_lock
+from pipeline.metadata.releases import (  # noqa: F401 (the read side, used as approvals.X too)
+    RELEASE_DECISION_EXECUTION_TYPE,
+    decisions,
+    release_states,
+    status_of,
+)
 from pipeline.metadata.snapshot import RegistryError, iso, open_snapshot
 from pipeline.metadata.versions import pushed_versions
 from pipeline.publish.versions import read_labels, serving_versions, write_models_config
 
 HOLD_DIR_KEY = "hold_dir"  # the Pusher's custom_config: push there instead (pipeline/publish/pusher.py)
-RELEASE_DECISION_EXECUTION_TYPE = "mlpipe.ReleaseDecision"
 RELEASE_MODE_KEY = "release_mode"
 CANARY, STABLE = "canary", "stable"
 
@@ -51,58 +56,6 @@ def release_settings(config: Config) -> dict:
 
 
 # --- recorded decisions -------------------------------------------------------------------------
-
-
-def decisions(config: Config) -> list[dict]:
-    """Every recorded release decision of this model, oldest first."""
-    if not metadata.store_initialized(config):
-        return []
-    store = metadata.open_store(config)
-    rows = []
-    for e in metadata.executions_of_type(store, RELEASE_DECISION_EXECUTION_TYPE):
-        p = {k: metadata.custom_property(e, k) for k in e.custom_properties}
-        if p.get("model", config.model_name) != config.model_name:
-            continue
-        rows.append(
-            {
-                "execution_id": e.id,
-                "version": int(p["version"]),
-                "decision": p.get("decision"),
-                "mode": p.get("mode"),
-                "user": p.get("user"),
-                "time": p.get("time"),
-                "reason": p.get("reason"),
-                "canary_weight": p.get("canary_weight"),
-            }
-        )
-    return sorted(rows, key=lambda r: r["execution_id"])
-
-
-def release_states(config: Config) -> dict[int, dict]:
-    """{version: {"status", "decisions", "held_path"}} for every version with a decision or held on disk.
-
-    status: the newest decision (pending, canary, approved, rejected, superseded); a held version
-    with none recorded is pending. Versions absent here were released automatically (status auto).
-    """
-    states: dict[int, dict] = {}
-    for d in decisions(config):
-        state = states.setdefault(d["version"], {"status": None, "decisions": [], "held_path": None})
-        state["decisions"].append(d)
-        state["status"] = d["decision"]
-    hold = config.release_hold_dir
-    for path in sorted(hold.iterdir()) if hold.is_dir() else []:
-        if path.name.isdigit() and path.is_dir():
-            state = states.setdefault(int(path.name), {"status": "pending", "decisions": [], "held_path": None})
-            state["held_path"] = str(path)
-    return states
-
-
-def status_of(states: dict[int, dict], version: int) -> dict:
-    """The `release` field of `mlpipe models` / `lineage` for one version."""
-    state = states.get(int(version))
-    if state is None:
-        return {"status": "auto", "held_path": None, "decisions": []}
-    return {"status": state["status"], "held_path": state["held_path"], "decisions": state["decisions"]}
 
 
 def _record(config: Config, version: int, decision: str, reason: str, **extra) -> dict:
