@@ -147,6 +147,11 @@ def _group_rows(source: Path, by: str, timestamp_column: str):
     with open(source, newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
+        if timestamp_column not in header:
+            raise SpanError(
+                f"{source}: no column {timestamp_column!r} to split the rows by; name the column of unix seconds "
+                "with data.timestamp_column in the config or --timestamp-column"
+            )
         column = header.index(timestamp_column)
         for line, row in enumerate(reader, start=2):
             if not row:

@@ -70,8 +70,8 @@ def example_bytes(row: dict, types: dict) -> bytes:
 
 
 @contextlib.contextmanager
-def mlpipe_serve(config: Path):
-    """`mlpipe serve` on the config's pushed model, in-process, on free ports."""
+def mlpipe_serve(config: Path, *flags: str):
+    """`mlpipe serve` on the config's pushed model, in-process, on free ports; `flags`: more serve flags."""
     from pipeline import cli
     from pipeline.config import load
     from serving import cli as serving_cli
@@ -94,6 +94,7 @@ def mlpipe_serve(config: Path):
             str(rest_port),
             "--file_system_poll_wait_seconds",
             "0",
+            *flags,
         ]
     )
     server = ModelServer(serving_cli.build_options(args)).start()

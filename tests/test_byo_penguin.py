@@ -95,6 +95,53 @@ def test_three_class_scores_through_mlpipe_serve(penguin):
     np.testing.assert_allclose(by_b64, by_raw, rtol=1e-4)
 
 
+def test_monitoring_reads_the_dataset_description(penguin):
+    """`mlpipe monitor` on traffic the penguin model served: the features compared are the dataset's (its pinned
+    schema's columns but the label), not the taxi model's; normal traffic is quiet, a shift is found."""
+    import json
+    import time
+
+    import requests
+
+    root, config, _, _, _ = penguin
+    types = dataset.schema_column_types(root / "schema.pbtxt")
+    # Every other row of the file (it is sorted by species): traffic like the training data.
+    rows = byo.rows(root / "data" / "penguins_processed.csv", types, 1000, skip=("species",))[::2]
+    heavier = [dict(r, body_mass_g=r["body_mass_g"] + 0.35) for r in rows]
+
+    def iso(t):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    windows = []
+    log_flags = ("--request_log_sampling_rate", "1.0", "--request_log_dir", str(root / "ws" / "request_logs"))
+    with byo.mlpipe_serve(config, *log_flags) as server:
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL_NAME}:predict"
+        for traffic in (rows, heavier):
+            start = int(time.time()) + 1
+            time.sleep(start - time.time())
+            for i in range(0, len(traffic), 10):
+                body = {"signature_name": "serving_raw", "instances": traffic[i : i + 10]}
+                assert requests.post(url, json=body).status_code == 200
+            windows.append((iso(start), iso(int(time.time()) + 1)))
+            time.sleep(1.0)
+    (since, until), (shift_since, shift_until) = windows
+    code, out, err = run_cli("monitor", "--config", str(config), "--since", since, "--until", until, "--json")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert not report["alert"], out
+    skew = {c["feature"] for c in report["checks"] if c["check"] == "skew"}
+    assert skew == set(FEATURES) | {"prediction"}  # the dataset's columns, not the taxi model's
+    assert report["method"]["slice_features"] == [] and report["method"]["seasonal_features"] == []
+    assert report["versions"][0]["examples"] == len(rows) and report["anomalies"] == []
+    code, out, err = run_cli(
+        "monitor", "--config", str(config), "--since", shift_since, "--until", shift_until, "--json", "--no-notify"
+    )
+    assert code == 3, out + err
+    report = json.loads(out)
+    assert "skew:body_mass_g" in report["alerts"], out
+    assert not {a for a in report["alerts"] if a.split(":")[1] in set(FEATURES) - {"body_mass_g"}}
+
+
 def test_lineage_and_rollback(penguin):
     root, config, _, _, (code, out, err) = penguin
     assert code == 0, out + err

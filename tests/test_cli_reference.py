@@ -166,6 +166,37 @@ def test_serve_flags_reach_the_server_options(tmp_path):
         assert read(options) == expected != read(default), flag
 
 
+def test_ingest_splits_by_the_configured_timestamp_column(taxi_slice, tmp_path):
+    # A dataset whose time column has another name: data.timestamp_column (or --timestamp-column) names it.
+    from models import features
+
+    lines = (taxi_slice / "data.csv").read_text().splitlines(keepends=True)[:301]
+    source = tmp_path / "renamed.csv"
+    source.write_text(lines[0].replace(features.TIMESTAMP_COLUMN, "event_time") + "".join(lines[1:]))
+    columns = {("event_time" if k == features.TIMESTAMP_COLUMN else k): v for k, v in features.COLUMN_TYPES.items()}
+    config = tmp_path / "mlpipe.toml"
+    body = "\n".join(f'{k} = "{v}"' for k, v in columns.items())
+    config.write_text(f'[data]\ntimestamp_column = "event_time"\n[data.columns]\n{body}\n')
+    code, out, err = run_cli(
+        "ingest", str(source), "--data-root", str(tmp_path / "a"), "--config", str(config), "--json"
+    )
+    assert code == 0, err
+    by_config = json.loads(out)["spans"]
+    assert by_config and sum(s["rows"] for s in by_config) == 300
+    # The flag names it as well; the taxi default does not fit this file: one line naming both settings.
+    plain = tmp_path / "plain.toml"
+    plain.write_text(f"[data.columns]\n{body}\n")
+    code, out, err = run_cli(
+        "ingest", str(source), "--data-root", str(tmp_path / "b"), "--config", str(plain), "--json",
+        "--timestamp-column", "event_time",
+    )  # fmt: skip
+    assert code == 0, err
+    assert [(s["span"], s["rows"]) for s in json.loads(out)["spans"]] == [(s["span"], s["rows"]) for s in by_config]
+    code, out, err = run_cli("ingest", str(source), "--data-root", str(tmp_path / "c"), "--config", str(plain))
+    assert code == 2 and "no column 'trip_start_timestamp'" in err and "data.timestamp_column" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
 def test_ingest_first_span_and_force(taxi_slice, tmp_path):
     source = str(taxi_slice / "data.csv")
     code, out, err = run_cli(

@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     ingest = subparsers.add_parser(
         "ingest",
         help="split a CSV into time spans (<data root>/span-<N>/data.csv)",
-        description="Split CSV rows into spans by their trip_start_timestamp (unix seconds, UTC): one span per "
+        description="Split CSV rows into spans by their timestamp column (unix seconds, UTC; data.timestamp_column, "
+        "default trip_start_timestamp): one span per "
         "month or quarter present in the data, numbered chronologically from --first-span (default 1). "
         "An existing span is never overwritten unless --force. Exit 0 written, 2 bad input or a span exists.",
     )
@@ -36,6 +37,11 @@ def add_parser(subparsers) -> None:
         metavar="N",
         dest="next_spans",
         help="write the N oldest spans that do not exist yet (replay history N spans at a time)",
+    )
+    ingest.add_argument(
+        "--timestamp-column",
+        metavar="NAME",
+        help="the column of unix seconds the rows are split by (data.timestamp_column; default trip_start_timestamp)",
     )
     ingest.add_argument("--force", action="store_true", help="overwrite spans that already exist")
     ingest.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
@@ -82,12 +88,11 @@ def _ingest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from data import spans
-    from models import features
     from pipeline import logs
     from pipeline.dag import dataset, inputs
     from pipeline.dag.inputs import InputDataError
 
-    config = cli.load_config(args)
+    config = cli.load_config(args, {"data.timestamp_column": args.timestamp_column})
     types = dataset.column_types(config)
     try:
         if Path(args.csv).is_file():  # else split_csv says so
@@ -105,7 +110,7 @@ def _ingest(args: argparse.Namespace) -> int:
             args.csv,
             args.data_root,
             by=args.by,
-            timestamp_column=features.TIMESTAMP_COLUMN,
+            timestamp_column=config.data.timestamp_column,
             expected_columns=list(types),
             first_span=args.first_span,
             limit=args.limit,

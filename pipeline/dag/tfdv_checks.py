@@ -10,7 +10,7 @@ from pipeline.config import Config
 TRAINING, SERVING = "TRAINING", "SERVING"
 
 
-def statistics_of(rows: list[dict[str, Any]], histograms: bool = True):
+def statistics_of(rows: list[dict[str, Any]], histograms: bool = True, config: Config | None = None):
     """TFDV statistics (DatasetFeatureStatisticsList) of the model features of decoded rows, in memory.
 
     histograms=False: counts, types and values only (what the schema check reads), about twice as fast.
@@ -22,7 +22,7 @@ def statistics_of(rows: list[dict[str, Any]], histograms: bool = True):
     import pyarrow as pa
     from tensorflow_data_validation.statistics import stats_impl, stats_options
 
-    from models import features as model_features
+    from pipeline.dag import feature_roles as monitored
 
     # Declared column types (as ExampleGen encodes them), so that a feature missing from every
     # request is still an (empty) column of its type, as it is in the training data.
@@ -32,8 +32,8 @@ def statistics_of(rows: list[dict[str, Any]], histograms: bool = True):
         "int": (pa.int64(), int),
     }
     arrays, fields = [], []
-    for name in model_features.MODEL_FEATURES:
-        kind, convert = kinds[model_features.COLUMN_TYPES[name]]
+    for name, column_type in monitored.column_types(config or Config()).items():
+        kind, convert = kinds[column_type]
         values = [row.get(name) for row in rows]
         arrays.append(pa.array([[] if v is None else [convert(v)] for v in values], type=pa.list_(kind)))
         fields.append(name)
@@ -76,15 +76,17 @@ def monitoring_schema(schema, config: Config, kinds: dict[str, str], check: str 
     """A copy of `schema` with TRAINING/SERVING environments and, for `check` ('skew'/'drift'), comparators."""
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    from models import features as model_features
+    from pipeline.dag import feature_roles as monitored
 
+    config = config or Config()
+    model_features, numeric_features = set(monitored.model_features(config)), set(monitored.numeric_features(config))
     copy = schema_pb2.Schema()
     copy.CopyFrom(schema)
     del copy.default_environment[:]
     copy.default_environment.extend([TRAINING, SERVING])
     for feature in copy.feature:
         # What the model does not read (the label, the timestamp) is not summarised at serving.
-        if feature.name not in model_features.MODEL_FEATURES and SERVING not in feature.not_in_environment:
+        if feature.name not in model_features and SERVING not in feature.not_in_environment:
             feature.not_in_environment.append(SERVING)
         kind = kinds.get(feature.name)
         if check is None or kind is None:
@@ -95,7 +97,7 @@ def monitoring_schema(schema, config: Config, kinds: dict[str, str], check: str 
             comparator.infinity_norm.threshold = threshold
         else:
             comparator.jensen_shannon_divergence.threshold = threshold
-            if feature.name in model_features.NUMERIC_FEATURES:
+            if feature.name in numeric_features:
                 # Heavy-tailed continuous values: equal-mass (quantile) buckets, so a few outliers do not
                 # squeeze all mass into the first of TFDV's equal-width buckets. Codes and coordinates
                 # (few distinct values) keep the equal-width histogram.
@@ -103,7 +105,7 @@ def monitoring_schema(schema, config: Config, kinds: dict[str, str], check: str 
     return copy
 
 
-def serving_schema(schema, baseline_rows: list[dict], new_value_mass: float):
+def serving_schema(schema, baseline_rows: list[dict], new_value_mass: float, config: Config | None = None):
     """The schema the serving data is checked against: `monitoring_schema` in the SERVING environment,
     made tolerant of rare legitimate values.
 
@@ -113,12 +115,14 @@ def serving_schema(schema, baseline_rows: list[dict], new_value_mass: float):
     of the feature's traffic (TFDV's distribution_constraints.min_domain_mass), and presence is not
     required (the share of missing values is tested statistically, stats.py MISSING).
     """
-    from models import features as model_features
+    from pipeline.dag import feature_roles as monitored
 
-    copy = monitoring_schema(schema, None, {}, None)
+    config = config or Config()
+    model_features = set(monitored.model_features(config))
+    copy = monitoring_schema(schema, config, {}, None)
     domains = {d.name: d for d in copy.string_domain}
     for feature in copy.feature:
-        if feature.name not in model_features.MODEL_FEATURES:
+        if feature.name not in model_features:
             continue
         feature.presence.ClearField("min_fraction")
         domain = None
@@ -133,6 +137,114 @@ def serving_schema(schema, baseline_rows: list[dict], new_value_mass: float):
         domain.value.extend(sorted(seen - known))
         feature.distribution_constraints.min_domain_mass = 1.0 - new_value_mass
     return copy
+
+
+def serving_anomalies(config: Config, schema, baseline_rows: list[dict], rows: list[dict], version: int) -> list[dict]:
+    """The schema anomalies of one version's served rows (TFDV's validate_statistics against
+    `serving_schema` in the SERVING environment), as dicts with "expected": False.
+
+    TFDV (and TensorFlow with it) takes seconds to import, and a window of normal traffic has no anomaly.
+    So TFDV runs only when `_may_have_anomalies` finds some value or row that a rule of the schema could
+    object to; it is conservative (anything it does not fully understand counts), so the result is TFDV's.
+    """
+    checked = serving_schema(schema, baseline_rows, config.monitoring.min_distance, config)
+    if not _may_have_anomalies(checked, rows, config):
+        return []
+    import tensorflow_data_validation as tfdv
+
+    served = tfdv.validate_statistics(
+        statistics_of(rows, histograms=False, config=config), checked, environment=SERVING
+    )
+    return _schema_anomalies(served, version)
+
+
+# Schema parts `_may_have_anomalies` understands; any other one present sends the window to TFDV.
+_SCHEMA_FIELDS = {"feature", "string_domain", "default_environment"}
+_FEATURE_FIELDS = {
+    "name",
+    "type",
+    "domain",
+    "string_domain",
+    "int_domain",
+    "float_domain",
+    "presence",
+    "value_count",
+    "not_in_environment",
+    "distribution_constraints",
+}
+_SCHEMA_TYPE = {"string": 1, "int": 2, "float": 3}  # FeatureType BYTES, INT, FLOAT
+
+
+def _may_have_anomalies(schema, rows: list[dict], config: Config) -> bool:
+    """False only when no rule of `schema` (in SERVING) can be broken by `rows`: every value of a string
+    domain is in it, ints parse and lie in their int_domain, floats are finite and in their float_domain,
+    no feature that needs a value lacks one, every monitored feature is in the schema with its column type."""
+    import math
+
+    from pipeline.dag import feature_roles as monitored
+
+    if {f.name for f, _ in schema.ListFields()} - _SCHEMA_FIELDS:
+        return True
+    types = monitored.column_types(config)
+    by_name = {f.name: f for f in schema.feature}
+    domains = {d.name: d for d in schema.string_domain}
+    if any(name not in by_name for name in types):
+        return True
+    for feature in schema.feature:
+        if SERVING in feature.not_in_environment:
+            continue
+        if feature.name not in types or {f.name for f, _ in feature.ListFields()} - _FEATURE_FIELDS:
+            return True
+        if feature.type != _SCHEMA_TYPE[types[feature.name]]:
+            return True
+        values = [row.get(feature.name) for row in rows]
+        present = [v for v in values if v is not None]
+        # statistics_of gives every row a value list (empty when missing): presence counts rows.
+        if feature.presence.min_fraction or len(values) < max(feature.presence.min_count, 1):
+            return True
+        if feature.value_count.min > 0 and len(present) < len(values):
+            return True  # a missing value is an empty value list
+        if feature.value_count.HasField("max") and feature.value_count.max < 1:
+            return True
+        kind = feature.WhichOneof("domain_info")
+        if kind in ("domain", "string_domain"):
+            domain = domains.get(feature.domain) if kind == "domain" else feature.string_domain
+            if domain is None:
+                return True
+            allowed = set(domain.value)
+            outside = sum(_text(v) not in allowed for v in present)
+            constraints = feature.distribution_constraints
+            if {f.name for f, _ in constraints.ListFields()} - {"min_domain_mass"}:
+                return True
+            # Values outside the domain are tolerated up to 1 - min_domain_mass of the values (TFDV's
+            # rule); a margin keeps the decision TFDV's near the bound.
+            tolerated = (1.0 - constraints.min_domain_mass) * 0.8 if constraints.HasField("min_domain_mass") else 0.0
+            if outside and outside > tolerated * len(present):
+                return True
+        elif kind == "int_domain":
+            d = feature.int_domain
+            if {f.name for f, _ in d.ListFields()} - {"min", "max"}:
+                return True
+            for v in present:
+                try:
+                    number = int(_text(v))
+                except ValueError:
+                    return True
+                if (d.HasField("min") and number < d.min) or (d.HasField("max") and number > d.max):
+                    return True
+        elif kind == "float_domain":
+            d = feature.float_domain
+            if {f.name for f, _ in d.ListFields()} - {"min", "max"}:
+                return True
+            for v in present:
+                number = float(v)
+                if (d.HasField("min") and number < d.min) or (d.HasField("max") and number > d.max):
+                    return True
+        elif kind is not None:
+            return True
+        if types[feature.name] == "float" and any(not math.isfinite(float(v)) for v in present):
+            return True
+    return False
 
 
 def _text(value):

@@ -1,12 +1,20 @@
-"""Reads the Evaluator's TFMA output: each thresholded metric against its bound."""
+"""Reads the Evaluator's TFMA output: each thresholded metric against its bound.
+
+The output is read as TFMA's own loaders read it (the `metrics*` / `validations*` TFRecord files of
+the evaluation directory), without importing TFMA or TensorFlow (pipeline/metadata/tfrecords.py), so the
+commands that show metrics answer at once.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-
-import tensorflow_model_analysis as tfma
+import glob
+import os
+from typing import Iterator
 
 from pipeline.config import EvaluationConfig
+
+_TFMA_PROTOS = "tensorflow_model_analysis.proto."
 
 
 @dataclasses.dataclass
@@ -43,10 +51,33 @@ def describe_failure(metric: str, value: float | None, bound: float | None, base
     return text
 
 
+def _records(output_path: str, key: str) -> Iterator[bytes]:
+    """The records of TFMA's output `key` ('metrics', 'validations') as tfma.load_metrics finds them:
+    `<dir>/<key>*.tfrecord`, else `<dir>/<key>*`."""
+    from pipeline.metadata.tfrecords import tfrecords
+
+    if os.path.isdir(output_path):
+        output_path = os.path.join(output_path, key)
+    paths = glob.glob(glob.escape(output_path) + "*.tfrecord") or glob.glob(glob.escape(output_path) + "*")
+    for path in paths:
+        yield from tfrecords(path)
+
+
+def load_metrics(eval_uri: str):
+    """TFMA's MetricsForSlice records of an evaluation (tfma.load_metrics, without importing TFMA)."""
+    from pipeline.metadata.tfrecords import message_class
+
+    metrics_for_slice = message_class(
+        _TFMA_PROTOS + "metrics_for_slice_pb2", "tensorflow_model_analysis.MetricsForSlice"
+    )
+    for record in _records(eval_uri, "metrics"):
+        yield metrics_for_slice.FromString(record)
+
+
 def overall_metrics(eval_uri: str) -> dict[tuple[str, str, bool], float]:
     """{(metric name, model name, is_diff): value} for the overall (unsliced) slice."""
     values = {}
-    for per_slice in tfma.load_metrics(eval_uri):
+    for per_slice in load_metrics(eval_uri):
         if per_slice.slice_key.single_slice_keys:
             continue
         for entry in per_slice.metric_keys_and_values:
@@ -69,7 +100,15 @@ def threshold_checks(eval_uri: str, config: EvaluationConfig) -> list[ThresholdC
 
 def validation_failures(eval_uri: str) -> list[str]:
     """TFMA's record of the thresholds that failed, one line each (empty when blessed)."""
-    result = tfma.load_validation_result(eval_uri)
+    from pipeline.metadata.tfrecords import message_class
+
+    validation_result = message_class(
+        _TFMA_PROTOS + "validation_result_pb2", "tensorflow_model_analysis.ValidationResult"
+    )
+    records = list(_records(eval_uri, "validations"))
+    if len(records) != 1:  # as tfma.load_validation_result
+        raise ValueError(f"{len(records)} validation results in {eval_uri}, expected 1")
+    result = validation_result.FromString(records[0])
     messages = []
     for per_slice in result.metric_validations_per_slice:
         where = (

@@ -47,7 +47,8 @@ class TrainingData:
 
 def training_data(snap: Snapshot, version: int, config: Config | None = None) -> TrainingData:
     """Lineage of `version` in MLMD to the schema and the Examples of its whole training window."""
-    import tensorflow_data_validation as tfdv
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2  # without TF, unlike tfdv.load_schema_text
 
     versions = {v.version: v for v in pushed_versions(snap)}
     if str(version) not in versions:
@@ -73,7 +74,7 @@ def training_data(snap: Snapshot, version: int, config: Config | None = None) ->
         model_dir = Path(pushed.destination)
     return TrainingData(
         version=version,
-        schema=tfdv.load_schema_text(str(schema_path)),
+        schema=text_format.Parse(schema_path.read_text(), schema_pb2.Schema()),
         schema_uri=str(schema_path),
         spans=metadata.examples_spans(examples),
         examples_uris=[a.uri for a in examples],
@@ -120,8 +121,6 @@ def _eval_scores(model_dir: str, serialized: list[bytes]) -> list[float]:
 def baseline(config: Config, trained: TrainingData) -> dict:
     """{"rows": [decoded train rows, merged over the window's spans, sampled], "scores": [eval-split scores],
     "train_rows": total train rows, "eval_rows": scored eval rows}, cached per version."""
-    from tensorflow.core.example import example_pb2
-
     cache = config.baseline_cache_path(trained.version)
     key = {
         "examples": trained.examples_uris,
@@ -137,6 +136,8 @@ def baseline(config: Config, trained: TrainingData) -> dict:
                 return data
         except (OSError, ValueError):
             pass  # unreadable cache: recompute
+    from tensorflow.core.example import example_pb2
+
     rng = random.Random(0)
     train = [
         (span, raw)

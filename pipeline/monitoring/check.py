@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.dag import feature_roles as monitored
 from pipeline.dag import tfdv_checks
 from pipeline.metadata.snapshot import open_snapshot
 from pipeline.monitoring import baseline as baseline_lib
@@ -25,21 +26,12 @@ class Report:
         return self.data["alert"]
 
 
-def slice_features(config: Config) -> tuple[str, ...]:
-    """The features the model's evaluation is sliced by (model.slice_features; the taxi model's by default)."""
-    return tuple(config.model.slice_features)
+slice_features = monitored.slice_features
+seasonal_features = monitored.seasonal_features
 
 
-def seasonal_features(config: Config) -> set[str]:
-    from models import features
-
-    return set(config.monitoring.seasonal_features or features.SEASONAL_FEATURES)
-
-
-def _kinds() -> dict[str, str]:
-    from models import features
-
-    return stats.feature_kinds(features.MODEL_FEATURES, features.CATEGORICAL_FEATURES)
+def _kinds(config: Config) -> dict[str, str]:
+    return stats.feature_kinds(monitored.model_features(config), monitored.categorical_features(config))
 
 
 def _compare(
@@ -58,7 +50,7 @@ def _compare(
     found, phis = stats.compare(
         base_rows,
         rows,
-        _kinds(),
+        _kinds(config),
         slice_features=slice_features(config),
         seasonal=seasonal_features(config),
         alpha=m.alpha,
@@ -88,8 +80,6 @@ def monitor(
 ) -> Report:
     """Skew, drift, prediction drift and anomalies of the traffic logged in [since, until); records the
     run in the history. Raises MonitorError for bad input."""
-    import tensorflow_data_validation as tfdv
-
     started = time.perf_counter()
     now = time.time() if now is None else now
     if until <= since:
@@ -155,11 +145,7 @@ def monitor(
         else:
             notes.append(f"version {v}: {len(rows)} example(s) < monitoring.min_examples {minimum}: skew not checked")
         # Anomalies: the serving statistics against the tolerant schema in the SERVING environment.
-        schema = tfdv_checks.serving_schema(data.schema, base["rows"], config.monitoring.min_distance)
-        served = tfdv.validate_statistics(
-            tfdv_checks.statistics_of(rows, histograms=False), schema, environment=tfdv_checks.SERVING
-        )
-        for anomaly in tfdv_checks._schema_anomalies(served, v):
+        for anomaly in tfdv_checks.serving_anomalies(config, data.schema, base["rows"], rows, v):
             anomaly["expected"] = anomaly["feature"] in seasonal
             anomalies.append(anomaly)
         versions_out.append(

@@ -27,6 +27,13 @@ class Traffic:
         return [row for version in sorted(self.rows) for row in self.rows[version]]
 
 
+def _example_class():
+    """tf.Example, without importing TensorFlow (pipeline/metadata/tfrecords.py)."""
+    from pipeline.metadata.tfrecords import message_class
+
+    return message_class("tensorflow.core.example.example_pb2", "tensorflow.Example")
+
+
 def example_row(example) -> dict[str, Any]:
     row = {}
     for name, feature in example.features.feature.items():
@@ -53,18 +60,17 @@ def decode_request(kind: str, request) -> list[dict[str, Any]]:
     predict: one tensor per raw feature (the `serving_raw` signature), or one string tensor of
     serialized tf.Examples (`serving_default` through Predict); classify/regress: tf.Examples.
     """
-    import tensorflow as tf
-    from tensorflow.core.example import example_pb2
-
+    from pipeline.metadata.tfrecords import make_ndarray
     from serving.inference import serialized_examples
 
+    example_class = _example_class()
     if kind in ("classify", "regress"):
-        return [example_row(example_pb2.Example.FromString(b)) for b in serialized_examples(request.input)]
-    inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+        return [example_row(example_class.FromString(b)) for b in serialized_examples(request.input)]
+    inputs = {name: make_ndarray(tensor) for name, tensor in request.inputs.items()}
     if len(inputs) == 1:
         ((name, array),) = inputs.items()
         if name in ("inputs", "examples") and array.dtype == object:
-            return [example_row(example_pb2.Example.FromString(b)) for b in array.reshape(-1)]
+            return [example_row(example_class.FromString(b)) for b in array.reshape(-1)]
     columns = {name: array.reshape(-1) for name, array in inputs.items()}
     size = max((len(a) for a in columns.values()), default=0)
     return [{name: _clean(a[i]) if i < len(a) else None for name, a in columns.items()} for i in range(size)]
@@ -82,10 +88,10 @@ def decode_scores(kind: str, response, count: int) -> list[float | None]:
     elif kind == "regress":
         scores = [float(r.value) for r in response.result.regressions]
     elif response.outputs:
-        import tensorflow as tf
+        from pipeline.metadata.tfrecords import make_ndarray
 
         name = SCORE_OUTPUT if SCORE_OUTPUT in response.outputs else next(iter(response.outputs))
-        array = tf.make_ndarray(response.outputs[name])
+        array = make_ndarray(response.outputs[name])
         if array.ndim == 2:
             array = array[:, -1]
         scores = [float(v) for v in array.reshape(-1)]
@@ -96,19 +102,19 @@ def decode_scores(kind: str, response, count: int) -> list[float | None]:
 
 def read_traffic(log_dir: Path, since: float | None, until: float | None) -> Traffic:
     """The decoded requests logged in [since, until) under `log_dir`; unreadable parts are skipped and listed."""
-    import tensorflow as tf
     from google.protobuf.message import DecodeError
-    from tensorflow_serving.apis import prediction_log_pb2
 
+    from pipeline.metadata.tfrecords import CorruptRecordError, message_class, tfrecords
     from serving.request_log import log_files
 
+    prediction_log = message_class("tensorflow_serving.apis.prediction_log_pb2", "tensorflow.serving.PredictionLog")
     traffic = Traffic()
     for path in log_files(str(log_dir)):
         bad_records = 0
         try:
-            for raw in tf.compat.v1.io.tf_record_iterator(path):
+            for raw in tfrecords(path):
                 try:
-                    record = prediction_log_pb2.PredictionLog.FromString(raw)
+                    record = prediction_log.FromString(raw)
                 except DecodeError:
                     bad_records += 1
                     continue
@@ -128,10 +134,10 @@ def read_traffic(log_dir: Path, since: float | None, until: float | None) -> Tra
                 version = int(record.log_metadata.model_spec.version.value)
                 traffic.rows.setdefault(version, []).extend(rows)
                 traffic.requests[version] = traffic.requests.get(version, 0) + 1
-        except tf.errors.DataLossError as e:  # corrupted or truncated: keep what was read before it
-            traffic.skipped.append({"path": path, "reason": f"corrupted TFRecord data ({e.message.splitlines()[0]})"})
-        except tf.errors.OpError as e:
-            traffic.skipped.append({"path": path, "reason": e.message.splitlines()[0]})
+        except CorruptRecordError as e:  # corrupted or truncated: keep what was read before it
+            traffic.skipped.append({"path": path, "reason": f"corrupted TFRecord data ({e})"})
+        except OSError as e:
+            traffic.skipped.append({"path": path, "reason": f"{e.strerror or e}: {path}"})
         if bad_records:
             traffic.skipped.append({"path": path, "reason": f"{bad_records} record(s) are not readable PredictionLogs"})
     return traffic
