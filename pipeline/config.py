@@ -249,6 +249,30 @@ class MetadataConfig:
     password_file: str = ""  # or: a file whose first line is the password (wins over password_env)
 
 
+RELEASE_MODES = ("auto", "canary", "manual")
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """How a blessed push is released (docs/release.md, Approvals)."""
+
+    # auto: served as soon as it is pushed (the highest version); canary: pushed under the `canary`
+    # label taking canary_weight % of unlabelled traffic until `mlpipe approve`; manual: held out of the
+    # serving directory as pending until `mlpipe approve` (or `mlpipe reject`).
+    mode: str = "auto"
+    canary_weight: int = 10  # percent of unlabelled requests the canary gets (traffic.json split)
+
+
+@dataclass(frozen=True)
+class ModelCardConfig:
+    """Free text of each pushed version's model card (docs/release.md, Release report)."""
+
+    intended_use: str = ""
+    limitations: str = ""
+    ethical_considerations: str = ""
+    owners: str = ""
+
+
 @dataclass(frozen=True)
 class Config:
     workspace: str = "workspace"
@@ -263,6 +287,8 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    model_card: ModelCardConfig = field(default_factory=ModelCardConfig)
 
     # Paths derived from the workspace: one place for each.
     @property
@@ -335,6 +361,21 @@ class Config:
         """The cached training-data baseline of a served version (`mlpipe monitor`)."""
         return self.workspace_path / "monitoring" / "baselines" / f"{version}.json"
 
+    @property
+    def traffic_config_path(self) -> Path:
+        """serving/traffic.py's sidecar (weighted split, shadow label) beside models.config."""
+        return self.models_config_path.parent / "traffic.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Each run's release report and model card: <reports_dir>/<run>/ (docs/release.md)."""
+        return self.workspace_path / "reports"
+
+    @property
+    def release_hold_dir(self) -> Path:
+        """Versions held out of serving (release.mode = manual: pending; rejected): <dir>/<version>/."""
+        return self.workspace_path / "release_hold" / self.model_name
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -361,6 +402,8 @@ _SECTIONS = {
     "deploy": DeployConfig,
     "monitoring": MonitoringConfig,
     "metadata": MetadataConfig,
+    "release": ReleaseConfig,
+    "model_card": ModelCardConfig,
 }
 _TOP_LEVEL = {"workspace", "pipeline_name", "model_name", "enable_cache"}
 
@@ -485,6 +528,14 @@ def validate(config: Config) -> None:
     validate_deploy(config.deploy)
     validate_monitoring(config.monitoring)
     validate_metadata(config.metadata)
+    validate_release(config.release)
+
+
+def validate_release(r: ReleaseConfig) -> None:
+    if r.mode not in RELEASE_MODES:
+        raise ConfigError("release.mode", f"must be one of {', '.join(RELEASE_MODES)}, got {r.mode!r}")
+    if not 0 < r.canary_weight < 100:
+        raise ConfigError("release.canary_weight", f"must be a percentage between 1 and 99, got {r.canary_weight}")
 
 
 def validate_metadata(m: MetadataConfig) -> None:

@@ -41,6 +41,7 @@ VERSION_KEYS = {
     "baseline",
     "training_spans",
     "rollback",
+    "release",  # docs/release.md
 }
 CHECK_KEYS = {"metric", "kind", "value", "bound", "baseline_value", "passed"}
 LINEAGE_KEYS = {
@@ -55,6 +56,7 @@ LINEAGE_KEYS = {
     "examples",
     "schema",
     "anomalies",
+    "release",  # docs/release.md: the version's release status and decisions
 }
 
 

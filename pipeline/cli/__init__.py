@@ -204,6 +204,7 @@ COMMAND_MODULES = [
     "pipeline.cli.project",
     "pipeline.cli.metadata",
     "pipeline.cli.compare",
+    "pipeline.cli.release",
     "serving.cli",
 ]
 

@@ -14,7 +14,7 @@ from pipeline.metadata import runs as runs_lib
 from pipeline.metadata import snapshot as snapshot_lib
 from pipeline.metadata import thresholds
 from pipeline.metadata import versions as versions_lib
-from pipeline.publish import promotion
+from pipeline.publish import approvals, promotion
 from pipeline.publish import rollback as rollback_lib
 from pipeline.publish import versions as on_disk
 
@@ -91,6 +91,9 @@ def _models(args: argparse.Namespace) -> int:
     if not records and not serving["versions_on_disk"]:
         return _nothing_yet(config, args, {"serving": serving, "versions": [], "refused": []}, snap)
     refused = runs_lib.refused_candidates(snap) if snap is not None else []
+    states = approvals.release_states(config)
+    for r in records:
+        r["release"] = approvals.status_of(states, r["version"])  # pending/canary/approved/rejected/auto
     if args.json:
         _dump({"workspace": str(config.workspace_path), "serving": serving, "versions": records, "refused": refused})
         return cli.EXIT_OK
@@ -104,6 +107,8 @@ def _models(args: argparse.Namespace) -> int:
     for r in records:
         tags = ", ".join(marks.get(r["version"], []))
         print(f"version {r['version']}" + (f"  [{tags}]" if tags else "") + f"  pushed {r['pushed']}")
+        if r["release"]["status"] != "auto":
+            print(f"  release: {_release_line(r['release'])}")
         if r["rollback"]:
             rb = r["rollback"]
             print(
@@ -127,6 +132,13 @@ def _models(args: argparse.Namespace) -> int:
             print(f"  {thresholds.describe_check(check)}")
     print(_serving_line(serving))
     return cli.EXIT_OK
+
+
+def _release_line(release: dict) -> str:
+    last = release["decisions"][-1] if release["decisions"] else None
+    by = f" by {last['user']} at {last['time']}: {last['reason']}" if last else ""
+    held = f" (held in {release['held_path']})" if release["held_path"] else ""
+    return f"{release['status']}{by}{held}"
 
 
 # --- lineage ----------------------------------------------------------------------------------
@@ -166,6 +178,10 @@ def _lineage(args: argparse.Namespace) -> int:
         f"Version {chain['version']}: {chain['pushed']['path']}"
         f"{'' if chain['pushed']['exists'] else ' (directory missing)'}  pushed {pub['pushed']}"
     )
+    if chain["release"]["status"] != "auto":
+        print(f"  release: {_release_line(chain['release'])}")
+        for d in chain["release"]["decisions"]:
+            print(f"     {d['time']} {d['user']} {d['decision']} (execution {d['execution_id']}): {d['reason']}")
     if chain["rollback"]:
         rb = chain["rollback"]
         print(

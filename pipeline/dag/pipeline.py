@@ -23,6 +23,7 @@ from pipeline.dag.components_drift import drift_gate
 from pipeline.dag.dataset import column_types
 from pipeline.dag.inputs import CSV_PATTERN
 from pipeline.dag.typed_csv import TypedCsvExampleGen
+from pipeline.publish.approvals import release_settings
 from pipeline.publish.pusher import AtomicPusher
 
 MODELS_DIR = Path(features.__file__).resolve().parent
@@ -255,7 +256,10 @@ def create_pipeline(config: Config, target: Target | None = None) -> tfx.dsl.Pip
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=target.serving_model_dir)
         ),
         # warm-up requests from logged traffic (pipeline/publish/serving_assets.py)
-        custom_config={"request_log_dir": str(config.request_log_dir)},
+        custom_config={
+            "request_log_dir": str(config.request_log_dir),
+            **release_settings(config),  # release.mode canary / manual (pipeline/publish/approvals.py)
+        },
     ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

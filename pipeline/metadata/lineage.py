@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pipeline.metadata import queries as metadata
+from pipeline.metadata import releases
 from pipeline.metadata.artifacts import read_anomalies, row_counts, split_names
 from pipeline.metadata.snapshot import RegistryError, Snapshot, json_prop
 from pipeline.metadata.thresholds import recorded_thresholds
@@ -171,4 +172,5 @@ def lineage(snap: Snapshot, version: int) -> dict:
                     {"uri": artifact.uri, "by_split": read_anomalies(artifact.uri, split_names(artifact))}
                 )
     chain["anomalies"] = list({a["uri"]: a for a in anomalies_rec}.values())
+    chain["release"] = releases.status_of(releases.release_states(config), version)  # docs/release.md
     return chain

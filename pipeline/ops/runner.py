@@ -95,6 +95,8 @@ class RunSummary:
     error: str | None = None
     warm_start: dict | None = None  # the Trainer's warm-start report (models/model.py warm_start), if it warm-started
     serving_contract: str | None = None  # what the pushed model's signatures are (README: the contract)
+    release: dict | None = None  # release.mode's decision on the pushed version (pipeline/publish/approvals.py)
+    report: str | None = None  # the run's release report (pipeline/monitoring/release_report.py)
 
     @property
     def fully_cached(self) -> bool:
@@ -142,7 +144,25 @@ class RunSummary:
             lines.append(f"Pushed model: {self.pushed_path}")
             if self.serving_contract:
                 lines.append(f"Signatures: {self.serving_contract}")
+        if self.release and self.release.get("status") != "auto":
+            lines.append(release_line(self.release))
+        if self.report:
+            lines.append(f"Release report: {self.report}")
         return lines
+
+
+def release_line(release: dict) -> str:
+    if release.get("error"):
+        return f"Release: FAILED: {release['error']}"
+    status = release.get("decision") or release.get("status")
+    if status == "pending":
+        return f"Release: version {release['version']} is held (release.mode = manual): `mlpipe approve {release['version']} --reason TEXT` serves it"
+    if status == "canary":
+        return (
+            f"Release: version {release['version']} is the canary ({release['canary_weight']}% of unlabelled traffic, "
+            f"traffic.json); `mlpipe approve {release['version']} --reason TEXT` makes it stable"
+        )
+    return f"Release: version {release['version']} {status}: {release.get('reason')}"
 
 
 def ensure_default_data(config: Config) -> Path | None:
@@ -280,7 +300,27 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
         summary.completed = False
         summary.failed_component = summary.failed_component or watcher.current
         summary.error = str(error).strip() or type(error).__name__
+    release(config, summary)
     return summary
+
+
+def release(config: Config, summary: RunSummary) -> None:
+    """After the run: release.mode's decision on a fresh push, then the run's report (never raises)."""
+    from pipeline.monitoring import release_report
+    from pipeline.publish import approvals
+
+    pusher_ran = any(c.node_id == "Pusher" and c.state == "ran" for c in summary.components)
+    if summary.completed and summary.pushed_version and pusher_ran:
+        try:
+            summary.release = approvals.after_push(config, int(summary.pushed_version))
+        except Exception as e:
+            logging.getLogger(__name__).exception("release decision failed")
+            summary.release = {"version": summary.pushed_version, "status": "failed", "error": str(e)}
+    if summary.run_id:
+        try:
+            summary.report = str(release_report.write(config, summary.run_id))
+        except Exception:
+            logging.getLogger(__name__).exception("writing the release report failed")
 
 
 def summarize(config: Config, started: float, seconds: float) -> RunSummary:

@@ -6,6 +6,7 @@ executor publishes through atomic.py instead (a hidden temp copy renamed into pl
 dead pushes removed by the next one). Versions are unix seconds, strictly increasing.
 """
 
+import json
 from typing import Any, Dict, List
 
 from absl import logging
@@ -18,7 +19,15 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
 from pipeline.publish import serving_assets
-from pipeline.publish.atomic import atomic_push
+from pipeline.publish.approvals import HOLD_DIR_KEY  # release.mode = manual: push there, held
+from pipeline.publish.atomic import atomic_push, next_version
+
+
+def _custom_config(exec_properties: Dict[str, Any]) -> dict:
+    raw = exec_properties.get("custom_config")
+    if isinstance(raw, str):
+        return json.loads(raw) if raw else {}
+    return dict(raw or {})
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):
@@ -42,7 +51,11 @@ class AtomicPusherExecutor(pusher_executor.Executor):
             raise NotImplementedError("AtomicPusherExecutor pushes to a filesystem destination only")
         uuid = serving_assets.new_mlmd_uuid()
         extra = serving_assets.extra_files(uuid, exec_properties.get("custom_config"), model_path)
-        version, serving_path = atomic_push(model_path, destination.filesystem.base_directory, extra)
+        base = destination.filesystem.base_directory
+        hold = _custom_config(exec_properties).get(HOLD_DIR_KEY)  # manual release: held, not served
+        # a held version is numbered after every served one as well as every held one
+        version = str(max(int(next_version(base)), int(next_version(hold)))) if hold else None
+        version, serving_path = atomic_push(model_path, hold or base, extra, version=version)
         logging.info("Model written to serving path %s.", serving_path)
         io_utils.copy_dir(model_path, model_push.uri)
         model_push.set_string_custom_property(serving_assets.MLMD_UUID_PROPERTY, uuid)
