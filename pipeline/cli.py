@@ -201,6 +201,7 @@ COMMAND_MODULES = [
     "pipeline.commands.project",
     "pipeline.commands.metadata",
     "pipeline.commands.compare",
+    "pipeline.commands.bless",
     "serving.cli",
 ]
 

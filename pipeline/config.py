@@ -117,6 +117,30 @@ class EvaluationConfig:
     # Change threshold: the candidate may be at most `change_tolerance` below the latest blessed model.
     change_metric: str = "auc"
     change_tolerance: float = 0.01
+    # false: the Evaluator computes the metrics but applies no threshold; the verdict is UNVALIDATED
+    # and nothing is pushed unless `mlpipe bless --force` (docs/release.md).
+    thresholds: bool = True
+
+
+@dataclass(frozen=True)
+class InfraValidationConfig:
+    """Before the push the candidate is loaded by mlpipe's server code and queried (docs/release.md)."""
+
+    enabled: bool = True
+    examples: int = 10  # eval-split examples sent, one request each, to every signature
+    max_latency_ms: float = 2000.0  # p95 latency of one request, per signature
+    max_error_rate: float = 0.0  # fraction of requests that may fail
+
+
+@dataclass(frozen=True)
+class ReplayGateConfig:
+    """The candidate and the serving champion re-score the last logged requests (docs/release.md)."""
+
+    enabled: bool = True
+    last_requests: int = 200
+    max_mean_abs_delta: float = 0.1  # mean |candidate score - champion score|
+    max_flipped_fraction: float = 0.1  # share of examples whose decision at 0.5 flips
+    max_p95_latency_ratio: float = 3.0  # candidate p95 / champion p95
 
 
 @dataclass(frozen=True)
@@ -245,6 +269,8 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    infra_validation: InfraValidationConfig = field(default_factory=InfraValidationConfig)
+    replay_gate: ReplayGateConfig = field(default_factory=ReplayGateConfig)
 
     # Paths derived from the workspace: one place for each.
     @property
@@ -293,6 +319,8 @@ _SECTIONS = {
     "deploy": DeployConfig,
     "monitoring": MonitoringConfig,
     "metadata": MetadataConfig,
+    "infra_validation": InfraValidationConfig,
+    "replay_gate": ReplayGateConfig,
 }
 _TOP_LEVEL = {"workspace", "pipeline_name", "model_name", "enable_cache"}
 
@@ -417,6 +445,21 @@ def validate(config: Config) -> None:
     validate_deploy(config.deploy)
     validate_monitoring(config.monitoring)
     validate_metadata(config.metadata)
+    validate_gates(config.infra_validation, config.replay_gate)
+
+
+def validate_gates(iv: InfraValidationConfig, rg: ReplayGateConfig) -> None:
+    if iv.examples <= 0:
+        raise ConfigError("infra_validation.examples", f"must be positive, got {iv.examples}")
+    if iv.max_latency_ms < 0:
+        raise ConfigError("infra_validation.max_latency_ms", f"must be >= 0, got {iv.max_latency_ms}")
+    if not 0 <= iv.max_error_rate <= 1:
+        raise ConfigError("infra_validation.max_error_rate", f"must be in [0, 1], got {iv.max_error_rate}")
+    if rg.last_requests <= 0:
+        raise ConfigError("replay_gate.last_requests", f"must be positive, got {rg.last_requests}")
+    for key in ("max_mean_abs_delta", "max_flipped_fraction", "max_p95_latency_ratio"):
+        if getattr(rg, key) < 0:
+            raise ConfigError(f"replay_gate.{key}", f"must be >= 0, got {getattr(rg, key)}")
 
 
 def validate_metadata(m: MetadataConfig) -> None:

@@ -77,9 +77,11 @@ class Snapshot:
         self.run_of = metadata.run_names_by_execution(store, name)
         self.runs = metadata.pipeline_runs(store, name)
         rollbacks = metadata.executions_of_type(store, metadata.ROLLBACK_EXECUTION_TYPE)
-        ids = sorted(set(self.node_of) | {e.id for e in rollbacks})
+        forced = metadata.executions_of_type(store, metadata.FORCED_BLESSING_EXECUTION_TYPE)
+        ids = sorted(set(self.node_of) | {e.id for e in rollbacks} | {e.id for e in forced})
         self.executions = {e.id: e for e in store.get_executions_by_id(ids)} if ids else {}
         self.rollback_ids = {e.id for e in rollbacks}
+        self.forced_ids = {e.id for e in forced}  # `mlpipe bless --force` pushes
         self.inputs: dict[int, dict[str, list[int]]] = {}
         self.outputs: dict[int, dict[str, list[int]]] = {}
         self.consumers: dict[int, list[int]] = {}
@@ -98,6 +100,8 @@ class Snapshot:
     def node(self, execution_id: int) -> str:
         if execution_id in self.rollback_ids:
             return "rollback"
+        if execution_id in self.forced_ids:
+            return "forced_blessing"
         return self.node_of.get(execution_id, "?")
 
     def state(self, execution_id: int) -> str:
@@ -287,7 +291,7 @@ class Version:
 def pushed_versions(snap: Snapshot) -> list[Version]:
     """Every version that was published, oldest first: Pusher pushes and rollbacks."""
     versions: dict[str, Version] = {}
-    for execution_id in snap.executions_by_node("Pusher"):
+    for execution_id in sorted(snap.executions_by_node("Pusher") + sorted(snap.forced_ids)):
         for artifact in snap.output_artifacts(execution_id, "pushed_model"):
             version = _version_str(metadata.prop(artifact, "pushed_version"))
             if metadata.prop(artifact, "pushed") != 1 or version is None or version in versions:
@@ -616,6 +620,11 @@ def version_record(snap: Snapshot, versions: list[Version], v: Version, with_met
         "training_spans": spans_of(example_artifacts_of_model(snap, v.model)),
         "rollback": None,
     }
+    record.update(gate_fields(snap, evaluator, v.blessing, checks if with_metrics else None))
+    if v.execution_id in snap.forced_ids:
+        from pipeline.publish import verdicts
+
+        record["forced_blessing"] = verdicts.forced_record(snap.executions[v.execution_id])
     if v.is_rollback:
         e = snap.executions[v.execution_id]
         record["run_id"] = None
@@ -627,6 +636,20 @@ def version_record(snap: Snapshot, versions: list[Version], v: Version, with_met
             "user": metadata.prop(e, "user"),
         }
     return record
+
+
+def gate_fields(snap: Snapshot, evaluator: int | None, blessing, checks: list | None) -> dict:
+    """verdict (BLESSED / NOT_BLESSED / UNVALIDATED), gates (every gate of the candidate's run) and
+    forced_blessing (None); `checks` None: not read (models without metrics)."""
+    fields = {"verdict": None, "gates": [], "forced_blessing": None}
+    if evaluator is None or checks is None:
+        return fields
+    from pipeline.publish import verdicts
+
+    fields["gates"] = verdicts.gate_results(snap.store, snap.run_of.get(evaluator), checks=checks)
+    evaluation = [g for g in fields["gates"] if g["gate"] == verdicts.EVALUATION]
+    fields["verdict"] = evaluation[0]["verdict"] if evaluation else None
+    return fields
 
 
 def list_models(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
@@ -657,6 +680,7 @@ def refused_candidates(snap: Snapshot) -> list[dict]:
                 "started": row["started"],
                 "failed_checks": row["failed_checks"],
                 "baseline": baseline_version(snap, versions, blessings[0] if blessings else None),
+                **gate_fields(snap, evaluator, blessings[0] if blessings else None, row["failed_checks"]),
             }
         )
     return refused
@@ -768,7 +792,10 @@ def lineage(snap: Snapshot, version: int) -> dict:
         "checks": record["checks"] if not v.is_rollback else version_record(snap, versions, source)["checks"],
         "thresholds": recorded_thresholds(snap.executions[evaluator]) if evaluator is not None else [],
         "baseline": baseline_version(snap, versions, source.blessing),
+        "verdict": record["verdict"],
     }
+    chain["gates"] = record["gates"]  # every gate of the candidate's run, then `bless --force` overrides
+    chain["forced_blessing"] = record["forced_blessing"]
     # Model and Trainer.
     model = source.model
     trainer = snap.producing_execution(model) if model is not None else None

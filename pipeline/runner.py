@@ -94,12 +94,21 @@ class RunSummary:
     error: str | None = None
     warm_start: dict | None = None  # the Trainer's warm-start report (models/model.py warm_start), if it warm-started
     serving_contract: str | None = None  # what the pushed model's signatures are (README: the contract)
+    verdict: str | None = None  # BLESSED / NOT_BLESSED / UNVALIDATED (pipeline/publish/verdicts.py)
+    gates: list = dataclasses.field(default_factory=list)  # every gate's result (verdicts.gate_results)
 
     @property
     def fully_cached(self) -> bool:
         return bool(self.components) and all(
             c.state == "cached" for c in self.components if not c.node_id.endswith("_resolver")
         )
+
+    @property
+    def blocked_by(self) -> dict | None:
+        """The infra or replay gate that kept a blessed candidate from being pushed."""
+        from pipeline.publish import verdicts
+
+        return verdicts.blocking(self.gates)
 
     @property
     def outcome(self) -> str:
@@ -124,8 +133,16 @@ class RunSummary:
             head = f"Result: BLESSED, already pushed as version {self.pushed_version}{cached}"
         elif self.pushed_version:
             head = f"Result: BLESSED and pushed as version {self.pushed_version}"
+        elif self.blessed and self.blocked_by:
+            b = self.blocked_by
+            head = f"Result: BLESSED, but NOT PUSHED: {b['gate']} {b['verdict']}: {'; '.join(b['reasons'])}{cached}"
         elif self.blessed:
             head = f"Result: BLESSED, but nothing was pushed{cached}"
+        elif self.verdict == "UNVALIDATED":
+            head = (
+                f"Result: UNVALIDATED (no thresholds configured), nothing pushed; "
+                f"`mlpipe bless --force {self.run_id} --reason TEXT` pushes it{cached}"
+            )
         else:
             failed = [c for c in self.checks if c.passed is False]
             from pipeline.evaluation import describe_failure
@@ -133,6 +150,7 @@ class RunSummary:
             reason = "; ".join(describe_failure(c.metric, c.value, c.bound, c.baseline) for c in failed)
             head = f"Result: NOT BLESSED, nothing pushed ({reason or 'thresholds not met'}){cached}"
         lines = [head] + [f"  {c.describe()}" for c in self.checks]
+        lines += gate_lines(self.gates)
         if self.warm_start:
             lines += warm_start_lines(self.warm_start)
         if not self.blessed and self.validation_failures:
@@ -142,6 +160,21 @@ class RunSummary:
             if self.serving_contract:
                 lines.append(f"Signatures: {self.serving_contract}")
         return lines
+
+
+def gate_lines(gates: list[dict]) -> list[str]:
+    """'Gates:' and one line per gate (with the numbers behind infra and replay verdicts)."""
+    from pipeline.publish import verdicts
+
+    if not gates:
+        return []
+    lines = ["Gates:"]
+    for gate in gates:
+        lines.append(f"  {verdicts.describe(gate)}")
+        numbers = verdicts.numbers_line(gate)
+        if numbers:
+            lines.append(f"    {numbers}")
+    return lines
 
 
 def ensure_default_data(config: Config) -> Path | None:
@@ -318,6 +351,11 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
             base_trainer = metadata.producer_execution_id(store, base_models[0].id)
             if base_trainer is not None:
                 summary.warm_start["base_final_loss"] = _training_report(store, base_trainer).get("final_loss")
+    from pipeline.publish import verdicts
+
+    summary.gates = verdicts.gate_results(store, run_context.name)
+    evaluation = [g for g in summary.gates if g["gate"] == verdicts.EVALUATION]
+    summary.verdict = evaluation[0]["verdict"] if evaluation else None
     if "Pusher" in by_node:
         out = metadata.outputs(store, by_node["Pusher"].execution.id)
         for pushed in out.get("pushed_model", []):

@@ -111,14 +111,32 @@ def _models(args: argparse.Namespace) -> int:
         print(f"  baseline: {('version ' + str(baseline['version'])) if baseline and baseline['version'] else 'none'}")
         for check in r["checks"]:
             print(f"  {registry.describe_check(check)}")
+        _print_gates(r, "  ")
     for r in refused:
         baseline = r["baseline"]
         against = f"version {baseline['version']}" if baseline and baseline["version"] else "no baseline"
         print(f"refused: run {r['run_id']} (compared with {against})")
         for check in r["failed_checks"]:
             print(f"  {registry.describe_check(check)}")
+        _print_gates(r, "  ")
     print(_serving_line(serving))
     return cli.EXIT_OK
+
+
+def _print_gates(record: dict, indent: str) -> None:
+    """The verdict, the infra and replay gates and any `bless --force` (pipeline/publish/verdicts.py)."""
+    from pipeline.publish import verdicts
+
+    if record.get("verdict"):
+        print(f"{indent}verdict: {record['verdict']}")
+    for gate in record.get("gates", []):
+        if gate["gate"] == verdicts.OVERRIDE:
+            n = gate["numbers"]
+            print(
+                f"{indent}forced blessing by {n['user']} at {n['time']} (overrode {n['overridden']}): {gate['reasons'][0]}"
+            )
+        elif gate["gate"] != verdicts.EVALUATION:
+            print(f"{indent}{verdicts.describe(gate)}")
 
 
 # --- lineage ----------------------------------------------------------------------------------
@@ -173,6 +191,7 @@ def _lineage(args: argparse.Namespace) -> int:
     )
     for check in ev["checks"]:
         print(f"     {registry.describe_check(check)}")
+    _print_gates({"verdict": ev.get("verdict"), "gates": chain.get("gates", [])}, "     ")
     m = chain["model"]
     print(f"  <- Model {m['uri']} from Trainer {_exec_line(m['trainer'])}")
     print(f"     train_args {json.dumps(m['train_args'])} eval_args {json.dumps(m['eval_args'])}")

@@ -1,0 +1,1 @@
+"""The one atomic publish: pushing, labels, rollback, approvals and the versions on disk."""
