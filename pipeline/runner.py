@@ -340,7 +340,7 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
         out = metadata.outputs(store, by_node["Evaluator"].execution.id)
         if out.get("blessing"):
             summary.blessed = metadata.custom_property(out["blessing"][0], "blessed") == 1
-        if out.get("evaluation"):
+        if out.get("evaluation") and config.evaluation.thresholds:  # else: UNVALIDATED, nothing judged
             summary.checks = evaluation.threshold_checks(out["evaluation"][0].uri, config.evaluation)
             summary.validation_failures = evaluation.validation_failures(out["evaluation"][0].uri)
     if "Trainer" in by_node:
