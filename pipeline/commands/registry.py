@@ -102,6 +102,11 @@ def _models(args: argparse.Namespace) -> int:
                 f"  rollback: re-publishes version {rb['of_version']} (replaced {rb['replaced_version']}) "
                 f"by {rb['user']}: {rb['reason']}"
             )
+        elif r.get("forced_blessing"):
+            print(
+                f"  pushed by `mlpipe bless --force` (execution {r['forced_blessing']['execution_id']}); trained in run "
+                f"{r['trainer_run_id']}; spans {','.join(map(str, r['training_spans'])) or '-'}"
+            )
         else:
             print(
                 f"  run {r['run_id']}; trained in run {r['trainer_run_id']}; spans "
