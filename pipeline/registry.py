@@ -536,6 +536,7 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
             "spans": [],
             "components": {snap.node(i): states[i] for i in ids},
             "log": None,  # set for failed runs: the run's log file, when found
+            "blocked_by": None,  # the infra or replay gate that kept a blessed candidate back (docs/release.md)
         }
         # Spans used: what Transform read (the span window, when there is one), else what ExampleGen made.
         examples = [a for i in ids if snap.node(i) == "Transform" for a in snap.input_artifacts(i, "examples")]
@@ -563,6 +564,7 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
             row["pushed_version"] = pushed.version
         else:
             row["outcome"] = "not_blessed"
+            row["blocked_by"] = _blocking_gate(snap, nodes)
             evaluator = nodes.get("Evaluator")
             if evaluator is not None and with_metrics:
                 evaluations = snap.output_artifacts(evaluator, "evaluation")
@@ -574,10 +576,26 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
     return rows
 
 
+def _blocking_gate(snap: Snapshot, nodes: dict) -> dict | None:
+    """{gate, verdict, reasons} of the run's infra or replay gate that FAILED, if one did."""
+    from pipeline.publish import verdicts
+
+    results = []
+    for node, gate in verdicts.NODE_GATES.items():
+        if gate != verdicts.EVALUATION and nodes.get(node) is not None:
+            for artifact in snap.output_artifacts(nodes[node], verdicts.GATE_OUTPUT_KEYS[gate]):
+                results.append(verdicts.recorded_gate(artifact, nodes[node]))
+    blocked = verdicts.blocking(results)
+    return {k: blocked[k] for k in ("gate", "verdict", "reasons")} if blocked else None
+
+
 def describe_run(row: dict) -> str:
     outcome = row["outcome"]
     if outcome == "pushed":
         text = f"pushed version {row['pushed_version']}"
+    elif outcome == "not_blessed" and row.get("blocked_by"):
+        b = row["blocked_by"]
+        text = f"not pushed: {b['gate']} {b['verdict']} ({'; '.join(b['reasons'])})"
     elif outcome == "not_blessed":
         from pipeline.evaluation import describe_failure
 

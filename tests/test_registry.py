@@ -41,6 +41,9 @@ VERSION_KEYS = {
     "baseline",
     "training_spans",
     "rollback",
+    "verdict",  # the gates' verdicts (docs/release.md)
+    "gates",
+    "forced_blessing",
 }
 CHECK_KEYS = {"metric", "kind", "value", "bound", "baseline_value", "passed"}
 LINEAGE_KEYS = {
@@ -55,6 +58,8 @@ LINEAGE_KEYS = {
     "examples",
     "schema",
     "anomalies",
+    "gates",  # docs/release.md
+    "forced_blessing",
 }
 
 

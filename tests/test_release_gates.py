@@ -80,6 +80,8 @@ def test_infra_failure_and_unvalidated_candidate_are_never_pushed(first_run, tax
     assert metadata.custom_property(blessing, "blessed") == 0
     assert (Path(blessing.uri) / "INFRA_NOT_BLESSED").is_file()
 
+    code, out, err = run_cli("runs", "--workspace", str(ws))
+    assert code == 0 and "not pushed: infra_validation FAILED (serving_default: p95 latency" in out
     code, out, err = run_cli("bless", run_id, "--force", "--reason", "ship it", "--workspace", str(ws))
     assert code == 1 and "failed infra validation" in err and "never pushed" in err
     assert versions(ws) == before
