@@ -87,7 +87,8 @@ def portable_pipeline(config: Config):
     from pipeline.pipeline import WINDOW_RESOLVER, create_pipeline
 
     root, data_root, serving = _locations(config)
-    local = create_pipeline(config)
+    # The infra and replay gates read the local workspace (its serving dir, its request logs): local runs only.
+    local = create_pipeline(config.replace({"infra_validation.enabled": False, "replay_gate.enabled": False}))
     nodes = list(local.components)
     by_id = {n.id: n for n in nodes}
     if WINDOW_RESOLVER in by_id:
