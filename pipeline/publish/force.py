@@ -42,9 +42,6 @@ def force_bless(config: Config, run_id: str, reason: str) -> dict:
     if not models:
         raise RegistryError(f"run {run_id} has no evaluated candidate (its Evaluator did not run)")
     model = models[0]
-    for v in registry.pushed_versions(snap):
-        if v.model is not None and v.model.id == model.id and not v.is_rollback:
-            raise RegistryError(f"run {run_id}'s candidate is already pushed as version {v.version}")
     gates = verdicts.gate_results(snap.store, run_id)
     infra = next((g for g in gates if g["gate"] == verdicts.INFRA), None)
     if infra is not None and infra["verdict"] != "PASSED":
@@ -52,6 +49,9 @@ def force_bless(config: Config, run_id: str, reason: str) -> dict:
             f"run {run_id}'s candidate failed infra validation ({'; '.join(infra['reasons'])}): "
             "a model that cannot load or answer is never pushed, forced or not"
         )
+    for v in registry.pushed_versions(snap):
+        if v.model is not None and v.model.id == model.id and not v.is_rollback:
+            raise RegistryError(f"run {run_id}'s candidate is already pushed as version {v.version}")
     overridden = [
         f"{g['gate']} {g['verdict']}" for g in gates if g["verdict"] in ("NOT_BLESSED", "UNVALIDATED", "FAILED")
     ]
