@@ -1,7 +1,7 @@
 # The container image every step runs in on Vertex AI Pipelines / Kubeflow Pipelines (and the
 # Beam workers on Dataflow, Flink or Spark via beam.sdk_container_image). TFX loads models/ and
 # pipeline/ by import path (models.preprocessing.preprocessing_fn, models.model.run_fn,
-# pipeline.components), so this repository must be installed in it.
+# pipeline.dag.components), so this repository must be installed in it.
 #
 #   docker build -t REGION-docker.pkg.dev/PROJECT/mlpipe/mlpipe:$(git rev-parse --short HEAD) .
 #   docker push REGION-docker.pkg.dev/PROJECT/mlpipe/mlpipe:...
@@ -23,5 +23,5 @@ COPY data/ data/
 COPY serving/ serving/
 # --no-deps: the base image (or the lock above) already holds TFX 1.16 and its pinned stack.
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
- && python -c "import models.model, pipeline.components, pipeline.deploy"
+ && python -c "import models.model, pipeline.dag.components, pipeline.ops.deploy"
 ENV TF_USE_LEGACY_KERAS=1

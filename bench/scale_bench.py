@@ -96,7 +96,7 @@ class PeakSampler(threading.Thread):
 def component_seconds(workspace: Path) -> dict[str, float]:
     """{node id: seconds} of the newest run recorded in the workspace's MLMD."""
     from pipeline import config as config_lib
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     config = config_lib.load(None, {"workspace": str(workspace)})
     store = metadata.open_store(config)

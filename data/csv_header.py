@@ -1,7 +1,7 @@
 """The one CSV header check, shared by span writing (data/spans.py) and the pipeline's input checks.
 
-It lives in data/, the bottom layer, so that data.spans and pipeline.inputs both import it downward
-(it was pipeline.inputs <-> data.spans, an import circle). This module imports neither TFX nor TensorFlow.
+It lives in data/, the bottom layer, so that data.spans and pipeline.dag.inputs both import it downward
+(it was pipeline.dag.inputs <-> data.spans, an import circle). This module imports neither TFX nor TensorFlow.
 """
 
 from __future__ import annotations

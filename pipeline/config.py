@@ -603,7 +603,7 @@ def validate_beam(b: BeamConfig) -> None:
 
 
 def validate_deploy(d: DeployConfig) -> None:
-    """Format checks only; what `mlpipe compile` requires is checked there (pipeline.deploy)."""
+    """Format checks only; what `mlpipe compile` requires is checked there (pipeline.ops.deploy)."""
     if any(c.isspace() for c in d.image):
         raise ConfigError("deploy.image", f"must be an image reference without spaces, got {d.image!r}")
     for key in ("pipeline_root", "data_root", "serving_model_dir"):

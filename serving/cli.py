@@ -200,7 +200,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers `serve` on an argparse subparsers object (pipeline/cli.py calls this)."""
+    """Registers `serve` on an argparse subparsers object (pipeline/cli/__init__.py calls this)."""
     p = subparsers.add_parser(
         "serve",
         help="serve the pushed model over TF Serving's REST and gRPC APIs",

@@ -6,7 +6,7 @@ label moves), through mlpipe's registry view: ml_metadata only, no TFX orchestra
 the model's base path: `<workspace>/serving_model/<model>` -> `<workspace>/metadata.sqlite`, or, when
 `mlpipe serve --config` names shared metadata (`[metadata] backend = "mysql"`), in that database.
 Reading MLMD at request time rather than writing a JSON file at push time keeps one home for the
-lineage logic (pipeline/registry.py) and shows what happened after the push.
+lineage logic (pipeline/publish/registry.py) and shows what happened after the push.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def version_lineage(model_name: str, base_path: str, version: int, shared_metada
             f"No ML Metadata store for model {model_name}: expected metadata.sqlite in the workspace above "
             f"{base_path} (the lineage endpoint serves models pushed by an mlpipe pipeline)"
         )
-    from pipeline import metadata as mlmd_view  # ml_metadata only: no TFX orchestration
-    from pipeline import registry
     from pipeline.config import Config
+    from pipeline.metadata import queries as mlmd_view  # ml_metadata only: no TFX orchestration
+    from pipeline.publish import registry
 
     store = mlmd_view.open_store(store_path)
     names = [c.name for c in store.get_contexts_by_type("pipeline")] if store is not None else []
@@ -75,7 +75,7 @@ def version_lineage(model_name: str, base_path: str, version: int, shared_metada
 
 
 def _shared_lineage(config, model_name: str, version: int) -> dict:
-    from pipeline import registry
+    from pipeline.publish import registry
 
     snap = registry.open_snapshot(config.replace({"model_name": model_name}))
     if snap is None:

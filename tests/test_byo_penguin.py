@@ -5,7 +5,7 @@ data alone: `mlpipe schema` infers a schema once, the config pins it (column typ
 import numpy as np
 import pytest
 
-from pipeline import dataset
+from pipeline.dag import dataset
 from tests import byo
 from tests.conftest import run_cli
 

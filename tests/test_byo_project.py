@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from pipeline import config as config_lib
-from pipeline import user_code
+from pipeline.dag import user_code
 from tests import byo
 from tests.conftest import run_cli
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models import features
-from pipeline import metadata
+from pipeline.metadata import queries as metadata
 from tests import byo
 from tests.conftest import run_cli
 
@@ -108,8 +108,8 @@ def test_lineage_and_rollback_work_like_the_taxi_model(tfx_taxi):
 
 def test_editing_the_module_reruns_transform_and_trainer(tfx_taxi, taxi_slice, tmp_path):
     """The fingerprint covers the user's module file: a copy with one more line is new code."""
-    from pipeline import user_code
     from pipeline.config import load
+    from pipeline.dag import user_code
 
     copy_dir = tmp_path / "module"
     copy_dir.mkdir()

@@ -98,7 +98,7 @@ def _node_id(task: str) -> str:
 
 def _local_order(**overrides) -> list[str]:
     from pipeline import config as config_lib
-    from pipeline.pipeline import create_pipeline
+    from pipeline.dag.pipeline import create_pipeline
 
     return [n.id for n in create_pipeline(config_lib.load(None, overrides)).components]
 

@@ -31,17 +31,18 @@ def test_the_tree_keeps_every_contract():
 
 def test_an_upward_import_in_the_library_breaks_the_contract(tmp_path):
     root = _copy_tree(tmp_path)
-    with open(root / "pipeline" / "inputs.py", "a") as f:
+    with open(root / "pipeline" / "dag" / "inputs.py", "a") as f:
         f.write("\nfrom pipeline import cli as _upward  # noqa\n")
     result = _lint_imports(root)
     assert result.returncode != 0
-    assert "pipeline.inputs is not allowed to import pipeline.cli" in result.stdout
+    assert "pipeline.dag is not allowed to import pipeline.cli" in result.stdout
+    assert "pipeline.dag.inputs -> pipeline.cli" in result.stdout
 
 
 def test_serving_importing_the_pipeline_breaks_the_contract(tmp_path):
     root = _copy_tree(tmp_path)
     with open(root / "serving" / "inference.py", "a") as f:
-        f.write("\nfrom pipeline import runner as _orchestration  # noqa\n")
+        f.write("\nfrom pipeline.ops import runner as _orchestration  # noqa\n")
     result = _lint_imports(root)
     assert result.returncode != 0
-    assert "serving.inference -> pipeline.runner" in result.stdout
+    assert "serving.inference -> pipeline.ops.runner" in result.stdout

@@ -42,7 +42,7 @@ def write_config(path: Path, server, database: str, **overrides) -> Path:
 def test_sqlite_is_the_default_and_mysql_settings_are_checked(tmp_path):
     config = config_lib.load(None, {"workspace": str(tmp_path)})
     assert config.metadata.backend == "sqlite"
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     assert metadata.connection_config(config).sqlite.filename_uri == str(tmp_path / "metadata.sqlite")
     bad = tmp_path / "bad.toml"
@@ -137,7 +137,8 @@ def test_password_file_and_check_never_print_the_password(mariadb, tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from pipeline import config as config_lib, lock
+    from pipeline import config as config_lib
+    from pipeline.ops import lock
     held = lock.acquire_db(config_lib.load(sys.argv[1], {"workspace": sys.argv[2]}))
     print("held", flush=True)
     time.sleep(600)
@@ -145,7 +146,7 @@ HOLDER = textwrap.dedent("""
 
 
 def test_db_lock_spans_workspaces_and_dies_with_its_holder(mariadb, mysql_env, tmp_path):
-    from pipeline import lock
+    from pipeline.ops import lock
 
     database = new_database(mariadb)
     path = write_config(tmp_path / "c.toml", mariadb, database)

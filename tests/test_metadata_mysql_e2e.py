@@ -201,7 +201,7 @@ def test_two_retrains_from_two_workspaces_sharing_a_database_one_runs_the_other_
     mariadb, mysql_env, spans, tmp_path
 ):  # noqa: F811
     from pipeline import config as config_lib
-    from pipeline import lock
+    from pipeline.ops import lock
 
     config = write_config(tmp_path / "team.toml", mariadb, new_database(mariadb))
     first = _mlpipe(

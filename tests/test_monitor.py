@@ -364,8 +364,8 @@ def test_drift_gate_compares_spans_with_tfdv(served, first_run):
     import tensorflow_data_validation as tfdv
 
     from pipeline import monitoring
-    from pipeline.components_drift import drift_checks
     from pipeline.config import MonitoringConfig
+    from pipeline.dag.components_drift import drift_checks
 
     workspace, version, rows, now = served
     previous = tfdv.load_stats_binary(
@@ -398,7 +398,7 @@ def test_previous_span_statistics_strategy():
     from ml_metadata.proto import metadata_store_pb2 as pb
     from tfx.types import artifact_utils
 
-    from pipeline.components_drift import PreviousSpanStatisticsStrategy
+    from pipeline.dag.components_drift import PreviousSpanStatisticsStrategy
 
     config = pb.ConnectionConfig()
     config.fake_database.SetInParent()
@@ -447,7 +447,7 @@ def test_previous_span_statistics_strategy():
 
 def test_drift_gate_is_wired_before_transform_only_when_configured(tmp_path):
     from pipeline import config as config_lib
-    from pipeline.pipeline import create_pipeline
+    from pipeline.dag.pipeline import create_pipeline
 
     root = tmp_path / "spans"
     (root / "span-1").mkdir(parents=True)

@@ -257,7 +257,7 @@ def test_a_bounded_fraction_of_bad_rows_is_tolerated_by_config(taxi_slice, tmp_p
 
 
 def test_retrain_waiting_for_the_lock_says_so_once_naming_the_holder(taxi_slice, tmp_path):
-    from pipeline import lock as lock_lib
+    from pipeline.ops import lock as lock_lib
 
     spans = tmp_path / "spans"
     assert run_cli("ingest", str(taxi_slice / "data.csv"), "--data-root", str(spans), "--limit", "1")[0] == 0

@@ -20,9 +20,10 @@ import tensorflow as tf
 
 from models import features
 from models import model as model_lib
-from pipeline import metadata, pusher
-from pipeline import pipeline as pipeline_lib
 from pipeline.config import Config
+from pipeline.dag import pipeline as pipeline_lib
+from pipeline.metadata import queries as metadata
+from pipeline.publish import pusher
 from tests.conftest import FAST_FLAGS, run_cli
 
 PIPELINE = Config().pipeline_name

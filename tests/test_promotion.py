@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_push_stamps_lineage_and_labels_move_through_the_server(first_run, taxi_slice, tmp_path):
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
     from serving.config import read_model_config_file
     from serving.service import LogOptions
 

@@ -332,7 +332,7 @@ def test_rollback_republishes_an_earlier_version_and_leaves_an_audit_trail(versi
     assert not (new / "marker").exists()
 
     # Audit: an mlpipe.Rollback execution linked to both versions' artifacts.
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     store = metadata.open_store(ws / "metadata.sqlite")
     (execution,) = store.get_executions_by_type(metadata.ROLLBACK_EXECUTION_TYPE)
@@ -383,7 +383,7 @@ def test_rollback_refuses_unknown_never_blessed_and_current_versions(versions_ws
     code, _, err = run_cli("rollback", "--workspace", str(ws), "--to", str(v1), "--reason", "  ")
     assert code == 1 and "--reason" in err
     assert version_dirs(ws) == [7, v1, v2]
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     assert (
         metadata.executions_of_type(metadata.open_store(ws / "metadata.sqlite"), metadata.ROLLBACK_EXECUTION_TYPE) == []

@@ -36,7 +36,7 @@ def run_id_of(out: str) -> str:
 
 
 def gates(ws: Path, run_id: str) -> dict:
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
     from pipeline.publish import verdicts
 
     store = metadata.open_store(ws / "metadata.sqlite")
@@ -73,7 +73,7 @@ def test_infra_failure_and_unvalidated_candidate_are_never_pushed(first_run, tax
     run = gates(ws, run_id)
     assert run["evaluation"]["verdict"] == "UNVALIDATED" and run["infra_validation"]["verdict"] == "FAILED"
     # TFX's InfraBlessing contract: blessed = 0 and the INFRA_NOT_BLESSED file.
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     store = metadata.open_store(ws / "metadata.sqlite")
     blessing = store.get_artifacts_by_id([run["infra_validation"]["artifact_id"]])[0]

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from data import taxi_sample
-from pipeline import lock as lock_lib
-from pipeline import metadata
+from pipeline.metadata import queries as metadata
+from pipeline.ops import lock as lock_lib
 from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent

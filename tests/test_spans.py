@@ -16,7 +16,7 @@ import pytest
 
 from data import spans
 from models import features
-from pipeline import lock as lock_lib
+from pipeline.ops import lock as lock_lib
 from tests.conftest import run_cli
 
 
@@ -213,7 +213,7 @@ def make_model_dir(path: Path, files: int = 5) -> Path:
 
 
 def test_atomic_push_never_exposes_a_partial_version(tmp_path, monkeypatch):
-    from pipeline import pusher
+    from pipeline.publish import pusher
 
     model = make_model_dir(tmp_path / "model")
     base = tmp_path / "serving"
@@ -242,7 +242,7 @@ def test_atomic_push_never_exposes_a_partial_version(tmp_path, monkeypatch):
 
 
 def test_push_leaves_a_live_process_temp_dir_alone(tmp_path):
-    from pipeline import pusher
+    from pipeline.publish import pusher
 
     base = tmp_path / "serving"
     live = base / f".tmp-123-{os.getppid()}"  # our parent is alive: a push in progress elsewhere

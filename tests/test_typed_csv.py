@@ -5,7 +5,7 @@ import pytest
 from apache_beam.testing.util import assert_that
 
 from models import features
-from pipeline import typed_csv
+from pipeline.dag import typed_csv
 
 
 def _write(path, census_tract):

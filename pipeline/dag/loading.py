@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Iterator
 
-from pipeline import serving_assets
+from pipeline.publish import serving_assets
 
 
 class LoadError(RuntimeError):

@@ -6,7 +6,7 @@ Both models are loaded by serving's ModelManager (pipeline/dag/loading.py) and a
 request through serving/inference.py; the mean |score difference|, the share of decisions that
 flip at 0.5 and the p95 latency ratio are held to [replay_gate]. No logs or no champion: SKIPPED,
 with the reason. The result is an `mlpipe.ReplayVerdict` artifact (properties gate, verdict,
-reasons, numbers, blessed) that the Pusher requires (pipeline/pusher.py).
+reasons, numbers, blessed) that the Pusher requires (pipeline/publish/pusher.py).
 """
 # No `from __future__ import annotations`: TFX's @component reads the annotations as types.
 
@@ -18,18 +18,12 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 from tfx import v1 as tfx
-from tfx.types import artifact
 
 from pipeline.dag import loading
+from pipeline.publish.pusher import ReplayVerdict
 
 GATE = "replay"
 CHAMPION_LABEL = "stable"  # the label that names the champion when set; else the latest version
-
-
-class ReplayVerdict(artifact.Artifact):
-    """The replay gate's verdict: PASSED, FAILED or SKIPPED, with the reasons and the numbers."""
-
-    TYPE_NAME = "mlpipe.ReplayVerdict"
 
 
 def champion(workspace: str, model_name: str) -> Tuple[Optional[int], str]:
@@ -37,8 +31,8 @@ def champion(workspace: str, model_name: str) -> Tuple[Optional[int], str]:
 
     Read when the gate runs, not when the pipeline is built: a cached gate is one whose candidate
     was judged already (the gate runs again when the candidate changes)."""
-    from pipeline import registry
     from pipeline.config import Config
+    from pipeline.publish import registry
 
     config = Config(workspace=workspace, model_name=model_name)
     on_disk = registry.serving_versions(config)

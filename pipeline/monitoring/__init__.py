@@ -15,18 +15,18 @@ Modules: window (times, MonitorError), traffic, baseline, stats, tfdv_checks, ch
 report (table, HTML), history, actions (hooks, retrain), evaluate (`--evaluate`).
 """
 
-from pipeline.monitoring.actions import notify, start_retrain
-from pipeline.monitoring.baseline import TrainingData, training_data
-from pipeline.monitoring.check import Report, monitor
-from pipeline.monitoring.evaluate import evaluate
-from pipeline.monitoring.report import table, write_html
-from pipeline.monitoring.tfdv_checks import (
+from pipeline.dag.tfdv_checks import (
     SERVING,
     TRAINING,
     monitoring_schema,
     statistics_of,
     threshold_for,
 )
+from pipeline.monitoring.actions import notify, start_retrain
+from pipeline.monitoring.baseline import TrainingData, training_data
+from pipeline.monitoring.check import Report, monitor
+from pipeline.monitoring.evaluate import evaluate
+from pipeline.monitoring.report import table, write_html
 from pipeline.monitoring.traffic import Traffic, decode_request, read_traffic
 from pipeline.monitoring.window import MonitorError, iso_seconds, parse_duration, parse_time
 

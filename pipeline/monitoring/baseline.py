@@ -19,11 +19,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pipeline import metadata, registry
 from pipeline.config import Config
+from pipeline.metadata import queries as metadata
 from pipeline.monitoring.stats import SPAN
 from pipeline.monitoring.traffic import SCORE, example_row
 from pipeline.monitoring.window import MonitorError
+from pipeline.publish import registry
 
 BASELINE_DIR = "monitoring/baselines"
 EVAL_SCORE_ROWS = 5000  # at most this many eval-split rows are scored for the prediction baseline

@@ -6,12 +6,13 @@ import dataclasses
 import time
 from pathlib import Path
 
-from pipeline import registry
 from pipeline.config import Config
+from pipeline.dag import tfdv_checks
 from pipeline.monitoring import baseline as baseline_lib
-from pipeline.monitoring import history, stats, tfdv_checks
+from pipeline.monitoring import history, stats
 from pipeline.monitoring.traffic import read_traffic
 from pipeline.monitoring.window import MonitorError, iso_seconds
+from pipeline.publish import registry
 
 
 @dataclasses.dataclass

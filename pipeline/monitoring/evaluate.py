@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import registry
 from pipeline.config import Config
 from pipeline.monitoring.baseline import training_data
 from pipeline.monitoring.window import MonitorError
+from pipeline.publish import registry
 
 
 def _csv_files(path: Path) -> list[Path]:
@@ -84,8 +84,8 @@ def evaluate(config: Config, data: Path, version: int | None, workdir: Path) -> 
 
     import tensorflow_model_analysis as tfma
 
-    from pipeline import evaluation
-    from pipeline.pipeline import eval_config
+    from pipeline.dag.pipeline import eval_config
+    from pipeline.metadata import evaluation
 
     eval_cfg = eval_config(config)
     for spec in eval_cfg.metrics_specs:  # no baseline here: only the value threshold applies

@@ -1,7 +1,7 @@
 """`mlpipe bless --force RUN --reason TEXT`: the audited override of a refused candidate.
 
 The candidate of run RUN (refused by TFMA's thresholds, UNVALIDATED, or blocked by the replay gate)
-is pushed through the Pusher's own atomic publish (pipeline/pusher.py atomic_push, with the same
+is pushed through the Pusher's own atomic publish (pipeline/publish/pusher.py atomic_push, with the same
 assets.extra files) and recorded as an `mlpipe.ForcedBlessing` execution in ML Metadata: who,
 when, why, what it overrode; inputs the model and its blessings, output the PushedModel, so
 `models` and `lineage` list the version like any push. A candidate that failed infra validation
@@ -16,10 +16,10 @@ import time
 
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import metadata, registry, serving_assets
 from pipeline.config import Config
-from pipeline.publish import verdicts
-from pipeline.registry import RegistryError
+from pipeline.metadata import queries as metadata
+from pipeline.publish import registry, serving_assets, verdicts
+from pipeline.publish.registry import RegistryError
 
 
 def _run_executions(snap: registry.Snapshot, run_id: str) -> dict[str, int]:
@@ -59,7 +59,7 @@ def force_bless(config: Config, run_id: str, reason: str) -> dict:
         raise RegistryError(f"run {run_id}'s candidate was refused by no gate: nothing to override")
     blessings = snap.output_artifacts(evaluator, "blessing")
     model_path = os.path.join(model.uri, "Format-Serving")
-    from pipeline import pusher  # TFX's Pusher executor: imported only when a push happens
+    from pipeline.publish import pusher  # TFX's Pusher executor: imported only when a push happens
 
     uuid = serving_assets.new_mlmd_uuid()
     log_dir = serving_assets.request_log_dir(config)

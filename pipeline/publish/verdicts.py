@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline import metadata
+from pipeline.metadata import queries as metadata
 
 EVALUATION, INFRA, REPLAY, OVERRIDE = "evaluation", "infra_validation", "replay", "override"
 BLESSED, NOT_BLESSED, UNVALIDATED = "BLESSED", "NOT_BLESSED", "UNVALIDATED"
@@ -50,14 +50,14 @@ def evaluation_verdict(evaluator_execution, blessing, eval_uri: str | None, chec
     """BLESSED / NOT_BLESSED / UNVALIDATED with the checks (metric, slice, value, bound, baseline).
 
     `checks`: registry.threshold_checks already read for this Evaluator (else they are read here)."""
-    from pipeline import registry
+    from pipeline.publish import registry
 
     rules = registry.recorded_thresholds(evaluator_execution)
     if checks is None:
         checks = registry.threshold_checks(evaluator_execution, eval_uri) if rules else []
     checks = [dict(c) for c in checks] if rules else []
     for check in checks:
-        check["slice"] = "overall"  # mlpipe gates the overall slice only (pipeline/pipeline.py eval_config)
+        check["slice"] = "overall"  # mlpipe gates the overall slice only (pipeline/dag/pipeline.py eval_config)
     if not rules:
         verdict = UNVALIDATED
         reasons = ["no thresholds configured (evaluation.thresholds = false): metrics computed, nothing judged"]

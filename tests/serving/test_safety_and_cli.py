@@ -63,7 +63,7 @@ def test_mlpipe_serve_binds_loopback_by_default(toy_cache, tmp_path):
 
 
 def _parser():
-    """The real `mlpipe` parser (pipeline/cli.py), where `serve` is registered with its own --workspace."""
+    """The real `mlpipe` parser (pipeline/cli/__init__.py), where `serve` is registered with its own --workspace."""
     from pipeline.cli import build_parser
 
     return build_parser()
@@ -142,7 +142,7 @@ def test_python_m_serving_serves_the_workspace_model_and_stops_on_sigterm(toy_ca
 def test_serving_imports_no_tfx_orchestration():
     code = (
         "import sys, serving.cli, serving.server, serving.request_log, serving.grpc_service\n"
-        "bad = [m for m in sys.modules if m == 'tfx' or m.startswith('tfx.') or m in ('pipeline.pipeline', 'pipeline.runner')]\n"
+        "bad = [m for m in sys.modules if m == 'tfx' or m.startswith('tfx.') or m in ('pipeline.dag.pipeline', 'pipeline.ops.runner')]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)

@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 
 
 def _csv_files(root: Path) -> list[Path]:
-    from pipeline import inputs
+    from pipeline.dag import inputs
 
     root = Path(root)
     if not root.is_dir():
@@ -61,7 +61,8 @@ def _csv_files(root: Path) -> list[Path]:
 
 
 def infer_and_write(csv_files: list[Path], output: Path, infer_feature_shape: bool) -> dict[str, str]:
-    from pipeline import dataset, logs
+    from pipeline import logs
+    from pipeline.dag import dataset
 
     with logs.capture_output(output.parent / f".{output.name}.log", verbose=False):
         schema = dataset.infer_schema(csv_files, infer_feature_shape)

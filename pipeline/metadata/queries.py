@@ -15,7 +15,7 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
 from pipeline.config import Config
-from pipeline.metadata_connection import (  # noqa: F401 (the connection API, used as metadata.X)
+from pipeline.metadata.connection import (  # noqa: F401 (the connection API, used as metadata.X)
     MetadataConnectionError,
     check_connection,
     connection_config,
@@ -141,7 +141,7 @@ def custom_property(item, name: str, default=None):
     return getattr(value, kind) if kind else default
 
 
-# --- Registry queries (mlpipe runs/models/lineage/rollback); see pipeline/registry.py. ---
+# --- Registry queries (mlpipe runs/models/lineage/rollback); see pipeline/publish/registry.py. ---
 
 ROLLBACK_EXECUTION_TYPE = "mlpipe.Rollback"
 FORCED_BLESSING_EXECUTION_TYPE = "mlpipe.ForcedBlessing"  # `mlpipe bless --force` (pipeline/publish/force.py)
@@ -250,7 +250,7 @@ def store_initialized(target: "Config | str | Path") -> bool:
         return False
 
 
-# --- Spans and continuous training (pipeline/commands/retrain.py) ---
+# --- Spans and continuous training (pipeline/cli/retrain.py) ---
 
 
 def producer_execution_id(store: mlmd.MetadataStore, artifact_id: int) -> int | None:

@@ -1,6 +1,6 @@
 """Compiles the local pipeline definition for Vertex AI Pipelines or Kubeflow Pipelines (KFP v2).
 
-The pipeline is `pipeline.pipeline.create_pipeline(config)`, unchanged; this module only re-points
+The pipeline is `pipeline.dag.pipeline.create_pipeline(config)`, unchanged; this module only re-points
 what differs on a cluster (artifact root, input and push locations, container image) and compiles
 it with TFX's KubeflowV2DagRunner into a PipelineJob JSON that both Vertex AI and KFP v2 accept.
 """
@@ -84,7 +84,7 @@ def portable_pipeline(config: Config):
     from tfx import v1 as tfx
     from tfx.dsl.context_managers import dsl_context_registry
 
-    from pipeline.pipeline import WINDOW_RESOLVER, create_pipeline
+    from pipeline.dag.pipeline import WINDOW_RESOLVER, create_pipeline
 
     root, data_root, serving = _locations(config)
     # The infra and replay gates read the local workspace (its serving dir, its request logs): local runs only.

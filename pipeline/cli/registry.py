@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import cli, promotion, registry
+from pipeline import cli
+from pipeline.publish import promotion, registry
 
 
 def _snapshot(args: argparse.Namespace):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline import cli, metadata_connection
+from pipeline import cli
+from pipeline.metadata import connection as metadata_connection
 
 
 def add_parser(subparsers) -> None:
@@ -49,7 +50,7 @@ def add_parser(subparsers) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     config = cli.load_config(args)
     store = metadata.open_store(config, read_only=config.metadata.backend == "sqlite")
@@ -64,7 +65,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from pipeline import metadata_copy
+    from pipeline.metadata import copy as metadata_copy
 
     config = cli.load_config(args)
     source = args.source or str(config.metadata_path)

@@ -1,6 +1,6 @@
 """The model registry view over ML Metadata: runs, pushed versions, lineage, rollback, labels.
 
-Everything here is derived from MLMD (through pipeline/metadata.py) and the serving model
+Everything here is derived from MLMD (through pipeline/metadata/queries.py) and the serving model
 directory; nothing is cached elsewhere. Queries open MLMD read-only so they can run while a
 pipeline run is writing; only `rollback` opens it read-write, to record its audit execution.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import metadata
 from pipeline.config import THRESHOLD_METRICS, Config
-from pipeline.lock import pid_alive
+from pipeline.metadata import queries as metadata
+from pipeline.ops.lock import pid_alive
 
 Event = metadata_store_pb2.Event
 INPUT_EVENTS = (Event.INPUT, Event.DECLARED_INPUT)
@@ -214,7 +214,7 @@ def _metric_values(eval_uri: str) -> dict:
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    from pipeline import evaluation  # imports TFMA (slow): only when metrics are wanted
+    from pipeline.metadata import evaluation  # imports TFMA (slow): only when metrics are wanted
 
     try:
         return evaluation.overall_metrics(eval_uri)
@@ -597,7 +597,7 @@ def describe_run(row: dict) -> str:
         b = row["blocked_by"]
         text = f"not pushed: {b['gate']} {b['verdict']} ({'; '.join(b['reasons'])})"
     elif outcome == "not_blessed":
-        from pipeline.evaluation import describe_failure
+        from pipeline.metadata.evaluation import describe_failure
 
         reasons = "; ".join(
             describe_failure(c["metric"], c["value"], c["bound"], c["baseline_value"]) for c in row["failed_checks"]
@@ -751,7 +751,7 @@ def _anomalies(artifact) -> dict[str, list[str]]:
 
 
 def _drift_check(snap: Snapshot, statistics) -> dict | None:
-    """The DriftCheck (pipeline/components_drift.py) of these statistics against the previous span's, if any ran."""
+    """The DriftCheck (pipeline/dag/components_drift.py) of these statistics against the previous span's, if any ran."""
     if statistics is None:
         return None
     for execution in sorted(_consumers_of_node(snap, statistics, "DriftCheck"), reverse=True):  # newest first

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import config as config_lib
-from pipeline import inputs, metadata
 from pipeline.config import Config, ConfigError
+from pipeline.dag import inputs
+from pipeline.metadata import queries as metadata
 
 Print = Callable[[str], None]
 
@@ -145,7 +146,7 @@ class RunSummary:
             )
         else:
             failed = [c for c in self.checks if c.passed is False]
-            from pipeline.evaluation import describe_failure
+            from pipeline.metadata.evaluation import describe_failure
 
             reason = "; ".join(describe_failure(c.metric, c.value, c.bound, c.baseline) for c in failed)
             head = f"Result: NOT BLESSED, nothing pushed ({reason or 'thresholds not met'}){cached}"
@@ -235,7 +236,7 @@ def check_before_run(config: Config) -> inputs.DataCheck:
     Returns what the data check found; raises inputs.InputDataError (the data) or ConfigError (a
     setting; the message names it).
     """
-    from pipeline import dataset, user_code
+    from pipeline.dag import dataset, user_code
 
     try:
         columns = dataset.column_types(config)
@@ -273,7 +274,7 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     """Runs the pipeline; never raises for a failed component (the summary says what failed).
 
     Bad input data (inputs.InputDataError) raises before anything runs, unless the caller has
-    `checked` it already (pipeline/inputs.py check_csv_dir).
+    `checked` it already (pipeline/dag/inputs.py check_csv_dir).
     """
     if checked is None:
         ensure_default_data(config)
@@ -286,7 +287,7 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     if not flags.FLAGS.is_parsed():  # else absl would parse the host program's argv (e.g. pytest -v)
         flags.FLAGS.mark_as_parsed()
 
-    from pipeline.pipeline import create_pipeline
+    from pipeline.dag.pipeline import create_pipeline
 
     started = time.time()
     watcher = ProgressWatcher(config, started, say)
@@ -317,7 +318,7 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
 
 def summarize(config: Config, started: float, seconds: float) -> RunSummary:
     """Builds the run's summary from MLMD: the newest run that began after `started`."""
-    from pipeline import evaluation
+    from pipeline.metadata import evaluation
 
     store = metadata.open_store(config)
     runs = metadata.pipeline_runs(store, config.pipeline_name) if store else []

@@ -114,8 +114,10 @@ def run_overrides(args: argparse.Namespace) -> dict:
 
 def check_data(config: config_lib.Config, args: argparse.Namespace):
     """Before anything runs or is written: copies the embedded taxi sample on first use of the default
-    data root, then checks the input CSVs (pipeline/inputs.py). Bad data: CommandError, exit 2."""
-    from pipeline import inputs, logs, runner
+    data root, then checks the input CSVs (pipeline/dag/inputs.py). Bad data: CommandError, exit 2."""
+    from pipeline import logs
+    from pipeline.dag import inputs
+    from pipeline.ops import runner
 
     try:
         copied = runner.ensure_default_data(config)
@@ -140,7 +142,8 @@ def check_data(config: config_lib.Config, args: argparse.Namespace):
 def run_and_report(config: config_lib.Config, args: argparse.Namespace, checked=None) -> int:
     """Runs the pipeline with logs in the workspace and prints progress and the summary."""
     global _exit_log
-    from pipeline import logs, runner
+    from pipeline import logs
+    from pipeline.ops import runner
 
     checked = checked or check_data(config, args)
     log_path = logs.new_log(
@@ -194,14 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that each define `add_parser(subparsers)` registering one or more commands.
 COMMAND_MODULES = [
-    "pipeline.commands.registry",
-    "pipeline.commands.retrain",
-    "pipeline.commands.compile",
-    "pipeline.commands.monitor",
-    "pipeline.commands.project",
-    "pipeline.commands.metadata",
-    "pipeline.commands.compare",
-    "pipeline.commands.bless",
+    "pipeline.cli.registry",
+    "pipeline.cli.retrain",
+    "pipeline.cli.compile",
+    "pipeline.cli.monitor",
+    "pipeline.cli.project",
+    "pipeline.cli.metadata",
+    "pipeline.cli.compare",
+    "pipeline.cli.bless",
     "serving.cli",
 ]
 
@@ -251,9 +254,3 @@ def entry() -> None:
 
     silence_exit_noise(_exit_log)
     sys.exit(code)
-
-
-if __name__ == "__main__":  # `python -m pipeline.cli` is `mlpipe`, like `python -m pipeline`
-    from pipeline import cli  # the module the commands import (CommandError, the run log), not this __main__ copy
-
-    cli.entry()

@@ -17,9 +17,10 @@ import time
 import urllib.error
 import urllib.request
 
-from pipeline import metadata, metadata_connection
 from pipeline.config import Config
-from pipeline.registry import (
+from pipeline.metadata import connection as metadata_connection
+from pipeline.metadata import queries as metadata
+from pipeline.publish.registry import (
     RegistryError,
     _user,
     _with_retries,

@@ -167,11 +167,11 @@ def acquire_db(config, wait_seconds: float = 0.0, poll_seconds: float = 0.5) -> 
 
     The lock belongs to a dedicated connection: the database frees it when that connection dies,
     so a killed holder (or its lost host) never leaves it held. Raises DbLockBusy after `wait_seconds`.
-    Bad [metadata] settings raise pipeline.metadata.MetadataConnectionError.
+    Bad [metadata] settings raise pipeline.metadata.queries.MetadataConnectionError.
     """
     if config.metadata.backend != "mysql":
         return None
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     name = db_lock_name(config)
     connection = metadata.mysql_connect(config)

@@ -42,7 +42,7 @@ def _duration(text: str) -> float:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pipeline import compare
+    from pipeline.monitoring import compare
 
     config = cli.load_config(args)
     root = Path(args.log_dir) if args.log_dir else config.serving_model_dir.parent / "traffic_logs"

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 def _bless(args: argparse.Namespace) -> int:
     from pipeline.publish import force
-    from pipeline.registry import RegistryError
+    from pipeline.publish.registry import RegistryError
 
     if not args.force:
         raise cli.CommandError("bless only overrides a verdict: pass --force (and --reason TEXT)", cli.EXIT_USAGE)

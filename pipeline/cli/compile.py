@@ -61,7 +61,8 @@ def _compile(args: argparse.Namespace) -> int:
         }
     )
     config = cli.load_config(args, overrides)
-    from pipeline import deploy, logs
+    from pipeline import logs
+    from pipeline.ops import deploy
 
     log_path = logs.new_log(config.log_dir, "compile", f"mlpipe compile --target {args.target}")
     try:

@@ -10,16 +10,16 @@ from tfx import v1 as tfx
 
 from data import spans
 from models import features
-from pipeline import serving_assets, user_code
-from pipeline.components import AnomaliesGate, BaselineModelStrategy
-from pipeline.components_drift import drift_gate
 from pipeline.config import METRIC_CLASSES, Config
-from pipeline.dag import replay_gate
+from pipeline.dag import replay_gate, user_code
+from pipeline.dag.components import AnomaliesGate, BaselineModelStrategy
+from pipeline.dag.components_drift import drift_gate
+from pipeline.dag.dataset import column_types
 from pipeline.dag.infra_validator import InfraValidator
-from pipeline.dataset import column_types
-from pipeline.inputs import CSV_PATTERN
-from pipeline.pusher import AtomicPusher
-from pipeline.typed_csv import TypedCsvExampleGen
+from pipeline.dag.inputs import CSV_PATTERN
+from pipeline.dag.typed_csv import TypedCsvExampleGen
+from pipeline.publish import serving_assets
+from pipeline.publish.pusher import AtomicPusher
 
 MODELS_DIR = Path(features.__file__).resolve().parent
 # Node ids in the order the local runner executes them.
@@ -259,7 +259,7 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(config.serving_model_dir))
         ),
-        # warm-up requests from logged traffic (pipeline/serving_assets.py)
+        # warm-up requests from logged traffic (pipeline/publish/serving_assets.py)
         custom_config={"request_log_dir": request_log_dir},
     ).with_id("Pusher")
     return tfx.dsl.Pipeline(

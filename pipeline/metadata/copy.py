@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from pipeline import metadata
 from pipeline.config import Config, ConfigError
+from pipeline.metadata import queries as metadata
 
 # Insert order: types first, then nodes, then the links between them.
 TABLES = (

@@ -94,7 +94,7 @@ def drift_checks(current, previous, schema, monitoring_config):
     import tensorflow_data_validation as tfdv
 
     from pipeline.config import Config
-    from pipeline.monitoring import tfdv_checks
+    from pipeline.dag import tfdv_checks
 
     config = Config(monitoring=monitoring_config)
     kinds = tfdv_checks._feature_kinds(previous, current)

@@ -1,4 +1,4 @@
-"""CsvExampleGen with declared column types (pipeline/dataset.py column_types: config, pinned schema or default).
+"""CsvExampleGen with declared column types (pipeline/dag/dataset.py column_types: config, pinned schema or default).
 
 TFX's CsvExampleGen infers each column's type from the files of the current run. With spans, a
 column that is empty in one span (no type) and holds integers in another gets different encodings
@@ -21,7 +21,7 @@ from tfx.types import standard_component_specs
 from tfx.utils import io_utils, proto_utils
 from tfx_bsl.coders import csv_decoder
 
-from pipeline import inputs
+from pipeline.dag import inputs
 
 _COLUMN_TYPES = {
     "int": csv_decoder.ColumnType.INT,
@@ -60,7 +60,7 @@ def types_from_exec_properties(exec_properties) -> dict:
 
 def row_parses(cells, kinds) -> bool:
     """False for a row ExampleGen cannot encode (a value not of its column's type, or the wrong number
-    of values): such rows are skipped. mlpipe's input check (pipeline/inputs.py) has already refused
+    of values): such rows are skipped. mlpipe's input check (pipeline/dag/inputs.py) has already refused
     the data unless they are within data.max_bad_row_fraction."""
     if not cells:
         return True  # a blank line: TFX's converter skips it

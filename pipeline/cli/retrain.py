@@ -83,8 +83,9 @@ def _ingest(args: argparse.Namespace) -> int:
 
     from data import spans
     from models import features
-    from pipeline import dataset, inputs, logs
-    from pipeline.inputs import InputDataError
+    from pipeline import logs
+    from pipeline.dag import dataset, inputs
+    from pipeline.dag.inputs import InputDataError
 
     config = cli.load_config(args)
     types = dataset.column_types(config)
@@ -143,8 +144,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _retrain(args: argparse.Namespace) -> int:
     from data import spans
-    from pipeline import lock as lock_lib
     from pipeline import logs
+    from pipeline.ops import lock as lock_lib
 
     overrides = cli.run_overrides(args)
     overrides.update({"data.window_spans": args.window_spans, "training.warm_start": args.warm_start})
@@ -222,7 +223,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _last_trained(config):
-    from pipeline import metadata
+    from pipeline.metadata import queries as metadata
 
     store = metadata.open_store(config)
     return metadata.last_trained_run(store, config.pipeline_name) if store else None

@@ -2,8 +2,8 @@
 
 One validator for `mlpipe run`, `mlpipe retrain` and `mlpipe ingest`: the header must name the
 declared columns, and every value must parse as its column's declared type the way ExampleGen
-encodes it (pipeline/typed_csv.py); an empty cell is a missing value. The declared types come from
-pipeline/dataset.py `column_types(config)`, the one function every reader of them calls.
+encodes it (pipeline/dag/typed_csv.py); an empty cell is a missing value. The declared types come from
+pipeline/dag/dataset.py `column_types(config)`, the one function every reader of them calls.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from pipeline.config import ConfigError
 
 MLPIPE_PACKAGES = ("models", "data", "pipeline", "serving")
 SETTINGS_KEY = "mlpipe_model"  # the Transform's and Trainer's custom_config key holding [model]
-PREPROCESSING_SHIM = "pipeline.user_code.preprocessing_fn"
-RUN_SHIM = "pipeline.user_code.run_fn"
+PREPROCESSING_SHIM = "pipeline.dag.user_code.preprocessing_fn"
+RUN_SHIM = "pipeline.dag.user_code.run_fn"
 ORIGINAL_EXPORT = "run_fn_export"  # under the Trainer's model_run dir: what run_fn saved, kept for reference
 ROLES = {"preprocessing_fn": "Transform's", "run_fn": "Trainer's"}
 
@@ -154,7 +154,7 @@ def code_roots(model_config) -> list[Path]:
 
 def code_fingerprint(model_config) -> str:
     """SHA-256 over the user's code and the serving contract, so the cache sees any edit."""
-    from pipeline.pipeline import models_fingerprint
+    from pipeline.dag.pipeline import models_fingerprint
 
     roots = code_roots(model_config)
     if len(roots) == 1 and roots[0].is_dir():

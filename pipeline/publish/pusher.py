@@ -18,12 +18,11 @@ from tfx.components.pusher import component as pusher_component
 from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, component_spec, standard_artifacts, standard_component_specs
+from tfx.types import artifact, artifact_utils, component_spec, standard_artifacts, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from pipeline import serving_assets
-from pipeline.dag.replay_gate import ReplayVerdict
-from pipeline.lock import pid_alive
+from pipeline.ops.lock import pid_alive
+from pipeline.publish import serving_assets
 
 TMP_PREFIX = ".tmp-"
 
@@ -103,6 +102,12 @@ class AtomicPusherExecutor(pusher_executor.Executor):
 
 
 REPLAY_VERDICT_KEY = "replay_verdict"
+
+
+class ReplayVerdict(artifact.Artifact):
+    """The replay gate's verdict (pipeline/dag/replay_gate.py): PASSED, FAILED or SKIPPED, reasons, numbers."""
+
+    TYPE_NAME = "mlpipe.ReplayVerdict"
 
 
 def replay_passed(input_dict: Dict[str, List[types.Artifact]]) -> bool:

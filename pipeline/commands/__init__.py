@@ -1,1 +1,0 @@
-"""One module per `mlpipe` command group; each has `add_parser(subparsers)`."""

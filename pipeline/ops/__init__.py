@@ -1,0 +1,1 @@
+"""Operations on a workspace: run, retrain, compile and the workspace lock."""
