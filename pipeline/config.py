@@ -44,6 +44,11 @@ BEAM_RUNNERS = ("direct", "dataflow", "flink", "spark")
 BEAM_ENVIRONMENTS = ("DOCKER", "LOOPBACK", "PROCESS", "EXTERNAL")
 
 
+def retrain_lock_path(workspace: str | os.PathLike) -> Path:
+    """The workspace lock `mlpipe retrain` holds (pipeline/ops/lock.py), for a workspace given as a path."""
+    return Path(workspace) / ".retrain.lock"
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; ``key`` is its dotted name."""
 
@@ -287,11 +292,51 @@ class Config:
 
     @property
     def serving_model_dir(self) -> Path:
-        return self.workspace_path / "serving_model" / self.model_name
+        return self.serving_dir_of(self.model_name)
+
+    def serving_dir_of(self, model_name: str) -> Path:
+        """serving_model/<name>: where a model's integer version directories are published."""
+        return self.workspace_path / "serving_model" / model_name
 
     @property
     def log_dir(self) -> Path:
         return self.workspace_path / "logs"
+
+    def command_log_path(self, command: str) -> Path:
+        """Where a command's third-party noise goes: <workspace>/logs/<command>.log."""
+        return self.log_dir / f"{command}.log"
+
+    @property
+    def models_config_path(self) -> Path:
+        """TF Serving's ModelServerConfig (labels, version policy), beside serving_model/<name>."""
+        return self.workspace_path / "serving_model" / "models.config"
+
+    @property
+    def traffic_log_root(self) -> Path:
+        """Where `mlpipe serve` logs split traffic (traffic.json experiments), beside models.config."""
+        return self.workspace_path / "serving_model" / "traffic_logs"
+
+    @property
+    def request_log_root(self) -> Path:
+        """`mlpipe serve --request_log_dir`'s default: request logs go to <root>/<model_name>/."""
+        return self.workspace_path / "request_logs"
+
+    @property
+    def request_log_dir(self) -> Path:
+        return self.request_log_root / self.model_name
+
+    @property
+    def retrain_lock_path(self) -> Path:
+        return retrain_lock_path(self.workspace_path)
+
+    @property
+    def monitoring_history_path(self) -> Path:
+        """Every `mlpipe monitor` run's scores (gates --retrain)."""
+        return self.workspace_path / "monitoring" / "history.jsonl"
+
+    def baseline_cache_path(self, version: int | str) -> Path:
+        """The cached training-data baseline of a served version (`mlpipe monitor`)."""
+        return self.workspace_path / "monitoring" / "baselines" / f"{version}.json"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

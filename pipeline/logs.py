@@ -137,3 +137,15 @@ def quiet_stderr(log_path: Path | None) -> Iterator[None]:
         log.close()
         if log_path is not None and log_path.is_file() and log_path.stat().st_size == 0:
             log_path.unlink()  # nothing to keep
+
+
+def command_log(config_file: str | None, workspace: str | None, command: str) -> Path | None:
+    """Where a command's third-party noise goes: <workspace>/logs/<command>.log when the workspace
+    exists (None: nowhere). A bad config is reported by the command itself."""
+    from pipeline import config as config_lib
+
+    try:
+        config = config_lib.load(config_file, {"workspace": workspace})
+    except config_lib.ConfigError:
+        return None
+    return config.command_log_path(command) if config.workspace_path.is_dir() else None

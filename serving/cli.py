@@ -229,9 +229,7 @@ def build_options(args: argparse.Namespace):
         name = args.model_name or cfg.model_name
         if "/" in name or ":" in name:
             raise ServingConfigError(f"--model_name {name!r} must not contain '/' or ':'")
-        base = args.model_base_path or (
-            str(cfg.serving_model_dir) if name == cfg.model_name else str(cfg.workspace_path / "serving_model" / name)
-        )
+        base = args.model_base_path or (str(cfg.serving_dir_of(name)))
         models = [
             ModelEntry(
                 name=name,
@@ -271,7 +269,7 @@ def build_options(args: argparse.Namespace):
     if args.max_num_load_retries < 0:
         raise ServingConfigError(f"--max_num_load_retries must be >= 0, got {args.max_num_load_retries}")
     token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
-    log_root = args.request_log_dir or str(cfg.workspace_path / "request_logs")
+    log_root = args.request_log_dir or str(cfg.request_log_root)
     tags = tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     return ServerOptions(
         models=models,
@@ -346,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    from pipeline.cli import command_log  # the argument parser and config only: no TFX
-    from pipeline.logs import quiet_stderr
+    from pipeline.logs import command_log, quiet_stderr  # the config only: no TFX
 
-    with quiet_stderr(command_log(args, "serve")):  # TF's start-up noise to <workspace>/logs/serve.log
+    with quiet_stderr(
+        command_log(getattr(args, "config", None), getattr(args, "workspace", None), "serve")
+    ):  # TF's start-up noise to <workspace>/logs/serve.log
         return run(args)

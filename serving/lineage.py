@@ -6,7 +6,7 @@ label moves), through mlpipe's registry view: ml_metadata only, no TFX orchestra
 the model's base path: `<workspace>/serving_model/<model>` -> `<workspace>/metadata.sqlite`, or, when
 `mlpipe serve --config` names shared metadata (`[metadata] backend = "mysql"`), in that database.
 Reading MLMD at request time rather than writing a JSON file at push time keeps one home for the
-lineage logic (pipeline/publish/registry.py) and shows what happened after the push.
+lineage logic (pipeline/metadata/lineage.py) and shows what happened after the push.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def mlmd_uuid(version_path: str) -> str | None:
 
 def find_metadata(base_path: str) -> Path | None:
     """`metadata.sqlite` in the workspace holding `base_path` (up to two levels above it)."""
+    from pipeline.config import Config  # the workspace layout: TFX-free
+
     for parent in list(Path(base_path).resolve().parents)[:2]:
-        candidate = parent / "metadata.sqlite"
+        candidate = Config(workspace=str(parent)).metadata_path
         if candidate.is_file():
             return candidate
     return None
@@ -54,8 +56,8 @@ def version_lineage(model_name: str, base_path: str, version: int, shared_metada
             f"{base_path} (the lineage endpoint serves models pushed by an mlpipe pipeline)"
         )
     from pipeline.config import Config
+    from pipeline.metadata import lineage, snapshot
     from pipeline.metadata import queries as mlmd_view  # ml_metadata only: no TFX orchestration
-    from pipeline.publish import registry
 
     store = mlmd_view.open_store(store_path)
     names = [c.name for c in store.get_contexts_by_type("pipeline")] if store is not None else []
@@ -64,25 +66,25 @@ def version_lineage(model_name: str, base_path: str, version: int, shared_metada
     workspace = store_path.parent
     for name in names:
         config = Config(workspace=str(workspace), pipeline_name=name, model_name=model_name)
-        snap = registry.open_snapshot(config)
+        snap = snapshot.open_snapshot(config)
         if snap is None:
             continue
         try:
-            return registry.lineage(snap, version)
-        except registry.RegistryError:
+            return lineage.lineage(snap, version)
+        except snapshot.RegistryError:
             continue
     raise not_found(f"version {version} of model {model_name} was never pushed by a pipeline recorded in {store_path}")
 
 
 def _shared_lineage(config, model_name: str, version: int) -> dict:
-    from pipeline.publish import registry
+    from pipeline.metadata import lineage, snapshot
 
-    snap = registry.open_snapshot(config.replace({"model_name": model_name}))
+    snap = snapshot.open_snapshot(config.replace({"model_name": model_name}))
     if snap is None:
         raise not_found(f"the shared ML Metadata database has no run of pipeline {config.pipeline_name} yet")
     try:
-        return registry.lineage(snap, version)
-    except registry.RegistryError:
+        return lineage.lineage(snap, version)
+    except snapshot.RegistryError:
         raise not_found(
             f"version {version} of model {model_name} was never pushed by pipeline {config.pipeline_name}"
         ) from None

@@ -1,6 +1,7 @@
 """The import-layer contract (pyproject.toml [tool.importlinter], docs/architecture.md) holds, and fails on an
 upward import: `lint-imports` is what `make lint` (and so `make test` and CI) runs."""
 
+import ast
 import os
 import shutil
 import subprocess
@@ -46,3 +47,56 @@ def test_serving_importing_the_pipeline_breaks_the_contract(tmp_path):
     result = _lint_imports(root)
     assert result.returncode != 0
     assert "serving.inference -> pipeline.ops.runner" in result.stdout
+
+
+# The workspace layout's names: each path under a workspace is built by pipeline/config.py (Config's
+# properties), never joined by hand elsewhere.
+WORKSPACE_NAMES = {
+    "request_logs",
+    "serving_model",
+    ".retrain.lock",
+    "models.config",
+    "traffic_logs",
+    "metadata.sqlite",
+    "pipeline_root",
+    "logs",
+    "monitoring",
+    "baselines",
+    "history.jsonl",
+}
+# serving/traffic.py: a stock TF-Serving-style server has no workspace, only --model_config_file; its
+# traffic logs default to traffic_logs/ beside that file (Config.traffic_log_root is the same place).
+NOT_WORKSPACE_PATHS = {("serving/traffic.py", "traffic_logs")}
+
+
+def _hand_built_workspace_paths(root: Path) -> list[str]:
+    found = []
+    for path in sorted([*root.glob("pipeline/**/*.py"), *root.glob("serving/**/*.py")]):
+        rel = path.relative_to(root).as_posix()
+        if rel == "pipeline/config.py" or rel.startswith("pipeline/templates/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            operands = []
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+                operands = [node.left, node.right]
+            elif isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in ("join", "Path", "joinpath", "with_name"):
+                    operands = node.args
+            for op in operands:
+                if isinstance(op, ast.Constant) and isinstance(op.value, str):
+                    name = op.value.strip("/")
+                    if name in WORKSPACE_NAMES and (rel, name) not in NOT_WORKSPACE_PATHS:
+                        found.append(f"{rel}:{node.lineno}: {op.value!r}")
+    return found
+
+
+def test_every_workspace_path_comes_from_the_config_object():
+    assert _hand_built_workspace_paths(ROOT) == []
+
+
+def test_a_hand_built_workspace_path_is_found(tmp_path):
+    root = _copy_tree(tmp_path)
+    with open(root / "pipeline" / "ops" / "runner.py", "a") as f:
+        f.write('\n\ndef _logs(config):\n    return config.workspace_path / "request_logs"\n')
+    assert [line.split(":", 1)[0] for line in _hand_built_workspace_paths(root)] == ["pipeline/ops/runner.py"]

@@ -23,7 +23,7 @@ from models import model as model_lib
 from pipeline.config import Config
 from pipeline.dag import pipeline as pipeline_lib
 from pipeline.metadata import queries as metadata
-from pipeline.publish import pusher
+from pipeline.publish import atomic
 from tests.conftest import FAST_FLAGS, run_cli
 
 PIPELINE = Config().pipeline_name
@@ -356,7 +356,7 @@ def test_sigkill_during_the_push_copy_leaves_no_partial_version(first_run, taxi_
         while partial is None:
             assert proc.poll() is None, (tmp_path / "killed-run.out").read_text()
             assert time.monotonic() < deadline, "the Pusher's copy was never seen"
-            partial = next((p for p in os.listdir(base) if p.startswith(pusher.TMP_PREFIX)), None)
+            partial = next((p for p in os.listdir(base) if p.startswith(atomic.TMP_PREFIX)), None)
             if partial is None:
                 time.sleep(0.002)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -375,7 +375,7 @@ def test_sigkill_during_the_push_copy_leaves_no_partial_version(first_run, taxi_
     assert "Result: BLESSED and pushed as version" in out
     (new,) = [v for v in versions(workspace) if v not in before]
     assert new.isdigit() and (base / new / "saved_model.pb").is_file()
-    assert not [p for p in os.listdir(base) if p.startswith(pusher.TMP_PREFIX)]  # the leftover was removed
+    assert not [p for p in os.listdir(base) if p.startswith(atomic.TMP_PREFIX)]  # the leftover was removed
     # The pushed copy is whole: it loads and answers.
     loaded = tf.saved_model.load(str(base / new))
     assert model_lib.SERVING_DEFAULT in loaded.signatures

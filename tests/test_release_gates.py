@@ -37,7 +37,7 @@ def run_id_of(out: str) -> str:
 
 def gates(ws: Path, run_id: str) -> dict:
     from pipeline.metadata import queries as metadata
-    from pipeline.publish import verdicts
+    from pipeline.metadata import verdicts
 
     store = metadata.open_store(ws / "metadata.sqlite")
     return {g["gate"]: g for g in verdicts.gate_results(store, run_id)}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from data import taxi_sample
+from pipeline.config import retrain_lock_path
 from pipeline.metadata import queries as metadata
 from pipeline.ops import lock as lock_lib
 from tests.conftest import run_cli
@@ -123,7 +124,7 @@ def replay(tmp_path_factory):
             start_new_session=True,
         )
     try:
-        lock_path = workspace / lock_lib.LOCK_FILE
+        lock_path = retrain_lock_path(workspace)
         deadline = time.monotonic() + 300
         while lock_lib.read_holder(lock_path).get("pid") != proc.pid:
             assert proc.poll() is None and time.monotonic() < deadline, "the subprocess retrain never took the lock"
@@ -143,7 +144,7 @@ def replay(tmp_path_factory):
             proc.wait(30)
     seen["killed_code"] = proc.returncode
     seen["versions_after_kill"] = serving_versions(workspace)
-    seen["lock_after_kill"] = lock_lib.read_holder(workspace / lock_lib.LOCK_FILE)
+    seen["lock_after_kill"] = lock_lib.read_holder(retrain_lock_path(workspace))
     seen["run3"] = run_cli("retrain", *common)
     seen["runs"] = completed_runs(workspace)
     return seen

@@ -16,6 +16,7 @@ import pytest
 
 from data import spans
 from models import features
+from pipeline.config import retrain_lock_path
 from pipeline.ops import lock as lock_lib
 from tests.conftest import run_cli
 
@@ -170,7 +171,7 @@ def test_lock_is_exclusive_and_bounded_wait(tmp_path):
             assert time.monotonic() - started > 0.5
             assert held.stale == {}  # it released cleanly
             assert lock_lib.read_holder(held.path)["pid"] == os.getpid()
-        assert lock_lib.read_holder(tmp_path / lock_lib.LOCK_FILE) == {}
+        assert lock_lib.read_holder(retrain_lock_path(tmp_path)) == {}
     finally:
         holder.join(10)
 
@@ -183,9 +184,11 @@ def test_lock_of_killed_holder_is_recovered(tmp_path):
     assert ready.wait(20)
     os.kill(holder.pid, signal.SIGKILL)
     holder.join(10)
+    from pipeline.publish.atomic import pid_alive
+
     held = lock_lib.acquire(tmp_path, wait_seconds=5)
     try:
-        assert held.stale["pid"] == holder.pid and not lock_lib.pid_alive(holder.pid)
+        assert held.stale["pid"] == holder.pid and not pid_alive(holder.pid)
     finally:
         lock_lib.release(held)
 
@@ -213,7 +216,7 @@ def make_model_dir(path: Path, files: int = 5) -> Path:
 
 
 def test_atomic_push_never_exposes_a_partial_version(tmp_path, monkeypatch):
-    from pipeline.publish import pusher
+    from pipeline.publish import atomic
 
     model = make_model_dir(tmp_path / "model")
     base = tmp_path / "serving"
@@ -228,28 +231,28 @@ def test_atomic_push_never_exposes_a_partial_version(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shutil, "copy2", dying_copy)
     with pytest.raises(KeyboardInterrupt):
-        pusher.atomic_push(str(model), str(base))
+        atomic.atomic_push(str(model), str(base))
     monkeypatch.setattr(shutil, "copy2", real_copy)
     assert [p.name for p in base.iterdir() if not p.name.startswith(".")] == []  # no version visible
     assert [p.name for p in base.iterdir() if p.name.startswith(".tmp-")]  # the partial copy is hidden
 
-    version, path = pusher.atomic_push(str(model), str(base))
+    version, path = atomic.atomic_push(str(model), str(base))
     assert sorted(p.name for p in base.iterdir()) == [version]  # stale temp dir cleaned
     assert (Path(path) / "saved_model.pb").read_bytes() == b"model"
     assert len(list((Path(path) / "variables").iterdir())) == 5
-    version2, _ = pusher.atomic_push(str(model), str(base))
+    version2, _ = atomic.atomic_push(str(model), str(base))
     assert int(version2) > int(version)  # same second: still a new, higher version
 
 
 def test_push_leaves_a_live_process_temp_dir_alone(tmp_path):
-    from pipeline.publish import pusher
+    from pipeline.publish import atomic
 
     base = tmp_path / "serving"
     live = base / f".tmp-123-{os.getppid()}"  # our parent is alive: a push in progress elsewhere
     dead = base / ".tmp-124-999999999"
     live.mkdir(parents=True)
     dead.mkdir()
-    assert pusher.clean_stale_tmp_dirs(str(base)) == [dead.name]
+    assert atomic.clean_stale_tmp_dirs(str(base)) == [dead.name]
     assert live.is_dir() and not dead.exists()
 
 

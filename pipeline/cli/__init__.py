@@ -216,13 +216,10 @@ def _command_registrars():
 
 
 def command_log(args: argparse.Namespace, command: str | None = None) -> Path | None:
-    """Where a command's third-party noise goes: <workspace>/logs/<command>.log when the workspace
-    exists (None: nowhere). A bad config is reported by the command itself."""
-    try:
-        config = config_lib.load(getattr(args, "config", None), {"workspace": getattr(args, "workspace", None)})
-    except config_lib.ConfigError:
-        return None
-    return config.log_dir / f"{command or args.command}.log" if config.workspace_path.is_dir() else None
+    """Where a command's third-party noise goes (pipeline/logs.py command_log)."""
+    from pipeline import logs
+
+    return logs.command_log(getattr(args, "config", None), getattr(args, "workspace", None), command or args.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,8 @@ def add_parser(subparsers) -> None:
 
 
 def _bless(args: argparse.Namespace) -> int:
+    from pipeline.metadata.snapshot import RegistryError
     from pipeline.publish import force
-    from pipeline.publish.registry import RegistryError
 
     if not args.force:
         raise cli.CommandError("bless only overrides a verdict: pass --force (and --reason TEXT)", cli.EXIT_USAGE)

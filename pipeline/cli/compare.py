@@ -45,7 +45,7 @@ def _compare(args: argparse.Namespace) -> int:
     from pipeline.monitoring import compare
 
     config = cli.load_config(args)
-    root = Path(args.log_dir) if args.log_dir else config.serving_model_dir.parent / "traffic_logs"
+    root = Path(args.log_dir) if args.log_dir else config.traffic_log_root
     since = time.time() - _duration(args.since) if args.since else None
     try:
         report = compare.compare(root / config.model_name, since, args.slice)

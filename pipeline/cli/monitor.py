@@ -97,7 +97,7 @@ def _monitor(args: argparse.Namespace) -> int:
                 since = until - monitoring.parse_duration(config.monitoring.window)
             except monitoring.MonitorError as e:
                 raise monitoring.MonitorError(f"config error: monitoring.window: {e}") from None
-        log_root = Path(args.log_dir) if args.log_dir else config.workspace_path / "request_logs"
+        log_root = Path(args.log_dir) if args.log_dir else config.request_log_root
         report = monitoring.monitor(config, since, until, log_root / config.model_name, args.version, now=now)
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
@@ -151,7 +151,8 @@ def _evaluate(args: argparse.Namespace, config) -> int:
 
 def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=None) -> int:
     """Writes the HTML page, notifies, retrains, prints; returns the exit code."""
-    from pipeline import logs, monitoring
+    from pipeline import logs
+    from pipeline.cli import actions
 
     if args.html and html is not None:
         try:
@@ -161,7 +162,7 @@ def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=N
         data["html"] = str(Path(args.html).resolve())
     data["notified"] = None
     if data["alert"] and not args.no_notify and (config.monitoring.alert_command or config.monitoring.webhook_url):
-        data["notified"] = monitoring.notify(config, {k: v for k, v in data.items() if k != "notified"})
+        data["notified"] = actions.notify(config, {k: v for k, v in data.items() if k != "notified"})
         for channel, outcome in data["notified"].items():
             if outcome is not None and not outcome["ok"]:
                 print(
@@ -172,7 +173,7 @@ def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=N
     if args.retrain and data["retrain_wanted"]:
         if not args.json:
             print("mlpipe: alert: starting `mlpipe retrain`", flush=True)
-        data["retrain"] = monitoring.start_retrain(config, args.config)
+        data["retrain"] = actions.start_retrain(config, args.config)
         if on_retrain is not None:
             on_retrain(data["retrain"])
     if args.json:

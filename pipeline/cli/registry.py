@@ -9,22 +9,29 @@ import argparse
 import json
 
 from pipeline import cli
-from pipeline.publish import promotion, registry
+from pipeline.metadata import lineage as lineage_lib
+from pipeline.metadata import runs as runs_lib
+from pipeline.metadata import snapshot as snapshot_lib
+from pipeline.metadata import thresholds
+from pipeline.metadata import versions as versions_lib
+from pipeline.publish import promotion
+from pipeline.publish import rollback as rollback_lib
+from pipeline.publish import versions as on_disk
 
 
 def _snapshot(args: argparse.Namespace):
     config = cli.load_config(args)
-    return config, registry.open_snapshot(config)
+    return config, snapshot_lib.open_snapshot(config)
 
 
 def _nothing_yet(config, args: argparse.Namespace, empty: dict, snap=None) -> int:
-    runs = registry.list_runs(snap) if snap is not None else []
+    runs = runs_lib.list_runs(snap) if snap is not None else []
     if args.json:
         print(json.dumps({"workspace": str(config.workspace_path), **empty}, indent=2))
     elif runs:  # runs, but none pushed: say so, not "nothing has run"
         print(
             f"mlpipe: nothing pushed yet: {len(runs)} run(s) in {config.workspace_path}, none pushed a model "
-            f"(newest: {registry.describe_run(runs[0])}); `mlpipe runs` lists them"
+            f"(newest: {runs_lib.describe_run(runs[0])}); `mlpipe runs` lists them"
         )
     else:
         print(f"mlpipe: nothing yet: no pipeline has run in {config.workspace_path} (start with `mlpipe run`)")
@@ -41,7 +48,7 @@ def _guard(handler):
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except registry.RegistryError as e:
+        except snapshot_lib.RegistryError as e:
             raise cli.CommandError(str(e), e.code) from None
 
     return run
@@ -52,7 +59,7 @@ def _guard(handler):
 
 def _runs(args: argparse.Namespace) -> int:
     config, snap = _snapshot(args)
-    rows = registry.list_runs(snap) if snap is not None else []
+    rows = runs_lib.list_runs(snap) if snap is not None else []
     if not rows:
         return _nothing_yet(config, args, {"runs": []})
     if args.json:
@@ -63,7 +70,7 @@ def _runs(args: argparse.Namespace) -> int:
         spans = ",".join(map(str, row["spans"])) or "-"
         print(
             f"{row['run_id']:<28} {row['started'] or '-':<26} {row['seconds']:>8.1f}  {spans:<6} "
-            f"{registry.describe_run(row)}"
+            f"{runs_lib.describe_run(row)}"
         )
     return cli.EXIT_OK
 
@@ -79,11 +86,11 @@ def _serving_line(serving: dict) -> str:
 
 def _models(args: argparse.Namespace) -> int:
     config, snap = _snapshot(args)
-    records = registry.list_models(snap) if snap is not None else []
-    serving = registry.serving_state(config)
+    records = versions_lib.list_models(snap) if snap is not None else []
+    serving = on_disk.serving_state(config)
     if not records and not serving["versions_on_disk"]:
         return _nothing_yet(config, args, {"serving": serving, "versions": [], "refused": []}, snap)
-    refused = registry.refused_candidates(snap) if snap is not None else []
+    refused = runs_lib.refused_candidates(snap) if snap is not None else []
     if args.json:
         _dump({"workspace": str(config.workspace_path), "serving": serving, "versions": records, "refused": refused})
         return cli.EXIT_OK
@@ -116,22 +123,22 @@ def _models(args: argparse.Namespace) -> int:
         baseline = r["baseline"]
         print(f"  baseline: {('version ' + str(baseline['version'])) if baseline and baseline['version'] else 'none'}")
         for check in r["checks"]:
-            print(f"  {registry.describe_check(check)}")
+            print(f"  {thresholds.describe_check(check)}")
         _print_gates(r, "  ")
     for r in refused:
         baseline = r["baseline"]
         against = f"version {baseline['version']}" if baseline and baseline["version"] else "no baseline"
         print(f"refused: run {r['run_id']} (compared with {against})")
         for check in r["failed_checks"]:
-            print(f"  {registry.describe_check(check)}")
+            print(f"  {thresholds.describe_check(check)}")
         _print_gates(r, "  ")
     print(_serving_line(serving))
     return cli.EXIT_OK
 
 
 def _print_gates(record: dict, indent: str) -> None:
-    """The verdict, the infra and replay gates and any `bless --force` (pipeline/publish/verdicts.py)."""
-    from pipeline.publish import verdicts
+    """The verdict, the infra and replay gates and any `bless --force` (pipeline/metadata/verdicts.py)."""
+    from pipeline.metadata import verdicts
 
     if record.get("verdict"):
         print(f"{indent}verdict: {record['verdict']}")
@@ -165,7 +172,7 @@ def _lineage(args: argparse.Namespace) -> int:
             f"no pipeline has run in {config.workspace_path} yet: no version {args.version}", cli.EXIT_USAGE
         )
     if args.span is not None:
-        versions = registry.versions_trained_on_span(snap, args.span)
+        versions = versions_lib.versions_trained_on_span(snap, args.span)
         if args.json:
             _dump({"span": args.span, "versions": versions})
         elif versions:
@@ -173,7 +180,7 @@ def _lineage(args: argparse.Namespace) -> int:
         else:
             print(f"No pushed version was trained on span {args.span}")
         return cli.EXIT_OK
-    chain = registry.lineage(snap, args.version)
+    chain = lineage_lib.lineage(snap, args.version)
     if args.json:
         _dump(chain)
         return cli.EXIT_OK
@@ -196,7 +203,7 @@ def _lineage(args: argparse.Namespace) -> int:
         f"     baseline: {('version ' + str(base['version']) + ' (model ' + str(base['model_id']) + ')') if base else 'none'}"
     )
     for check in ev["checks"]:
-        print(f"     {registry.describe_check(check)}")
+        print(f"     {thresholds.describe_check(check)}")
     _print_gates({"verdict": ev.get("verdict"), "gates": chain.get("gates", [])}, "     ")
     m = chain["model"]
     print(f"  <- Model {m['uri']} from Trainer {_exec_line(m['trainer'])}")
@@ -230,7 +237,7 @@ def _lineage(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     config = cli.load_config(args)
-    result = registry.rollback(config, args.to, args.reason, dry_run=args.dry_run)
+    result = rollback_lib.rollback(config, args.to, args.reason, dry_run=args.dry_run)
     result["label_moves"] = promotion.after_rollback(config, result)
     if args.json:
         _dump(result)
@@ -254,9 +261,9 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _label_state(config) -> dict:
-    serving = registry.serving_state(config)
+    serving = on_disk.serving_state(config)
     return {
-        "model_config_file": str(registry.models_config_path(config)),
+        "model_config_file": str(on_disk.models_config_path(config)),
         "labels": serving["labels"],
         "latest": serving["latest"],
         "loaded": serving["loaded"],

@@ -1,14 +1,12 @@
 """mlpipe's own pipeline pieces: the anomalies gate and the baseline-model resolver strategy."""
 # No `from __future__ import annotations`: TFX's @component reads the annotations as types.
 
-import os
 from typing import Dict, List
 
-from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes per split
+from pipeline.metadata import artifacts
 
 
 class DataAnomaliesError(RuntimeError):
@@ -16,23 +14,10 @@ class DataAnomaliesError(RuntimeError):
 
 
 def read_anomalies(anomalies_artifact) -> Dict[str, List[str]]:
-    """Returns {split: ["feature 'x': description", ...]} for an ExampleAnomalies artifact."""
-    found: Dict[str, List[str]] = {}
-    for split in artifact_utils.decode_split_names(anomalies_artifact.split_names):
-        path = os.path.join(artifact_utils.get_split_uri([anomalies_artifact], split), ANOMALIES_FILE)
-        anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as f:
-            anomalies.ParseFromString(f.read())
-        lines = [
-            f"feature '{name}': {info.description or info.short_description}"
-            for name, info in sorted(anomalies.anomaly_info.items())
-        ]
-        if anomalies.HasField("dataset_anomaly_info"):
-            info = anomalies.dataset_anomaly_info
-            lines.append(f"dataset: {info.description or info.short_description}")
-        if lines:
-            found[split] = lines
-    return found
+    """Returns {split: ["feature 'x': description", ...]} for an ExampleAnomalies artifact, splits with any."""
+    splits = artifact_utils.decode_split_names(anomalies_artifact.split_names)
+    found = artifacts.read_anomalies(anomalies_artifact.uri, splits, required=True)
+    return {split: lines for split, lines in found.items() if lines}
 
 
 def format_anomalies(found: Dict[str, List[str]]) -> str:

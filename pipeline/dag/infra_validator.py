@@ -5,7 +5,7 @@ the Pusher would push it and loaded by serving's ModelManager (pipeline/dag/load
 same warm-up), then every signature answers real eval-split examples, one request each, through
 serving/inference.py. The result is TFX's InfraBlessing (custom property `blessed`, file
 INFRA_BLESSED or INFRA_NOT_BLESSED, as InfraValidator writes it), which the Pusher requires.
-mlpipe also records `verdict`, `reasons` and `numbers` on it (pipeline/publish/verdicts.py reads them).
+mlpipe also records `verdict`, `reasons` and `numbers` on it (pipeline/metadata/verdicts.py reads them).
 """
 # No `from __future__ import annotations`: TFX's @component reads the annotations as types.
 

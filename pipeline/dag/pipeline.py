@@ -1,7 +1,13 @@
-"""The TFX pipeline definition: one function from Config to a tfx Pipeline."""
+"""The TFX pipeline definition: one function, create_pipeline(config, target), to a tfx Pipeline.
+
+`target` holds what differs where the pipeline runs (like TFX's taxi template, whose local and Kubeflow
+runners call one create_pipeline): the artifact root, where ExampleGen reads and the Pusher writes, and
+the Evaluator's baseline resolver. Left out, it is this machine's workspace (local_target).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -18,7 +24,6 @@ from pipeline.dag.dataset import column_types
 from pipeline.dag.infra_validator import InfraValidator
 from pipeline.dag.inputs import CSV_PATTERN
 from pipeline.dag.typed_csv import TypedCsvExampleGen
-from pipeline.publish import serving_assets
 from pipeline.publish.pusher import AtomicPusher
 
 MODELS_DIR = Path(features.__file__).resolve().parent
@@ -42,6 +47,27 @@ COMPONENT_ORDER = (
 # Node ids added in the span layout (before Transform) and with training.warm_start (before Trainer).
 WINDOW_RESOLVER = "span_window_resolver"
 WARM_START_RESOLVER = "warm_start_model_resolver"
+BASELINE_RESOLVER = "latest_blessed_model_resolver"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What differs between where the pipeline runs: this machine, or a cluster (pipeline/ops/deploy.py)."""
+
+    pipeline_root: str
+    data_root: str  # ExampleGen's input_base
+    serving_model_dir: str  # the Pusher's filesystem destination
+    # The Evaluator's baseline: mlpipe's BaselineModelStrategy (never the candidate itself) locally; KFP v2
+    # compiles only TFX's built-in strategies, so a cluster uses LatestBlessedModelStrategy (docs/scale-out.md).
+    exclude_candidate_from_baseline: bool = True
+
+
+def local_target(config: Config) -> Target:
+    return Target(
+        pipeline_root=str(config.pipeline_root),
+        data_root=str(Path(config.data.root).resolve()),
+        serving_model_dir=str(config.serving_model_dir),
+    )
 
 
 class SpanWindowStrategy(tfx.dsl.experimental.SpanRangeStrategy):
@@ -143,15 +169,15 @@ def release_gates(config: Config, trainer, example_gen, request_log_dir: str) ->
     return infra, replay
 
 
-def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
+def create_pipeline(config: Config, target: Target | None = None) -> tfx.dsl.Pipeline:
+    target = target or local_target(config)
     fingerprint = user_code.code_fingerprint(config.model)
     model_settings = user_code.settings(config.model)
-    data_root = Path(config.data.root).resolve()
     # Span layout (data/spans.py): ExampleGen ingests the newest span each run; flat: every *.csv.
-    use_spans = spans.uses_spans(data_root)
+    use_spans = spans.uses_spans(Path(config.data.root).resolve())
     example_gen = TypedCsvExampleGen(  # CsvExampleGen with declared column types
         column_types=column_types(config),
-        input_base=str(data_root),
+        input_base=target.data_root,
         input_config=tfx.proto.Input(
             splits=[
                 tfx.proto.Input.Split(name="single_split", pattern=spans.SPAN_PATTERN if use_spans else CSV_PATTERN)
@@ -234,19 +260,27 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         },
         **trainer_inputs,
     )
-    baseline_resolver = tfx.dsl.Resolver(
-        strategy_class=BaselineModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        candidate=trainer.outputs["model"],
-    ).with_id("latest_blessed_model_resolver")
+    if target.exclude_candidate_from_baseline:
+        baseline_resolver = tfx.dsl.Resolver(
+            strategy_class=BaselineModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+            candidate=trainer.outputs["model"],
+        ).with_id(BASELINE_RESOLVER)
+    else:
+        baseline_resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id(BASELINE_RESOLVER)
+        baseline_resolver.add_upstream_node(trainer)  # same node order as locally
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline_resolver.outputs["model"],
         eval_config=eval_config(config),
     )
-    request_log_dir = serving_assets.request_log_dir(config)
+    request_log_dir = str(config.request_log_dir)
     infra_validator, replay = release_gates(config, trainer, example_gen, request_log_dir)
     for gate in (infra_validator, replay):
         if gate is not None:  # after the Evaluator, so the run's order reads gate by gate
@@ -257,14 +291,14 @@ def create_pipeline(config: Config) -> tfx.dsl.Pipeline:
         infra_blessing=infra_validator.outputs["blessing"] if infra_validator else None,
         replay_verdict=replay.outputs["verdict"] if replay else None,
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(config.serving_model_dir))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=target.serving_model_dir)
         ),
         # warm-up requests from logged traffic (pipeline/publish/serving_assets.py)
         custom_config={"request_log_dir": request_log_dir},
     ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
-        pipeline_root=str(config.pipeline_root),
+        pipeline_root=target.pipeline_root,
         components=[
             c
             for c in (

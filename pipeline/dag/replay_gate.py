@@ -32,13 +32,14 @@ def champion(workspace: str, model_name: str) -> Tuple[Optional[int], str]:
     Read when the gate runs, not when the pipeline is built: a cached gate is one whose candidate
     was judged already (the gate runs again when the candidate changes)."""
     from pipeline.config import Config
-    from pipeline.publish import registry
+    from pipeline.metadata.snapshot import RegistryError
+    from pipeline.publish import versions as registry
 
     config = Config(workspace=workspace, model_name=model_name)
     on_disk = registry.serving_versions(config)
     try:
         labelled = registry.read_labels(config).get(CHAMPION_LABEL)
-    except registry.RegistryError:
+    except RegistryError:
         labelled = None
     version = labelled if labelled in on_disk else (on_disk[-1] if on_disk else None)
     return version, str(config.serving_model_dir / str(version)) if version is not None else ""

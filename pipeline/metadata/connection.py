@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from ml_metadata.proto import metadata_store_pb2
@@ -174,3 +175,15 @@ class redacting:
             for handler in logger.handlers:
                 handler.removeFilter(self)
         return False
+
+
+def retry_on_lock(action, attempts: int = 5, delay: float = 1.0):
+    """Runs `action`, retrying while another process holds the store's write lock (a pipeline run writing
+    SQLite at the same moment); MLMD raises its own error types, so the message says "lock" or "busy"."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as e:
+            if "lock" not in str(e).lower() and "busy" not in str(e).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (attempt + 1))

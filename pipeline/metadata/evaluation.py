@@ -57,29 +57,14 @@ def overall_metrics(eval_uri: str) -> dict[tuple[str, str, bool], float]:
 
 
 def threshold_checks(eval_uri: str, config: EvaluationConfig) -> list[ThresholdCheck]:
-    values = overall_metrics(eval_uri)
-    has_baseline = any(model == "baseline" for _, model, _ in values)
-    candidate = "candidate" if has_baseline else ""
+    """The config's thresholds (metadata/thresholds.py, the same rules the registry reads back from MLMD)
+    against the Evaluator's output."""
+    from pipeline.metadata import thresholds
 
-    value = values.get((config.value_metric, candidate, False))
-    checks = [
-        ThresholdCheck(
-            metric=config.value_metric,
-            kind="value",
-            value=value,
-            bound=config.value_lower_bound,
-            passed=None if value is None else value >= config.value_lower_bound,
-        )
+    checks = thresholds.check_rules(thresholds.rules_from_config(config), overall_metrics(eval_uri))
+    return [
+        ThresholdCheck(c["metric"], c["kind"], c["value"], c["bound"], c["baseline_value"], c["passed"]) for c in checks
     ]
-    change_value = values.get((config.change_metric, candidate, False))
-    baseline = values.get((config.change_metric, "baseline", False)) if has_baseline else None
-    if baseline is None:
-        checks.append(ThresholdCheck(config.change_metric, "change", change_value, None))
-    else:
-        bound = baseline - config.change_tolerance
-        passed = change_value is not None and change_value >= bound
-        checks.append(ThresholdCheck(config.change_metric, "change", change_value, bound, baseline, passed))
-    return checks
 
 
 def validation_failures(eval_uri: str) -> list[str]:

@@ -107,29 +107,62 @@ def run_executions(
     ]
 
 
+# --- The one walk over MLMD events: the registry's Snapshot and the live-store queries below both use it.
+
+Event = metadata_store_pb2.Event
+INPUT_EVENTS = (Event.INPUT, Event.DECLARED_INPUT)
+OUTPUT_EVENTS = (Event.OUTPUT, Event.DECLARED_OUTPUT)
+
+
+def event_key(event: metadata_store_pb2.Event) -> str:
+    """The channel key (e.g. "examples", "model") an event connects its artifact through."""
+    return event.path.steps[0].key if event.path.steps else ""
+
+
+def group_events(
+    events: Iterable[metadata_store_pb2.Event], event_types: Iterable[int]
+) -> dict[int, dict[str, list[int]]]:
+    """{execution id: {channel key: [artifact ids]}} of the events of the given types, in event order."""
+    wanted = set(event_types)
+    grouped: dict[int, dict[str, list[int]]] = {}
+    for event in events:
+        if event.type in wanted:
+            grouped.setdefault(event.execution_id, {}).setdefault(event_key(event), []).append(event.artifact_id)
+    return grouped
+
+
+def training_examples(trainer: int | None, inputs_of, producer_of, node_of) -> list:
+    """The Examples a Trainer execution's input was derived from (through Transform), or its direct input.
+
+    `inputs_of(execution, key)` -> artifacts, `producer_of(artifact)` -> execution or None and
+    `node_of(execution)` -> node id read either a Snapshot or the live store."""
+    if trainer is None:
+        return []
+    found = []
+    for transformed in inputs_of(trainer, "examples"):
+        transform = producer_of(transformed)
+        if transform is not None and node_of(transform) == "Transform":
+            found += inputs_of(transform, "examples")
+        else:
+            found.append(transformed)
+    return list({a.id: a for a in found}.values())
+
+
 def artifacts_by_key(
     store: mlmd.MetadataStore, execution_id: int, event_types: Iterable[int]
 ) -> dict[str, list[metadata_store_pb2.Artifact]]:
     """{channel key: artifacts} of one execution's events of the given types (INPUT, OUTPUT)."""
-    wanted = set(event_types)
-    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in wanted]
-    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    result: dict[str, list[metadata_store_pb2.Artifact]] = {}
-    for event in events:
-        key = event.path.steps[0].key if event.path.steps else ""
-        if event.artifact_id in artifacts:
-            result.setdefault(key, []).append(artifacts[event.artifact_id])
-    return result
+    ids = group_events(store.get_events_by_execution_ids([execution_id]), event_types).get(execution_id, {})
+    artifacts = artifacts_by_id(store, [a for found in ids.values() for a in found])
+    return {key: [artifacts[a] for a in found if a in artifacts] for key, found in ids.items()}
 
 
 def outputs(store: mlmd.MetadataStore, execution_id: int) -> dict[str, list[metadata_store_pb2.Artifact]]:
-    Event = metadata_store_pb2.Event
-    return artifacts_by_key(store, execution_id, (Event.OUTPUT, Event.DECLARED_OUTPUT))
+    return artifacts_by_key(store, execution_id, OUTPUT_EVENTS)
 
 
 def inputs(store: mlmd.MetadataStore, execution_id: int) -> dict[str, list[metadata_store_pb2.Artifact]]:
-    Event = metadata_store_pb2.Event
-    return artifacts_by_key(store, execution_id, (Event.INPUT, Event.DECLARED_INPUT))
+    return artifacts_by_key(store, execution_id, INPUT_EVENTS)
 
 
 def custom_property(item, name: str, default=None):
@@ -141,7 +174,7 @@ def custom_property(item, name: str, default=None):
     return getattr(value, kind) if kind else default
 
 
-# --- Registry queries (mlpipe runs/models/lineage/rollback); see pipeline/publish/registry.py. ---
+# --- Registry queries (mlpipe runs/models/lineage/rollback); see pipeline/metadata/ (snapshot, runs, versions, lineage). ---
 
 ROLLBACK_EXECUTION_TYPE = "mlpipe.Rollback"
 FORCED_BLESSING_EXECUTION_TYPE = "mlpipe.ForcedBlessing"  # `mlpipe bless --force` (pipeline/publish/force.py)
@@ -255,25 +288,30 @@ def store_initialized(target: "Config | str | Path") -> bool:
 
 def producer_execution_id(store: mlmd.MetadataStore, artifact_id: int) -> int | None:
     """The id of the execution that output the artifact, or None."""
-    Event = metadata_store_pb2.Event
     for event in store.get_events_by_artifact_ids([artifact_id]):
-        if event.type in (Event.OUTPUT, Event.DECLARED_OUTPUT):
+        if event.type in OUTPUT_EVENTS:
             return event.execution_id
     return None
 
 
+def span_of(artifact: metadata_store_pb2.Artifact) -> int:
+    """The span of an Examples artifact (its `span` property, which ExampleGen sets), 0 when unset."""
+    return int(prop(artifact, "span", 0) or 0)
+
+
 def examples_spans(artifacts: Iterable[metadata_store_pb2.Artifact]) -> list[int]:
-    """The `span` custom properties of Examples artifacts (CsvExampleGen sets them), ascending."""
-    return sorted({int(custom_property(a, "span", 0)) for a in artifacts})
+    """The distinct spans of Examples artifacts, ascending."""
+    return sorted({span_of(a) for a in artifacts})
 
 
 def trainer_spans(store: mlmd.MetadataStore, trainer_execution_id: int) -> list[int]:
     """Spans a Trainer execution trained on: the raw Examples behind its transformed examples."""
-    raw = []
-    for transformed in inputs(store, trainer_execution_id).get("examples", []):
-        producer = producer_execution_id(store, transformed.id)
-        if producer is not None:
-            raw.extend(inputs(store, producer).get("examples", []))
+    raw = training_examples(
+        trainer_execution_id,
+        lambda execution, key: inputs(store, execution).get(key, []),
+        lambda artifact: producer_execution_id(store, artifact.id),
+        lambda execution: store.get_executions_by_id([execution])[0].type.rsplit(".", 1)[-1],
+    )
     return examples_spans(raw)
 
 

@@ -12,7 +12,8 @@ per slice, a two-sample test whose p-value accounts for the window's size, plus 
 Every run's scores go to the workspace's history (history.py), which gates `--retrain`.
 
 Modules: window (times, MonitorError), traffic, baseline, stats, tfdv_checks, check (the run),
-report (table, HTML), history, actions (hooks, retrain), evaluate (`--evaluate`).
+report (table, HTML), history, evaluate (`--evaluate`). What an alert sets off (the alert command, the
+webhook, `mlpipe retrain`) starts processes, so it lives in the CLI: pipeline/cli/actions.py.
 """
 
 from pipeline.dag.tfdv_checks import (
@@ -22,7 +23,6 @@ from pipeline.dag.tfdv_checks import (
     statistics_of,
     threshold_for,
 )
-from pipeline.monitoring.actions import notify, start_retrain
 from pipeline.monitoring.baseline import TrainingData, training_data
 from pipeline.monitoring.check import Report, monitor
 from pipeline.monitoring.evaluate import evaluate
@@ -42,11 +42,9 @@ __all__ = [
     "iso_seconds",
     "monitor",
     "monitoring_schema",
-    "notify",
     "parse_duration",
     "parse_time",
     "read_traffic",
-    "start_retrain",
     "statistics_of",
     "table",
     "threshold_for",

@@ -21,12 +21,12 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.metadata import queries as metadata
+from pipeline.metadata.snapshot import Snapshot
+from pipeline.metadata.versions import example_artifacts_of_model, original_version, pushed_versions
 from pipeline.monitoring.stats import SPAN
 from pipeline.monitoring.traffic import SCORE, example_row
 from pipeline.monitoring.window import MonitorError
-from pipeline.publish import registry
 
-BASELINE_DIR = "monitoring/baselines"
 EVAL_SCORE_ROWS = 5000  # at most this many eval-split rows are scored for the prediction baseline
 
 
@@ -45,11 +45,11 @@ class TrainingData:
         return self.spans[-1] if self.spans else 0
 
 
-def training_data(snap: registry.Snapshot, version: int, config: Config | None = None) -> TrainingData:
+def training_data(snap: Snapshot, version: int, config: Config | None = None) -> TrainingData:
     """Lineage of `version` in MLMD to the schema and the Examples of its whole training window."""
     import tensorflow_data_validation as tfdv
 
-    versions = {v.version: v for v in registry.pushed_versions(snap)}
+    versions = {v.version: v for v in pushed_versions(snap)}
     if str(version) not in versions:
         known = ", ".join(versions) or "none"
         raise MonitorError(
@@ -57,12 +57,10 @@ def training_data(snap: registry.Snapshot, version: int, config: Config | None =
             "pass --version for a known one or check the workspace"
         )
     pushed = versions[str(version)]
-    source = versions[registry.original_version(versions, str(version))]
+    source = versions[original_version(versions, str(version))]
     model = source.model
     trainer = snap.producing_execution(model) if model is not None else None
-    examples = sorted(
-        registry.example_artifacts_of_model(snap, model), key=lambda a: int(metadata.prop(a, "span", 0) or 0)
-    )
+    examples = sorted(example_artifacts_of_model(snap, model), key=metadata.span_of)
     schemas = snap.input_artifacts(trainer, "schema") if trainer is not None else []
     if not examples or not schemas:
         raise MonitorError(f"MLMD has no training examples or schema for version {version}; cannot compare", 1)
@@ -77,9 +75,9 @@ def training_data(snap: registry.Snapshot, version: int, config: Config | None =
         version=version,
         schema=tfdv.load_schema_text(str(schema_path)),
         schema_uri=str(schema_path),
-        spans=registry.spans_of(examples),
+        spans=metadata.examples_spans(examples),
         examples_uris=[a.uri for a in examples],
-        examples_spans=[int(metadata.prop(a, "span", 0) or 0) for a in examples],
+        examples_spans=[metadata.span_of(a) for a in examples],
         model_dir=str(model_dir),
     )
 
@@ -124,7 +122,7 @@ def baseline(config: Config, trained: TrainingData) -> dict:
     "train_rows": total train rows, "eval_rows": scored eval rows}, cached per version."""
     from tensorflow.core.example import example_pb2
 
-    cache = config.workspace_path / BASELINE_DIR / f"{trained.version}.json"
+    cache = config.baseline_cache_path(trained.version)
     key = {
         "examples": trained.examples_uris,
         "spans": trained.examples_spans,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.dag import tfdv_checks
+from pipeline.metadata.snapshot import open_snapshot
 from pipeline.monitoring import baseline as baseline_lib
 from pipeline.monitoring import history, stats
 from pipeline.monitoring.traffic import read_traffic
 from pipeline.monitoring.window import MonitorError, iso_seconds
-from pipeline.publish import registry
 
 
 @dataclasses.dataclass
@@ -106,7 +106,7 @@ def monitor(
             f"no logged requests{'' if version is None else f' of version {version}'} between "
             f"{iso_seconds(since)} and {iso_seconds(until)} under {log_dir}{skipped}; widen --since"
         )
-    snap = registry.open_snapshot(config)
+    snap = open_snapshot(config)
     if snap is None:
         raise MonitorError(f"no pipeline has run in {config.workspace_path}: no training data to compare with")
     unknown = []

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.metadata.snapshot import open_snapshot
 from pipeline.monitoring.baseline import training_data
 from pipeline.monitoring.window import MonitorError
-from pipeline.publish import registry
+from pipeline.publish.versions import serving_versions
 
 
 def _csv_files(path: Path) -> list[Path]:
@@ -61,7 +62,7 @@ def _csv_to_examples(files: list[Path], schema, destination: Path) -> int:
 
 def evaluate(config: Config, data: Path, version: int | None, workdir: Path) -> dict:
     """Scores the served version with TFMA on labelled CSV data; the value threshold of [evaluation] decides."""
-    serving = registry.serving_versions(config)
+    serving = serving_versions(config)
     if version is None:
         if not serving:
             raise MonitorError(f"no model version in {config.serving_model_dir}: nothing to evaluate")
@@ -72,7 +73,7 @@ def evaluate(config: Config, data: Path, version: int | None, workdir: Path) -> 
     files = _csv_files(data)
     if not files:
         raise MonitorError(f"no CSV data at {data}: give a CSV file or a directory (a span) of *.csv files")
-    snap = registry.open_snapshot(config)
+    snap = open_snapshot(config)
     if snap is None:
         raise MonitorError(f"no pipeline has run in {config.workspace_path}: no schema to read the CSV with")
     trained = training_data(snap, version)

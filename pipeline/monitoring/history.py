@@ -14,12 +14,11 @@ from pathlib import Path
 
 from pipeline.config import Config
 
-HISTORY_FILE = "monitoring/history.jsonl"
 _KEPT = ("check", "version", "feature", "slice", "statistic", "distance", "band", "p_value", "alert", "expected")
 
 
 def path(config: Config) -> Path:
-    return config.workspace_path / HISTORY_FILE
+    return config.monitoring_history_path
 
 
 def load(config: Config) -> list[dict]:

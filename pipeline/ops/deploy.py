@@ -1,13 +1,13 @@
 """Compiles the local pipeline definition for Vertex AI Pipelines or Kubeflow Pipelines (KFP v2).
 
-The pipeline is `pipeline.dag.pipeline.create_pipeline(config)`, unchanged; this module only re-points
-what differs on a cluster (artifact root, input and push locations, container image) and compiles
-it with TFX's KubeflowV2DagRunner into a PipelineJob JSON that both Vertex AI and KFP v2 accept.
+The pipeline is `pipeline.dag.pipeline.create_pipeline(config, target)`: this module only says what
+differs on a cluster (the Target: artifact root, input and push locations, baseline resolver; and the
+container image) and compiles it with TFX's KubeflowV2DagRunner into a PipelineJob JSON that both
+Vertex AI and KFP v2 accept.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import re
@@ -16,7 +16,6 @@ from pathlib import Path
 from pipeline.config import Config, ConfigError
 
 TARGETS = ("vertex", "kubeflow")
-RESOLVER_ID = "latest_blessed_model_resolver"
 # Vertex AI pipeline names: lowercase letters, digits and '-', starting with a letter.
 PIPELINE_NAME_RE = re.compile(r"^[a-z][-a-z0-9]{0,127}$")
 
@@ -74,77 +73,26 @@ def _locations(config: Config) -> tuple[str, str, str]:
 
 
 def portable_pipeline(config: Config):
-    """The local pipeline, re-pointed at the cluster's locations, as a tfx Pipeline for KFP v2.
-
-    One node differs: KFP v2 compiles only TFX's built-in resolver strategies, so mlpipe's
-    BaselineModelStrategy (latest blessed model other than the candidate) becomes TFX's
-    LatestBlessedModelStrategy under the same node id. See docs/scale-out.md for what that changes.
-    """
-    from google.protobuf import json_format
-    from tfx import v1 as tfx
-    from tfx.dsl.context_managers import dsl_context_registry
-
-    from pipeline.dag.pipeline import WINDOW_RESOLVER, create_pipeline
+    """The pipeline for a cluster: create_pipeline with the cluster's Target (its locations, and TFX's
+    LatestBlessedModelStrategy as the Evaluator's baseline: KFP v2 compiles only built-in resolver
+    strategies; see docs/scale-out.md for what that changes)."""
+    from pipeline.dag.pipeline import WINDOW_RESOLVER, Target, create_pipeline
 
     root, data_root, serving = _locations(config)
+    target = Target(
+        pipeline_root=root, data_root=data_root, serving_model_dir=serving, exclude_candidate_from_baseline=False
+    )
     # The infra and replay gates read the local workspace (its serving dir, its request logs): local runs only.
-    local = create_pipeline(config.replace({"infra_validation.enabled": False, "replay_gate.enabled": False}))
-    nodes = list(local.components)
-    by_id = {n.id: n for n in nodes}
-    if WINDOW_RESOLVER in by_id:
+    pipeline = create_pipeline(
+        config.replace({"infra_validation.enabled": False, "replay_gate.enabled": False}), target
+    )
+    if any(node.id == WINDOW_RESOLVER for node in pipeline.components):
         raise ConfigError(
             "data.root",
             f"{config.data.root} has the span layout, whose rolling window "
             "(a custom resolver) KFP v2 cannot compile; compile with a flat data directory",
         )
-
-    # The new Pipeline prepends the Beam args to each Beam component again: drop the local copy.
-    for node in nodes:
-        spec = getattr(node, "executor_spec", None)
-        prefix = list(local.beam_pipeline_args or [])
-        args = getattr(spec, "beam_pipeline_args", None)
-        if isinstance(args, list) and args[: len(prefix)] == prefix:
-            spec.beam_pipeline_args = spec.beam_pipeline_args[len(prefix) :]
-    by_id["CsvExampleGen"].exec_properties["input_base"] = data_root
-    pusher = by_id["Pusher"]
-    destination = tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving))
-    pusher.exec_properties["push_destination"] = json_format.MessageToJson(
-        destination, sort_keys=True, preserving_proto_field_name=True
-    )
-
-    # The new pipeline keeps the local one's DSL registry (its nodes), with the resolver swapped.
-    registry = copy.copy(local.dsl_context_registry)
-    old = by_id.get(RESOLVER_ID)
-    if old is not None:
-        with dsl_context_registry.new_registry():  # keep the new node out of the thread's registry
-            new = tfx.dsl.Resolver(
-                strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-                model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-                model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-            ).with_id(RESOLVER_ID)
-        registry.replace_node(old, new)
-        # Same node order as the local pipeline (in the KFP IR, resolver tasks carry no dependencies).
-        for upstream in list(old.upstream_nodes):
-            upstream.remove_downstream_node(old)
-            new.add_upstream_node(upstream)
-        for node in nodes:
-            for key, channel in list(node.inputs.items()):
-                if getattr(channel, "producer_component_id", None) == RESOLVER_ID:
-                    node.inputs[key] = new.outputs[channel.output_key]
-            if old in node.upstream_nodes:
-                node.remove_upstream_node(old)
-            if old in node.downstream_nodes:
-                node.remove_downstream_node(old)
-        nodes[nodes.index(old)] = new
-
-    return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=root,
-        components=nodes,
-        enable_cache=config.enable_cache,
-        beam_pipeline_args=config.beam.pipeline_args(),
-        dsl_context_registry=registry,
-    )
+    return pipeline
 
 
 def compile_pipeline(config: Config, target: str, output: str | Path) -> Compiled:

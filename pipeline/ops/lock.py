@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-LOCK_FILE = ".retrain.lock"
+from pipeline.config import retrain_lock_path
 
 
 class LockBusy(Exception):
@@ -53,15 +52,6 @@ def describe(holder: dict) -> str:
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started', '?')}"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM
-    return True
-
-
 def acquire(
     workspace: str | os.PathLike,
     wait_seconds: float = 0.0,
@@ -71,7 +61,7 @@ def acquire(
     """Takes the lock, waiting up to `wait_seconds` for a holder to finish; raises LockBusy after that.
 
     `on_wait(holder)` is called once, when the lock is found busy and there is time to wait."""
-    path = Path(workspace) / LOCK_FILE
+    path = retrain_lock_path(workspace)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + max(0.0, wait_seconds)

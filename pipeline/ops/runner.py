@@ -95,7 +95,7 @@ class RunSummary:
     error: str | None = None
     warm_start: dict | None = None  # the Trainer's warm-start report (models/model.py warm_start), if it warm-started
     serving_contract: str | None = None  # what the pushed model's signatures are (README: the contract)
-    verdict: str | None = None  # BLESSED / NOT_BLESSED / UNVALIDATED (pipeline/publish/verdicts.py)
+    verdict: str | None = None  # BLESSED / NOT_BLESSED / UNVALIDATED (pipeline/metadata/verdicts.py)
     gates: list = dataclasses.field(default_factory=list)  # every gate's result (verdicts.gate_results)
 
     @property
@@ -107,7 +107,7 @@ class RunSummary:
     @property
     def blocked_by(self) -> dict | None:
         """The infra or replay gate that kept a blessed candidate from being pushed."""
-        from pipeline.publish import verdicts
+        from pipeline.metadata import verdicts
 
         return verdicts.blocking(self.gates)
 
@@ -165,7 +165,7 @@ class RunSummary:
 
 def gate_lines(gates: list[dict]) -> list[str]:
     """'Gates:' and one line per gate (with the numbers behind infra and replay verdicts)."""
-    from pipeline.publish import verdicts
+    from pipeline.metadata import verdicts
 
     if not gates:
         return []
@@ -352,7 +352,7 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
             base_trainer = metadata.producer_execution_id(store, base_models[0].id)
             if base_trainer is not None:
                 summary.warm_start["base_final_loss"] = _training_report(store, base_trainer).get("final_loss")
-    from pipeline.publish import verdicts
+    from pipeline.metadata import verdicts
 
     summary.gates = verdicts.gate_results(store, run_context.name)
     evaluation = [g for g in summary.gates if g["gate"] == verdicts.EVALUATION]

@@ -20,18 +20,11 @@ import urllib.request
 from pipeline.config import Config
 from pipeline.metadata import connection as metadata_connection
 from pipeline.metadata import queries as metadata
-from pipeline.publish.registry import (
-    RegistryError,
-    _user,
-    _with_retries,
-    iso,
-    models_config_path,
-    open_snapshot,
-    pushed_versions,
-    read_labels,
-    remove_label,
-    set_label,
-)
+from pipeline.metadata.connection import retry_on_lock
+from pipeline.metadata.snapshot import RegistryError, iso, open_snapshot
+from pipeline.metadata.versions import pushed_versions
+from pipeline.publish.rollback import user_name
+from pipeline.publish.versions import models_config_path, read_labels, remove_label, set_label
 
 LABEL_MOVE_EXECUTION_TYPE = "mlpipe.LabelMove"
 LATEST = "(latest)"  # the pseudo-label a rollback moves: the highest version
@@ -71,7 +64,7 @@ def _record(config: Config, name: str, before, after, reason: str) -> dict:
         "label": name,
         "from_version": before,
         "to_version": after,
-        "user": _user(),
+        "user": user_name(),
         "time": iso(int(time.time() * 1000)),
         "reason": reason.strip() or "(no reason given)",
         "model": config.model_name,
@@ -91,7 +84,7 @@ def _record(config: Config, name: str, before, after, reason: str) -> dict:
         )
 
     try:
-        record["execution_id"] = _with_retries(put)
+        record["execution_id"] = retry_on_lock(put)
     except Exception as e:
         raise RegistryError(
             f"the label moved but recording it in ML Metadata failed ({e}); "

@@ -2,14 +2,10 @@
 
 TFX's Pusher copies the model file by file straight into ``<base>/<version>/``; a process killed
 mid-copy leaves a partial version that TF Serving (or mlpipe serve) would try to load. This
-executor copies into a hidden ``<base>/.tmp-<version>-<pid>/`` and renames it to
-``<base>/<version>/`` (atomic on one filesystem). Leftover ``.tmp-*`` dirs of dead pushes are
-removed at the start of the next push. Versions are unix seconds, strictly increasing.
+executor publishes through atomic.py instead (a hidden temp copy renamed into place; leftovers of
+dead pushes removed by the next one). Versions are unix seconds, strictly increasing.
 """
 
-import os
-import shutil
-import time
 from typing import Any, Dict, List
 
 from absl import logging
@@ -21,56 +17,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact, artifact_utils, component_spec, standard_artifacts, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from pipeline.ops.lock import pid_alive
 from pipeline.publish import serving_assets
-
-TMP_PREFIX = ".tmp-"
-
-
-def clean_stale_tmp_dirs(base: str) -> List[str]:
-    """Removes `<base>/.tmp-<version>-<pid>` left by pushes whose process is gone; returns their names.
-
-    A temp dir of a live process (a push running right now elsewhere) is left alone.
-    """
-    removed = []
-    if not os.path.isdir(base):
-        return removed
-    for name in sorted(os.listdir(base)):
-        if not name.startswith(TMP_PREFIX):
-            continue
-        pid = name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
-            continue
-        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-        removed.append(name)
-    return removed
-
-
-def next_version(base: str) -> str:
-    """Unix seconds now, or one more than the newest existing version if that is not later."""
-    existing = [int(n) for n in os.listdir(base) if n.isdigit()] if os.path.isdir(base) else []
-    return str(max([int(time.time())] + [v + 1 for v in existing]))
-
-
-def atomic_push(model_path: str, base: str, extra_files: Dict[str, bytes] | None = None) -> tuple:
-    """Copies the SavedModel at `model_path` to a new `<base>/<version>`; returns (version, path).
-
-    `extra_files` ({relative path: content}, e.g. assets.extra/mlmd_uuid) are written into the copy
-    before it is renamed into place."""
-    os.makedirs(base, exist_ok=True)
-    for name in clean_stale_tmp_dirs(base):
-        logging.warning("Removed a partial push left by a killed run: %s", os.path.join(base, name))
-    version = next_version(base)
-    tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
-    shutil.copytree(model_path, tmp, copy_function=lambda src, dst: shutil.copy2(src, dst))
-    for relative, content in (extra_files or {}).items():
-        target = os.path.join(tmp, relative)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as f:
-            f.write(content)
-    final = os.path.join(base, version)
-    os.rename(tmp, final)  # atomic: the version is either absent or complete
-    return version, final
+from pipeline.publish.atomic import atomic_push
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):

@@ -25,11 +25,6 @@ MAX_WARMUP_RECORDS = 1000  # TF Serving's limit (saved_model_warmup_util.cc kMax
 REQUEST_LOG_DIR_KEY = "request_log_dir"
 
 
-def request_log_dir(config) -> str:
-    """Where `mlpipe serve --request_log_sampling_rate` logs this workspace's model (serving/cli.py)."""
-    return str(config.workspace_path / "request_logs" / config.model_name)
-
-
 def new_mlmd_uuid() -> str:
     return str(uuid_lib.uuid4())
 

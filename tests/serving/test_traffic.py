@@ -39,7 +39,7 @@ def write_models_config(path, base, versions, labels):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)  # atomic, like registry.write_models_config
+    os.replace(tmp, path)  # atomic, like publish.versions.write_models_config
 
 
 def write_traffic(path, doc):

@@ -1,4 +1,7 @@
-"""What an alert sets off: the alert command, the webhook, and `mlpipe retrain`."""
+"""What a `mlpipe monitor` alert sets off: the alert command, the webhook, and `mlpipe retrain`.
+
+It starts processes, so it is CLI code (docs/architecture.md): the monitoring library only decides.
+"""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def evaluation_verdict(evaluator_execution, blessing, eval_uri: str | None, chec
     """BLESSED / NOT_BLESSED / UNVALIDATED with the checks (metric, slice, value, bound, baseline).
 
     `checks`: registry.threshold_checks already read for this Evaluator (else they are read here)."""
-    from pipeline.publish import registry
+    from pipeline.metadata import thresholds as registry
 
     rules = registry.recorded_thresholds(evaluator_execution)
     if checks is None:
