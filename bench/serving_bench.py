@@ -5,6 +5,7 @@ Usage:
   python bench/serving_bench.py                       # builds the real taxi model (about a minute)
   python bench/serving_bench.py --model_base_path workspace/serving_model/taxi
   python bench/serving_bench.py --seconds 2 --concurrency 1 8
+  python bench/serving_bench.py --num_processes 2     # adds servers of 2 processes (rows "off x2", "on x2")
 
 The server runs as a subprocess (`python -m serving`) so it does not share the clients' GIL;
 clients are threads in this process. Every request is one `serving_raw` predict of one row.
@@ -191,7 +192,7 @@ def grpc_call(port: int):
     return lambda state: predict(payload, timeout=30)
 
 
-def start_server(base_path: str, batching: bool, workdir: str):
+def start_server(base_path: str, batching: bool, workdir: str, processes: int = 1):
     rest, grpc_port = free_port(), free_port()
     cmd = [
         sys.executable,
@@ -210,6 +211,8 @@ def start_server(base_path: str, batching: bool, workdir: str):
         "--workspace",
         workdir,
     ]
+    if processes > 1:
+        cmd += ["--num_processes", str(processes)]
     if batching:
         params = os.path.join(workdir, "batching.config")
         with open(params, "w") as f:
@@ -253,9 +256,15 @@ def main(argv=None) -> int:
         "--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads (default 1 8 32)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all cells, interleaved (default 3)")
+    parser.add_argument(
+        "--num_processes",
+        type=int,
+        default=1,
+        help="also serve with this many server processes (mlpipe serve --num_processes; default 1: only one)",
+    )
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.rounds <= 0 or any(c <= 0 for c in args.concurrency):
-        parser.error("--seconds, --rounds and --concurrency must be positive")
+    if args.seconds <= 0 or args.rounds <= 0 or args.num_processes <= 0 or any(c <= 0 for c in args.concurrency):
+        parser.error("--seconds, --rounds, --num_processes and --concurrency must be positive")
 
     workdir = tempfile.mkdtemp(prefix="serving-bench-")
     try:
@@ -270,10 +279,13 @@ def main(argv=None) -> int:
         paths = {("in-process", "-"): in_process_call(base), ("prebound", "-"): in_process_prebound_call(base)}
         servers = []
         try:
-            for batching in (False, True):
-                proc, rest, grpc_port = start_server(base, batching, workdir)
+            layouts = [(False, 1), (True, 1)]
+            if args.num_processes > 1:
+                layouts += [(False, args.num_processes), (True, args.num_processes)]
+            for batching, processes in layouts:
+                proc, rest, grpc_port = start_server(base, batching, workdir, processes)
                 servers.append(proc)
-                mode = "on" if batching else "off"
+                mode = ("on" if batching else "off") + (f" x{processes}" if processes > 1 else "")
                 paths[("REST", mode)] = rest_call(rest)
                 paths[("gRPC", mode)] = grpc_call(grpc_port)
             for call in paths.values():  # first requests pay one-time costs (connections, lazy imports)
@@ -307,7 +319,8 @@ def main(argv=None) -> int:
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(
             "in-process: the signature called with tf.constant inputs (the reference); prebound: Servable.call, "
-            f"the server's model call. Medians over {args.rounds} rounds; each ratio is taken within a round."
+            f"the server's model call; xN: N server processes. Medians over {args.rounds} rounds; each ratio "
+            "is taken within a round."
         )
         return 0
     finally:

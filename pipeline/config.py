@@ -240,6 +240,14 @@ class MonitoringConfig:
     baseline_rows: int = 20000  # at most this many training rows (seeded sample) form the skew baseline
     retrain_after_windows: int = 2  # --retrain: the same alert in this many consecutive monitor runs
     max_retrains_per_day: int = 1  # --retrain starts at most this many retrains in 24 h
+    # Live quality from late labels (`mlpipe monitor --labels`) and automatic rollback (docs/monitoring.md).
+    request_key_feature: str = ""  # a request feature whose value is the example's key; empty: the request key
+    label_key_column: str = "request_key"  # the labels CSV's key column
+    label_column: str = ""  # the labels CSV's raw label column; empty: the model's first raw label (tips)
+    quality_window: str = "1h"  # length of the live quality series' windows (aligned to the epoch)
+    labels_lookback: str = "7d"  # predictions older than this are outside retention for --labels
+    rollback_after_windows: int = 0  # roll back when the served version fails this many windows in a row; 0: off
+    max_rollbacks_per_day: int = 1  # automatic rollbacks in 24 h at most
 
 
 @dataclass(frozen=True)
@@ -333,6 +341,16 @@ class Config:
     def monitoring_history_path(self) -> Path:
         """Every `mlpipe monitor` run's scores (gates --retrain)."""
         return self.workspace_path / "monitoring" / "history.jsonl"
+
+    @property
+    def monitoring_quality_path(self) -> Path:
+        """The live quality series of `mlpipe monitor --labels`: one line per (window, version)."""
+        return self.workspace_path / "monitoring" / "quality.jsonl"
+
+    @property
+    def auto_rollbacks_path(self) -> Path:
+        """The automatic rollbacks taken (what the daily maximum and the once-per-version rule count)."""
+        return self.workspace_path / "monitoring" / "rollbacks.jsonl"
 
     def baseline_cache_path(self, version: int | str) -> Path:
         """The cached training-data baseline of a served version (`mlpipe monitor`)."""
@@ -580,6 +598,11 @@ def validate_monitoring(m: MonitoringConfig) -> None:
     for key in ("min_slice_examples", "baseline_rows", "retrain_after_windows"):
         if getattr(m, key) < 1:
             raise ConfigError(f"monitoring.{key}", f"must be at least 1, got {getattr(m, key)}")
+    for key in ("rollback_after_windows", "max_rollbacks_per_day"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"monitoring.{key}", f"must be >= 0, got {getattr(m, key)}")
+    if not m.label_key_column:
+        raise ConfigError("monitoring.label_key_column", "must name the labels CSV's key column")
     if m.max_retrains_per_day < 0:
         raise ConfigError("monitoring.max_retrains_per_day", f"must be >= 0, got {m.max_retrains_per_day}")
     if m.webhook_url and not m.webhook_url.startswith(("http://", "https://")):

@@ -160,6 +160,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--grpc_max_threads", type=int, default=max(16, 4 * (os.cpu_count() or 1)), help="threads running gRPC requests"
     )
     g.add_argument(
+        "--num_processes",
+        type=int,
+        default=1,
+        help="server processes sharing the REST and gRPC ports (SO_REUSEPORT), each with its own copy of the "
+        "models; the first process supervises them (default 1)",
+    )
+    g.add_argument(
         "--max_request_bytes",
         type=int,
         default=32 << 20,
@@ -263,7 +270,13 @@ def build_options(args: argparse.Namespace):
             batching = BatchingParameters()
     elif args.batching_parameters_file:
         raise ServingConfigError("--batching_parameters_file needs --enable_batching")
-    for flag in ("rest_api_num_threads", "grpc_max_threads", "max_request_bytes", "num_request_iterations_for_warmup"):
+    for flag in (
+        "rest_api_num_threads",
+        "grpc_max_threads",
+        "max_request_bytes",
+        "num_request_iterations_for_warmup",
+        "num_processes",
+    ):
         if getattr(args, flag) <= 0:
             raise ServingConfigError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if args.max_num_load_retries < 0:
@@ -328,6 +341,11 @@ def run(args: argparse.Namespace) -> int:
             file=terminal(),
         )
     try:
+        if args.num_processes > 1:
+            from serving.processes import Supervisor
+
+            out = terminal()
+            return Supervisor(options, args.num_processes, args.log_level, out.fileno()).serve()
         return ModelServer(options).serve()
     except OSError as e:
         print(f"mlpipe serve: error: {e}", file=terminal())

@@ -13,9 +13,9 @@ import time
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving import inference
+from serving import inference, request_log
 from serving.config import ServingConfigError, entries_from_proto
-from serving.errors import Code, from_exception, invalid
+from serving.errors import Code, ServingError, from_exception, invalid
 from serving.traffic import CLIENT_KEY_METADATA, VERSION_METADATA
 
 log = logging.getLogger("serving.grpc")
@@ -51,7 +51,12 @@ class _Calls:
         if name and self.service.manager.entry(name) is None:
             name = "<unknown>"  # keep client-chosen values out of metric labels
         version = None
+        key = None
         try:
+            if tfs_api in ("Predict", "Classify", "Regress"):  # the request key goes on its log record
+                key = dict(context.invocation_metadata() or ()).get(request_log.REQUEST_KEY_METADATA)
+                key = key or request_log.new_request_key()
+                request_log.set_request_key(key)
             version, response = body()
             code = "OK"
         except Exception as e:
@@ -62,7 +67,10 @@ class _Calls:
             context.abort(error.code, error.message)
         self.metrics.observe(name, version, api, "grpc", code, time.perf_counter() - start, tfs_api)
         if version is not None:
-            context.set_trailing_metadata(((VERSION_METADATA, str(version)),))
+            trailer = ((VERSION_METADATA, str(version)),)
+            if key is not None:
+                trailer += ((request_log.REQUEST_KEY_METADATA, key),)
+            context.set_trailing_metadata(trailer)
         return response
 
 
@@ -174,9 +182,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, service, metrics):
+    def __init__(self, service, metrics, one_of_several: bool = False):
         self._calls = _Calls(service, metrics)
         self._service = service
+        self._one_of_several = one_of_several  # --num_processes > 1: a reload would reach one process only
 
     def GetModelStatus(self, request, context):
         def body():
@@ -191,6 +200,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         start = time.perf_counter()
         response = model_management_pb2.ReloadConfigResponse()
         try:
+            if self._one_of_several:
+                raise ServingError(
+                    Code.FAILED_PRECONDITION,
+                    "this server runs several processes (--num_processes) and a reload would reach only one: "
+                    "change the --model_config_file instead (re-read every --model_config_file_poll_wait_seconds)",
+                )
             entries = entries_from_proto(request.config)
             if not entries:
                 raise invalid("ReloadConfigRequest has an empty model_config_list")
@@ -241,9 +256,11 @@ def make_server(service, metrics, executor, options) -> grpc.Server:
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if options.reuse_port else 0),
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(service, metrics), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service, metrics), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(service, metrics, one_of_several=options.reuse_port), server
+    )
     return server

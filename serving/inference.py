@@ -211,10 +211,33 @@ def tensor_to_array(tensor_proto) -> np.ndarray:
         raise invalid(f"Invalid TensorProto: {e}") from None
 
 
+_OUTPUT_FIELDS = {dtype: (enum, field) for enum, (field, dtype) in _VALUE_FIELDS.items() if dtype.kind != "O"}
+
+
+def _fast_array_to_tensor(array: np.ndarray):
+    """A numeric output as a TensorProto with its values in the typed field (float_val, int64_val, ...),
+    the way TF Serving writes outputs (Tensor::AsProtoField), without tf.make_tensor_proto's per-call
+    overhead; None for other dtypes."""
+    spec = _OUTPUT_FIELDS.get(array.dtype)
+    if spec is None:
+        return None
+    from tensorflow.core.framework import tensor_pb2
+
+    enum, field = spec
+    proto = tensor_pb2.TensorProto(dtype=enum)
+    for d in array.shape:
+        proto.tensor_shape.dim.add().size = d
+    getattr(proto, field).extend(array.ravel().tolist())
+    return proto
+
+
 def array_to_tensor(array: np.ndarray):
     import tensorflow as tf
 
     array = np.asarray(array)
+    fast = _fast_array_to_tensor(array)
+    if fast is not None:
+        return fast
     if array.dtype.kind in "OSU":
         return tf.make_tensor_proto(array, dtype=tf.string)
     return tf.make_tensor_proto(array)

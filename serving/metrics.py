@@ -19,6 +19,7 @@ Both histograms use `monitoring::Buckets::Exponential(10, 1.8, 33)`; the exporte
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -108,8 +109,60 @@ class TfServingMetrics:
         return "\n".join(lines) + "\n"
 
 
+SHARED_FILE_PREFIX = "metrics-"  # <shared dir>/metrics-<pid>.prom: one server process's page
+
+
+def merge_pages(pages: list[str]) -> str:
+    """Prometheus text pages of several processes as one: counters and histograms summed per series,
+    gauges the largest value, `_created` the earliest. Families and series keep their first-seen order."""
+    types: dict[str, str] = {}
+    families: dict[str, dict] = {}  # family -> {"head": [comment lines], "series": {key: [value texts]}}
+    for page in pages:
+        family = None
+        for line in page.splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    if parts[1] == "TYPE" and len(parts) == 4:
+                        types[family] = parts[3]
+                    entry = families.setdefault(family, {"head": [], "series": {}})
+                    if line not in entry["head"]:
+                        entry["head"].append(line)
+                continue
+            key, _, value = line.rpartition(" ")
+            entry = families.setdefault(family or "", {"head": [], "series": {}})
+            entry["series"].setdefault(key, []).append(value)
+    out = []
+    for family, entry in families.items():
+        out += entry["head"]
+        kind = types.get(family, "untyped")
+        for key, values in entry["series"].items():
+            out.append(f"{key} {_merge_values(values, kind, key.split('{', 1)[0], family)}")
+    return "\n".join(out) + "\n"
+
+
+def _merge_values(values: list[str], kind: str, series: str, family: str) -> str:
+    numbers = [float(v) for v in values]
+    if series.endswith("_created"):
+        merged = min(numbers)
+    elif kind == "gauge":
+        merged = max(numbers)
+    else:
+        merged = sum(numbers)
+    if all("." not in v and "e" not in v.lower() for v in values):  # integers stay integers
+        return str(int(merged))
+    return _six_digits(merged) if family.startswith(":tensorflow:") else repr(merged)
+
+
 class Metrics:
-    def __init__(self):
+    def __init__(self, shared_dir: str | None = None):
+        """`shared_dir`: one of several server processes on the same ports (serving/processes.py); each
+        writes its page there every second, and a scrape of any of them answers the sum of all."""
+        self.shared_dir = shared_dir
+        self._stop = threading.Event()
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "mlpipe_serving_requests",
@@ -169,6 +222,8 @@ class Metrics:
             ("model",),
             registry=self.registry,
         )
+        if shared_dir is not None:
+            threading.Thread(target=self._share_loop, name="metrics-share", daemon=True).start()
 
     def observe(
         self, model: str, version, api: str, protocol: str, status: str, seconds: float, tfs_api: str | None = None
@@ -180,5 +235,43 @@ class Metrics:
         if tfs_api is not None:
             self.tf_serving.request(model or "", tfs_api, "REST" if protocol == "rest" else "GRPC", status, seconds)
 
-    def page(self) -> bytes:
+    def own_page(self) -> bytes:
         return generate_latest(self.registry) + self.tf_serving.page().encode()
+
+    def page(self) -> bytes:
+        """This process's metrics; with a shared directory, those of every server process summed."""
+        if self.shared_dir is None:
+            return self.own_page()
+        own = self._share()
+        pages = [own.decode()]
+        mine = self._shared_path()
+        for name in sorted(os.listdir(self.shared_dir)):
+            path = os.path.join(self.shared_dir, name)
+            if name.startswith(SHARED_FILE_PREFIX) and name.endswith(".prom") and path != mine:
+                try:
+                    with open(path) as f:
+                        pages.append(f.read())
+                except OSError:  # a process that just ended
+                    pass
+        return merge_pages(pages).encode()
+
+    def _shared_path(self) -> str:
+        return os.path.join(self.shared_dir, f"{SHARED_FILE_PREFIX}{os.getpid()}.prom")
+
+    def _share(self) -> bytes:
+        page = self.own_page()
+        path = self._shared_path()
+        with open(path + ".tmp", "wb") as f:
+            f.write(page)
+        os.replace(path + ".tmp", path)  # readers see the old page or the new one, never half of one
+        return page
+
+    def _share_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self._share()
+            except OSError:
+                pass  # the directory went away: the supervisor is shutting down
+
+    def close(self) -> None:
+        self._stop.set()

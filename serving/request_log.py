@@ -3,17 +3,25 @@
 The same record format as TF Serving's request logs and warm-up files. Files are named
 ``requests-<UTC start time>-<pid>-<n>.tfrecord`` and rotated by size and age; a background thread
 writes them so a request never waits on the disk. `read_logs` reads them back for monitoring.
+
+Request keys: every inference request has one, the client's (REST header ``X-Request-Id``, gRPC
+metadata ``x-request-id``) or one generated here; the server returns it (REST response header,
+gRPC trailing metadata) and stamps it on the request's log record in ``log_metadata.request_origin``,
+so labels that arrive later can be joined to the logged prediction (`mlpipe monitor --labels`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import os
 import queue
 import random
+import re
 import threading
 import time
+import uuid
 from typing import Iterator, NamedTuple
 
 log = logging.getLogger("serving.request_log")
@@ -21,6 +29,27 @@ log = logging.getLogger("serving.request_log")
 FILE_PREFIX = "requests-"
 FILE_SUFFIX = ".tfrecord"
 _LOG_KINDS = ("predict_log", "classify_log", "regress_log")
+
+REQUEST_KEY_HEADER = "X-Request-Id"
+REQUEST_KEY_METADATA = "x-request-id"
+_KEY_RE = re.compile(r"[A-Za-z0-9._:/@=+-]{1,128}")
+_CURRENT_KEY: contextvars.ContextVar[str] = contextvars.ContextVar("mlpipe_request_key", default="")
+
+
+def new_request_key() -> str:
+    """A generated request key: milliseconds since the epoch (hex, so keys sort by time) and 16 random hex digits."""
+    return f"{int(time.time() * 1000):011x}-{uuid.uuid4().hex[:16]}"
+
+
+def set_request_key(key: str | None) -> None:
+    """The key `make_log` stamps on this thread's current request (set at the start of every call)."""
+    _CURRENT_KEY.set("")
+    if key is not None and not _KEY_RE.fullmatch(key):
+        raise ValueError(
+            f"bad request key {key[:40]!r} ({REQUEST_KEY_HEADER} / {REQUEST_KEY_METADATA}): use 1 to 128 letters, "
+            "digits or . _ : / @ = + -"
+        )
+    _CURRENT_KEY.set(key or "")
 
 
 class RequestLogger:
@@ -124,6 +153,7 @@ def make_log(kind: str, model_spec, request, response, sampling_rate: float, tag
     record.log_metadata.sampling_config.sampling_rate = sampling_rate
     record.log_metadata.saved_model_tags.extend(tags)
     record.log_metadata.timestamp_secs = int(time.time())
+    record.log_metadata.request_origin = _CURRENT_KEY.get()  # the request key (module docstring)
     entry = getattr(record, kind)
     entry.request.CopyFrom(request)
     entry.response.CopyFrom(response)
@@ -136,6 +166,7 @@ class LogRecord(NamedTuple):
     request: object  # PredictRequest, ClassificationRequest or RegressionRequest
     response: object  # the matching response
     kind: str  # "predict", "classify" or "regress"
+    request_key: str = ""  # log_metadata.request_origin: the request key ("" in logs written before keys)
 
 
 def _seconds(value) -> float | None:
@@ -179,6 +210,13 @@ def read_logs(directory: str, since=None, until=None) -> Iterator[LogRecord]:
                 if kind not in _LOG_KINDS:
                     continue
                 entry = getattr(record, kind)
-                yield LogRecord(stamp, record.log_metadata.model_spec, entry.request, entry.response, kind[:-4])
+                yield LogRecord(
+                    stamp,
+                    record.log_metadata.model_spec,
+                    entry.request,
+                    entry.response,
+                    kind[:-4],
+                    record.log_metadata.request_origin,
+                )
         except tf.errors.DataLossError:
             log.warning("request log %s ends in a partial record; read up to it", path)

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import tornado.web
 
-from serving import inference, json_codec, lineage
+from serving import inference, json_codec, lineage, request_log
 from serving import metrics as metrics_mod
 from serving.errors import Code, ServingError, from_exception, invalid, not_found
 from serving.traffic import CLIENT_KEY_HEADER, VERSION_HEADER
@@ -25,7 +25,11 @@ log = logging.getLogger("serving.rest")
 
 # TF Serving's regexes (http_rest_api_util.cc), matched against the whole path.
 INFERENCE = ("predict", "classify", "regress")
-MAX_LOGGED_BODY = 64 << 10  # request bodies up to this size go into the traffic log (traffic.json on)
+MAX_LOGGED_BODY = 64 << 10
+# A request may run on the I/O thread (no thread switch) when it is small and recent requests took
+# less than this on average, so another connection waits at most about that long behind it.
+INLINE_MAX_BYTES = 64 << 10
+INLINE_MAX_SECONDS = 0.005  # request bodies up to this size go into the traffic log (traffic.json on)
 EXTRA_RE = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?/(lineage|traffic)")
 
 PREDICTION_RE = re.compile(
@@ -53,11 +57,19 @@ class RestApi:
     def handle(self, http_method: str, path: str, body: bytes, client_key: str | None = None) -> tuple[int, bytes]:
         return self.handle_versioned(http_method, path, body, client_key)[:2]
 
-    def handle_versioned(self, http_method: str, path: str, body: bytes, client_key: str | None = None):
-        """(status, payload, version that answered or None): the version goes out as the X-Model-Version header."""
+    def handle_versioned(
+        self, http_method: str, path: str, body: bytes, client_key: str | None = None, request_key: str | None = None
+    ):
+        """(status, payload, version that answered or None): the version goes out as the X-Model-Version header.
+
+        `request_key` (the X-Request-Id header, or one the handler generated) is stamped on the request's log."""
         start = time.perf_counter()
         api, model, version, tfs_api, label, doc = "unknown", "", None, "", None, None
         try:
+            try:
+                request_log.set_request_key(request_key)
+            except ValueError as e:
+                raise invalid(str(e)) from None
             name = version_str = label = method = sub = None
             match = None
             # Any other method, like PUT or DELETE, is a 400 "Malformed request" (http_rest_api_util.cc
@@ -300,8 +312,36 @@ class ApiHandler(_Base):
         server = self.server
         loop = asyncio.get_running_loop()
         key = self.request.headers.get(CLIENT_KEY_HEADER)
+        request_key = self.request.headers.get(request_log.REQUEST_KEY_HEADER) or request_log.new_request_key()
+        started = time.perf_counter()
+        if (
+            server.batcher is None
+            and server._inflight == 0
+            and len(self._body) <= INLINE_MAX_BYTES
+            and server.recent_request_seconds < INLINE_MAX_SECONDS
+        ):
+            # Nothing else in flight in this process, and requests have been quick: answer on the I/O
+            # thread, without the two thread switches of the pool (most of a one-row request's overhead).
+            server.track(+1)
+            try:
+                status, payload, version = server.rest_api.handle_versioned(
+                    method, self.request.path, bytes(self._body), key, request_key
+                )
+            finally:
+                server.track(-1)
+                server.recent_request_seconds += 0.2 * (time.perf_counter() - started - server.recent_request_seconds)
+            if version is not None:
+                self.set_header(VERSION_HEADER, str(version))
+                self.set_header(request_log.REQUEST_KEY_HEADER, request_key)
+            return self.reply(status, payload)
         call = loop.run_in_executor(
-            server.executor, server.rest_api.handle_versioned, method, self.request.path, bytes(self._body), key
+            server.executor,
+            server.rest_api.handle_versioned,
+            method,
+            self.request.path,
+            bytes(self._body),
+            key,
+            request_key,
         )
         server.track(+1)
         try:
@@ -311,10 +351,12 @@ class ApiHandler(_Base):
             status, payload, version = await asyncio.wait_for(asyncio.shield(call), timeout)
             if version is not None:
                 self.set_header(VERSION_HEADER, str(version))
+                self.set_header(request_log.REQUEST_KEY_HEADER, request_key)
         except asyncio.TimeoutError:
             status, payload = 504, json_codec.dumps({"error": "Request timed out (see --rest_api_timeout_in_ms)"})
         finally:
             server.track(-1)
+            server.recent_request_seconds += 0.2 * (time.perf_counter() - started - server.recent_request_seconds)
         self.reply(status, payload)
 
     async def get(self, *_):

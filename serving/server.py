@@ -47,6 +47,8 @@ class ServerOptions:
     shutdown_grace_seconds: float = 10.0
     model_roots: list[ModelRoot] = field(default_factory=list)  # serving roots: each model directory is served
     shared_metadata: object | None = None  # mlpipe Config whose [metadata] is a shared database (lineage)
+    reuse_port: bool = False  # one of several processes on the same ports (SO_REUSEPORT; serving/processes.py)
+    metrics_dir: str | None = None  # with reuse_port: where the processes share their metrics pages
 
 
 class ModelServer:
@@ -54,7 +56,7 @@ class ModelServer:
 
     def __init__(self, options: ServerOptions):
         self.options = options
-        self.metrics = Metrics()
+        self.metrics = Metrics(options.metrics_dir)
         self.batcher = None
         if options.batching is not None:
             self.batcher = BatchScheduler(
@@ -82,6 +84,7 @@ class ModelServer:
         self._http = None
         self._loop_thread: threading.Thread | None = None
         self._inflight = 0
+        self.recent_request_seconds = 0.0  # moving average of REST requests' time (serving/rest.py)
         self._inflight_cond = threading.Condition()
         self._stopped = threading.Event()
         self._config_thread: threading.Thread | None = None
@@ -130,7 +133,7 @@ class ModelServer:
 
         opts = self.options
         try:
-            sockets = bind_sockets(opts.rest_api_port, opts.rest_api_host)
+            sockets = bind_sockets(opts.rest_api_port, opts.rest_api_host, reuse_port=opts.reuse_port)
         except OSError as e:
             raise OSError(
                 f"cannot listen for REST on {opts.rest_api_host}:{opts.rest_api_port}: {e.strerror} "
@@ -202,18 +205,23 @@ class ModelServer:
         if self.batcher is not None:
             self.batcher.stop()
         self.service.close()
+        self.metrics.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.grpc_executor.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")
 
-    def serve(self) -> int:
-        """Runs until SIGTERM or SIGINT, then shuts down cleanly; returns the exit code."""
+    def serve(self, on_started=None) -> int:
+        """Runs until SIGTERM or SIGINT, then shuts down cleanly; returns the exit code.
+
+        `on_started()` runs once the models are loaded and the ports are open."""
         stop = threading.Event()
         previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
         try:
             self.start()
+            if on_started is not None:
+                on_started()
             while not stop.wait(0.5):
                 pass
             log.info("shutting down: finishing in-flight requests")

@@ -63,6 +63,8 @@ extra_args = ["--max_num_records=5"]
         ("colour = 'red'\n", "colour"),
         ("training = 3\n", "training"),
         ("enable_cache = 'yes'\n", "enable_cache"),
+        ("[monitoring]\nrollback_after_windows = -1\n", "monitoring.rollback_after_windows"),
+        ("[monitoring]\nlabel_key_column = ''\n", "monitoring.label_key_column"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path, text, key):

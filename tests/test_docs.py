@@ -81,6 +81,11 @@ NOT_RUN_HERE = [
         "tests/test_monitor.py writes traffic and runs monitor with --since/--until",
     ),
     (
+        "mlpipe monitor --config mlpipe.toml --labels shifted.csv",
+        "needs keyed traffic of a live server in two windows and two pushed versions",
+        "tests/test_feedback.py runs both commands there and matches their documented output",
+    ),
+    (
         "mlpipe label set stable 1795321741 --reason",
         "needs that pushed version and a live server",
         "tests/test_promotion.py (label set --reason --wait-server against a live mlpipe serve)",

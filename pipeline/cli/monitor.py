@@ -62,6 +62,19 @@ def add_parser(subparsers) -> None:
         "CSV data (a file or a span directory) and alert below evaluation.value_lower_bound",
     )
     p.add_argument(
+        "--labels",
+        metavar="FILE_OR_DIR",
+        help="instead of the traffic checks: join late labels (CSV: monitoring.label_key_column and "
+        "monitoring.label_column) to the logged predictions by request key, score each window's served "
+        "version with TFMA (the blessing's metrics and value threshold, per slice) and record the live "
+        "quality series; then the automatic rollback rule (monitoring.rollback_after_windows)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="report what the automatic rollback would do (monitoring.rollback_after_windows) without doing it",
+    )
+    p.add_argument(
         "--retrain",
         action="store_true",
         help="run `mlpipe retrain` on the same workspace and config when a skew or drift alert persisted "
@@ -87,6 +100,8 @@ def _monitor(args: argparse.Namespace) -> int:
         return _history(args, config)
     if args.evaluate:
         return _evaluate(args, config)
+    if args.labels:
+        return _labels(args, config)
     now = time.time()
     try:
         until = monitoring.parse_time(args.until, now) if args.until else now
@@ -102,6 +117,7 @@ def _monitor(args: argparse.Namespace) -> int:
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
     data = report.data
+    _auto_rollback(args, config, data, now)
     return _act(
         args,
         config,
@@ -113,16 +129,21 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace, config) -> int:
+    from pipeline import monitoring
     from pipeline.monitoring import history
 
     entries = history.load(config)
     if args.json:
         feature = args.history or None
         out = [dict(e, scores=[s for s in e["scores"] if feature is None or s["feature"] == feature]) for e in entries]
-        print(json.dumps({"workspace": str(config.workspace_path), "feature": feature, "runs": out}, indent=2))
+        quality = monitoring.feedback.load_series(config)
+        doc = {"workspace": str(config.workspace_path), "feature": feature, "runs": out, "quality": quality}
+        print(json.dumps(doc, indent=2))
+        return cli.EXIT_OK
     else:
         for line in history.lines(entries, args.history or None):
             print(line)
+    _quality_history(args, config)
     return cli.EXIT_OK
 
 
@@ -147,6 +168,96 @@ def _evaluate(args: argparse.Namespace, config) -> int:
         return out
 
     return _act(args, config, data, lines, html=None)
+
+
+def _quality_history(args: argparse.Namespace, config) -> None:
+    from pipeline.monitoring import feedback
+
+    lines = feedback.series_lines(feedback.load_series(config))
+    if lines:
+        print()
+        for line in lines:
+            print(line)
+
+
+def _labels(args: argparse.Namespace, config) -> int:
+    import tempfile
+
+    from pipeline import monitoring
+
+    now = time.time()
+    log_root = Path(args.log_dir) if args.log_dir else config.request_log_root
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlpipe-labels-") as workdir:
+            data = monitoring.feedback.live_quality(
+                config, Path(args.labels), log_root / config.model_name, now, Path(workdir)
+            )
+    except monitoring.MonitorError as e:
+        raise cli.CommandError(str(e), e.code) from None
+    _auto_rollback(args, config, data, now)
+
+    def lines() -> list[str]:
+        lab, logged = data["labels"], data["logs"]
+        out = [
+            f"mlpipe monitor --labels: {lab['rows']} label row(s) in {len(lab['files'])} file(s): "
+            f"{lab['matched']} matched, {lab['unmatched']} unmatched, {lab['outside_retention']} outside retention "
+            f"(monitoring.labels_lookback), {lab['duplicates']} duplicate(s) ({lab['conflicting_duplicates']} "
+            f"conflicting), {lab['missing_key']} without a key, {lab['missing_label']} without a label",
+            f"  logs: {logged['examples']} logged example(s) in {logged['records']} request(s), "
+            f"{logged['unkeyed_examples']} without a key, {logged['repeated_keys']} repeated key(s), "
+            f"{logged['bad_records']} unreadable",
+        ]
+        out += monitoring.feedback.series_lines(data["series"]) or ["no labelled prediction to score"]
+        for entry in data["series"]:
+            worst = sorted(
+                (s for s in entry["slices"] if s["examples"] >= config.monitoring.min_slice_examples),
+                key=lambda s: s["metrics"].get(entry["metric"], 1.0),
+            )[:1]
+            for s in worst:
+                out.append(
+                    f"  {entry['window']['since']} version {entry['version']}: weakest slice {s['slice']} "
+                    f"{entry['metric']} {s['metrics'].get(entry['metric'], float('nan')):.4f} on {s['examples']}"
+                )
+        out += [f"note: {n}" for n in data["notes"]]
+        out.append(_rollback_line(data["rollback"]))
+        out.append(f"ALERT: {', '.join(data['alerts'])}" if data["alert"] else "no alert")
+        return out
+
+    return _act(args, config, data, lines, html=None)
+
+
+_ACTIONS = {"rollback": "roll back", "drop_label": "remove a label"}
+
+
+def _rollback_line(decision: dict) -> str:
+    done = decision.get("done")
+    if done and done["action"] == "rollback":
+        return (
+            f"mlpipe: rolled back automatically: version {done['to_version']} re-published as version "
+            f"{done['new_version']}, replacing {done['failed_version']} ({decision['reason']})"
+        )
+    if done:
+        return f"mlpipe: removed label {done['label']} automatically ({decision['reason']})"
+    if decision.get("dry_run") and decision["action"]:
+        return f"dry run: would {_ACTIONS[decision['action']]}: {decision['reason']}"
+    return f"automatic rollback: none ({decision['reason']})"
+
+
+def _auto_rollback(args: argparse.Namespace, config, data: dict, now: float) -> None:
+    """The automatic rollback rule after a monitor run; a rollback is an alert of its own (the hooks say so)."""
+    from pipeline import monitoring
+    from pipeline.metadata.snapshot import RegistryError
+
+    decision = monitoring.feedback.rollback_decision(config, now)
+    decision["dry_run"] = args.dry_run
+    if decision["action"] and not args.dry_run:
+        try:
+            decision["done"] = monitoring.feedback.apply(config, decision, now)
+        except RegistryError as e:
+            raise cli.CommandError(f"automatic rollback failed: {e}", e.code) from None
+        data["alerts"] = sorted(set(data["alerts"]) | {f"rollback:{decision['failure']['version']}"})
+        data["alert"] = True
+    data["rollback"] = decision
 
 
 def _act(args: argparse.Namespace, config, data: dict, lines, html, on_retrain=None) -> int:

@@ -12,8 +12,10 @@ per slice, a two-sample test whose p-value accounts for the window's size, plus 
 Every run's scores go to the workspace's history (history.py), which gates `--retrain`.
 
 Modules: window (times, MonitorError), traffic, baseline, stats, tfdv_checks, check (the run),
-report (table, HTML), history, evaluate (`--evaluate`). What an alert sets off (the alert command, the
-webhook, `mlpipe retrain`) starts processes, so it lives in the CLI: pipeline/cli/actions.py.
+report (table, HTML), history, evaluate (`--evaluate`), labels and feedback (`--labels`: late labels
+joined to logged predictions by request key, the live quality series and the automatic rollback). What
+an alert sets off (the alert command, the webhook, `mlpipe retrain`) starts processes, so it lives in
+the CLI: pipeline/cli/actions.py.
 """
 
 from pipeline.dag.tfdv_checks import (
@@ -23,6 +25,7 @@ from pipeline.dag.tfdv_checks import (
     statistics_of,
     threshold_for,
 )
+from pipeline.monitoring import feedback, labels
 from pipeline.monitoring.baseline import TrainingData, training_data
 from pipeline.monitoring.check import Report, monitor
 from pipeline.monitoring.evaluate import evaluate
@@ -39,7 +42,9 @@ __all__ = [
     "TrainingData",
     "decode_request",
     "evaluate",
+    "feedback",
     "iso_seconds",
+    "labels",
     "monitor",
     "monitoring_schema",
     "parse_duration",

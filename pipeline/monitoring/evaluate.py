@@ -60,6 +60,19 @@ def _csv_to_examples(files: list[Path], schema, destination: Path) -> int:
     return count
 
 
+def value_only_eval_config(config: Config):
+    """The pipeline's own eval config (the blessing's metrics and slices) without the change threshold:
+    there is no baseline model when scoring newly labelled data."""
+    from pipeline.dag.pipeline import eval_config
+
+    eval_cfg = eval_config(config)
+    for spec in eval_cfg.metrics_specs:
+        for metric in spec.metrics:
+            for threshold in metric.per_slice_thresholds:
+                threshold.threshold.ClearField("change_threshold")
+    return eval_cfg
+
+
 def evaluate(config: Config, data: Path, version: int | None, workdir: Path) -> dict:
     """Scores the served version with TFMA on labelled CSV data; the value threshold of [evaluation] decides."""
     serving = serving_versions(config)
@@ -85,14 +98,9 @@ def evaluate(config: Config, data: Path, version: int | None, workdir: Path) -> 
 
     import tensorflow_model_analysis as tfma
 
-    from pipeline.dag.pipeline import eval_config
     from pipeline.metadata import evaluation
 
-    eval_cfg = eval_config(config)
-    for spec in eval_cfg.metrics_specs:  # no baseline here: only the value threshold applies
-        for metric in spec.metrics:
-            for threshold in metric.per_slice_thresholds:
-                threshold.threshold.ClearField("change_threshold")
+    eval_cfg = value_only_eval_config(config)
     shared = tfma.default_eval_shared_model(eval_saved_model_path=str(model_dir), eval_config=eval_cfg)
     output = workdir / "evaluation"
     tfma.run_model_analysis(

@@ -122,3 +122,25 @@ def test_tensor_proto_with_one_value_for_many_is_filled_like_make_ndarray():
         float_val=[2.5],
     )
     np.testing.assert_array_equal(tensor_to_array(proto), tf.make_ndarray(proto))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([[0.25]], dtype=np.float32),
+        np.array([0.1, float("nan"), -np.inf], dtype=np.float64),
+        np.arange(6, dtype=np.int32).reshape(2, 3),
+        np.array([2**40, -1], dtype=np.int64),
+        np.array([True, False]),
+        np.array(3.5, dtype=np.float32),
+        np.zeros((2, 0), dtype=np.float32),
+    ],
+)
+def test_output_tensors_are_written_in_typed_fields_and_read_back_like_make_tensor_proto(array):
+    from serving.inference import array_to_tensor
+
+    got, reference = array_to_tensor(array), tf.make_tensor_proto(array)
+    assert not got.tensor_content  # values in float_val, int64_val, ... as TF Serving's AsProtoField writes them
+    assert got.dtype == reference.dtype and got.tensor_shape == reference.tensor_shape
+    np.testing.assert_array_equal(tf.make_ndarray(got), tf.make_ndarray(reference))
+    assert tf.make_ndarray(got).dtype == array.dtype
