@@ -42,6 +42,9 @@ VERSION_KEYS = {
     "training_spans",
     "rollback",
     "release",  # docs/release.md
+    "verdict",  # the gates' verdicts (docs/release.md)
+    "gates",
+    "forced_blessing",
 }
 CHECK_KEYS = {"metric", "kind", "value", "bound", "baseline_value", "passed"}
 LINEAGE_KEYS = {
@@ -57,6 +60,8 @@ LINEAGE_KEYS = {
     "schema",
     "anomalies",
     "release",  # docs/release.md: the version's release status and decisions
+    "gates",  # docs/release.md
+    "forced_blessing",
 }
 
 

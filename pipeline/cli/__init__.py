@@ -205,6 +205,7 @@ COMMAND_MODULES = [
     "pipeline.cli.metadata",
     "pipeline.cli.compare",
     "pipeline.cli.release",
+    "pipeline.cli.bless",
     "serving.cli",
 ]
 

@@ -115,6 +115,11 @@ def _models(args: argparse.Namespace) -> int:
                 f"  rollback: re-publishes version {rb['of_version']} (replaced {rb['replaced_version']}) "
                 f"by {rb['user']}: {rb['reason']}"
             )
+        elif r.get("forced_blessing"):
+            print(
+                f"  pushed by `mlpipe bless --force` (execution {r['forced_blessing']['execution_id']}); trained in run "
+                f"{r['trainer_run_id']}; spans {','.join(map(str, r['training_spans'])) or '-'}"
+            )
         else:
             print(
                 f"  run {r['run_id']}; trained in run {r['trainer_run_id']}; spans "
@@ -124,12 +129,14 @@ def _models(args: argparse.Namespace) -> int:
         print(f"  baseline: {('version ' + str(baseline['version'])) if baseline and baseline['version'] else 'none'}")
         for check in r["checks"]:
             print(f"  {thresholds.describe_check(check)}")
+        _print_gates(r, "  ")
     for r in refused:
         baseline = r["baseline"]
         against = f"version {baseline['version']}" if baseline and baseline["version"] else "no baseline"
         print(f"refused: run {r['run_id']} (compared with {against})")
         for check in r["failed_checks"]:
             print(f"  {thresholds.describe_check(check)}")
+        _print_gates(r, "  ")
     print(_serving_line(serving))
     return cli.EXIT_OK
 
@@ -139,6 +146,22 @@ def _release_line(release: dict) -> str:
     by = f" by {last['user']} at {last['time']}: {last['reason']}" if last else ""
     held = f" (held in {release['held_path']})" if release["held_path"] else ""
     return f"{release['status']}{by}{held}"
+
+
+def _print_gates(record: dict, indent: str) -> None:
+    """The verdict, the infra and replay gates and any `bless --force` (pipeline/metadata/verdicts.py)."""
+    from pipeline.metadata import verdicts
+
+    if record.get("verdict"):
+        print(f"{indent}verdict: {record['verdict']}")
+    for gate in record.get("gates", []):
+        if gate["gate"] == verdicts.OVERRIDE:
+            n = gate["numbers"]
+            print(
+                f"{indent}forced blessing by {n['user']} at {n['time']} (overrode {n['overridden']}): {gate['reasons'][0]}"
+            )
+        elif gate["gate"] != verdicts.EVALUATION:
+            print(f"{indent}{verdicts.describe(gate)}")
 
 
 # --- lineage ----------------------------------------------------------------------------------
@@ -197,6 +220,7 @@ def _lineage(args: argparse.Namespace) -> int:
     )
     for check in ev["checks"]:
         print(f"     {thresholds.describe_check(check)}")
+    _print_gates({"verdict": ev.get("verdict"), "gates": chain.get("gates", [])}, "     ")
     m = chain["model"]
     print(f"  <- Model {m['uri']} from Trainer {_exec_line(m['trainer'])}")
     print(f"     train_args {json.dumps(m['train_args'])} eval_args {json.dumps(m['eval_args'])}")

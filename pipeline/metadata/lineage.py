@@ -80,7 +80,10 @@ def lineage(snap: Snapshot, version: int) -> dict:
         "checks": record["checks"] if not v.is_rollback else version_record(snap, versions, source)["checks"],
         "thresholds": recorded_thresholds(snap.executions[evaluator]) if evaluator is not None else [],
         "baseline": baseline_version(snap, versions, source.blessing),
+        "verdict": record["verdict"],
     }
+    chain["gates"] = record["gates"]  # every gate of the candidate's run, then `bless --force` overrides
+    chain["forced_blessing"] = record["forced_blessing"]
     # Model and Trainer.
     model = source.model
     trainer = snap.producing_execution(model) if model is not None else None
