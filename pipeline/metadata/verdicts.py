@@ -164,6 +164,10 @@ def numbers_line(result: dict) -> str:
     return ""
 
 
+# Verdicts that let a candidate through (a SKIPPED replay gate had nothing to compare, and says why).
+LETS_THROUGH = ("BLESSED", "PASSED", "SKIPPED")
+
+
 def blocking(results: list[dict]) -> dict | None:
     """The first infra or replay gate that blocked the push (FAILED), if any."""
     return next((r for r in results if r["gate"] in (INFRA, REPLAY) and r["verdict"] == "FAILED"), None)

@@ -17,7 +17,7 @@ from pipeline.config import Config
 from pipeline.metadata import lineage as lineage_lib
 from pipeline.metadata import queries as metadata
 from pipeline.metadata import runs as runs_lib
-from pipeline.metadata import thresholds
+from pipeline.metadata import thresholds, verdicts
 from pipeline.metadata import versions as versions_lib
 from pipeline.metadata.artifacts import read_anomalies, row_counts, split_names
 from pipeline.metadata.snapshot import RegistryError, open_snapshot
@@ -251,10 +251,10 @@ def gather(config: Config, run_id: str) -> dict:
 
 def _why(row: dict, gates: list[dict]) -> str:
     if row["outcome"] == "pushed":
-        passed = [g["gate"] for g in gates if g["verdict"] in ("BLESSED", "PASSED")]
+        passed = [g["gate"] for g in gates if g["verdict"] in verdicts.LETS_THROUGH]
         return f"every gate passed ({', '.join(passed) or 'none recorded'}); the Pusher pushed the blessed model"
     if row["outcome"] == "not_blessed":
-        failed = [g["gate"] for g in gates if g["verdict"] not in ("BLESSED", "PASSED")]
+        failed = [g["gate"] for g in gates if g["verdict"] not in verdicts.LETS_THROUGH]
         return f"nothing pushed: {', '.join(failed) or 'a gate'} refused the candidate"
     return f"nothing pushed: the run is {row['outcome']}" + (f" ({row['error']})" if row.get("error") else "")
 

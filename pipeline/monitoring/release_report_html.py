@@ -10,11 +10,12 @@ from __future__ import annotations
 import html
 import json
 
+from pipeline.metadata import verdicts
 from pipeline.monitoring.release_report import _fmt
 from pipeline.monitoring.report import _bars  # the monitor page's inline SVG bar chart
 
 SECTIONS = ("summary", "gates", "push", "data", "metrics", "lineage")
-PASSING = ("BLESSED", "PASSED")
+PASSING = verdicts.LETS_THROUGH
 
 STYLE = """
 body{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}
