@@ -25,12 +25,12 @@ from pipeline.dag.tfdv_checks import (
     statistics_of,
     threshold_for,
 )
+from pipeline.metadata.request_logs import Traffic, decode_request, read_traffic
 from pipeline.monitoring import feedback, labels
 from pipeline.monitoring.baseline import TrainingData, training_data
 from pipeline.monitoring.check import Report, monitor
 from pipeline.monitoring.evaluate import evaluate
 from pipeline.monitoring.report import table, write_html
-from pipeline.monitoring.traffic import Traffic, decode_request, read_traffic
 from pipeline.monitoring.window import MonitorError, iso_seconds, parse_duration, parse_time
 
 __all__ = [

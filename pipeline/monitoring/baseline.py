@@ -21,10 +21,10 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.metadata import queries as metadata
+from pipeline.metadata.request_logs import SCORE, example_row
 from pipeline.metadata.snapshot import Snapshot
 from pipeline.metadata.versions import example_artifacts_of_model, original_version, pushed_versions
 from pipeline.monitoring.stats import SPAN
-from pipeline.monitoring.traffic import SCORE, example_row
 from pipeline.monitoring.window import MonitorError
 
 EVAL_SCORE_ROWS = 5000  # at most this many eval-split rows are scored for the prediction baseline
@@ -105,7 +105,7 @@ def _eval_scores(model_dir: str, serialized: list[bytes]) -> list[float]:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.monitoring.traffic import SCORE_OUTPUT
+    from pipeline.metadata.request_logs import SCORE_OUTPUT
 
     loaded = tf.saved_model.load(model_dir)
     signature = loaded.signatures["serving_default"]

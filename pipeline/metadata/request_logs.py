@@ -1,4 +1,7 @@
-"""Reading the request logs back: decoded raw features (and the model's score) of every logged example."""
+"""Reading the request logs back: decoded raw features (and the model's score) of every logged example.
+
+It sits in the recorded-facts layer beside the TFRecord reader (tfrecords.py) because the monitor, the
+late-label join and the replay gate (pipeline/dag) all read what the server logged."""
 
 from __future__ import annotations
 
