@@ -254,7 +254,53 @@ def _drift_windows(config: Config, version: int) -> list[tuple[str, bool]]:
     return out
 
 
-CHECKS = {"quality": _quality_windows, "prediction_drift": _drift_windows}
+def error_rate_series(config: Config, log_dir: Path | None = None) -> list[dict]:
+    """The served versions' error rate per `monitoring.quality_window` window, from the server's outcome files.
+
+    One entry per (window, version), oldest first: requests, failed, error_rate, judged (at least
+    `monitoring.min_error_requests` requests) and passed (error_rate <= `monitoring.max_error_rate`).
+    """
+    from serving.outcomes import read_outcomes
+
+    m = config.monitoring
+    window_seconds = _duration(config, "quality_window")
+    sums: dict[tuple[float, int], list[int]] = {}
+    for line in read_outcomes(str(log_dir or config.request_log_dir)):
+        if line.get("model") not in (None, config.model_name):
+            continue
+        start = float(line["time"]) // window_seconds * window_seconds
+        slot = sums.setdefault((start, int(line["version"])), [0, 0])
+        slot[0] += int(line.get("ok", 0))
+        slot[1] += int(line.get("failed", 0))
+    out = []
+    for (start, version), (ok, failed) in sorted(sums.items()):
+        requests = ok + failed
+        rate = failed / requests if requests else None
+        judged = requests >= m.min_error_requests
+        out.append(
+            {
+                "window": {"since": iso_seconds(start), "until": iso_seconds(start + window_seconds)},
+                "version": version,
+                "requests": requests,
+                "failed": failed,
+                "error_rate": None if rate is None else round(rate, 6),
+                "max_error_rate": m.max_error_rate,
+                "judged": judged,
+                "passed": (rate <= m.max_error_rate) if judged else None,
+            }
+        )
+    return out
+
+
+def _error_windows(config: Config, version: int) -> list[tuple[str, bool]]:
+    return [
+        (e["window"]["since"], e["passed"])
+        for e in error_rate_series(config)
+        if e["version"] == version and e["judged"]
+    ]
+
+
+CHECKS = {"quality": _quality_windows, "prediction_drift": _drift_windows, "error_rate": _error_windows}
 
 
 def rollback_decision(config: Config, now: float) -> dict:
