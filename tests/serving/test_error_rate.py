@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import requests
 
@@ -63,3 +64,18 @@ def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cach
         with_rule(rollback_after_windows=1, min_error_requests=4, max_error_rate=0.8), 0
     )
     assert tolerant["failing"] == []
+    # `mlpipe monitor --history` shows the same windows from the server's outcome files (text and --json).
+    from tests.conftest import run_cli
+
+    config = tmp_path / "mlpipe.toml"
+    config.write_text(
+        f'workspace = "{base.workspace_path}"\n[monitoring]\nmax_error_rate = 0.1\nmin_error_requests = 4\n'
+    )
+    code, out, _ = run_cli("monitor", "--config", str(config), "--history", "--log-dir", str(base.request_log_root))
+    assert code == 0 and "ERROR RATE WINDOW SINCE" in out
+    assert [line.split()[1:] for line in out.splitlines() if line.endswith(("ok", "(> 0.1000)"))] == [
+        ["1", "4", "0", "0.0000", "ok"],
+        ["2", "4", "3", "0.7500", "FAIL", "(>", "0.1000)"],
+    ]
+    doc = json.loads(run_cli("monitor", "--config", str(config), "--history", "--json")[1])
+    assert doc["error_rate"] == series
