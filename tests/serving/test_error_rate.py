@@ -15,6 +15,11 @@ from tests.serving.conftest import entry, start_server
 
 
 def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cache, tmp_path):
+    import grpc
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
     from pipeline import config as config_lib
     from pipeline.monitoring import feedback
 
@@ -33,6 +38,12 @@ def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cach
         failed = [requests.post(f"{url}:predict", json={"instances": ["not a number"]}) for _ in range(3)]
         failed.append(requests.post(f"{url}:predict", json={"instances": [1.0]}))
         answered = [requests.post(f"{url}/versions/1:predict", json={"instances": [1.0]}) for _ in range(4)]
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:  # gRPC is counted too
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = base.model_name
+            request.model_spec.version.value = 1
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([7.0], np.float32)))
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
         unknown = requests.post(f"{url}/versions/9:predict", json={"instances": [1.0]})  # the client's: not counted
     finally:
         server.stop()  # writes the last deltas
@@ -43,14 +54,14 @@ def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cach
     for line in read_outcomes(str(base.request_log_dir)):
         ok, bad = totals.get(line["version"], (0, 0))
         totals[line["version"]] = (ok + line["ok"], bad + line["failed"])
-    assert totals == {1: (4, 0), 2: (1, 3)}
+    assert totals == {1: (5, 0), 2: (1, 3)}
 
     def with_rule(**monitoring):
         return dataclasses.replace(base, monitoring=dataclasses.replace(base.monitoring, **monitoring))
 
     series = feedback.error_rate_series(with_rule(min_error_requests=4, max_error_rate=0.1))
     assert [(e["version"], e["requests"], e["error_rate"], e["passed"]) for e in series] == [
-        (1, 4, 0.0, True),
+        (1, 5, 0.0, True),
         (2, 4, 0.75, False),
     ]
     # Fewer requests than monitoring.min_error_requests: not judged, no rollback.
@@ -74,7 +85,7 @@ def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cach
     code, out, _ = run_cli("monitor", "--config", str(config), "--history", "--log-dir", str(base.request_log_root))
     assert code == 0 and "ERROR RATE WINDOW SINCE" in out
     assert [line.split()[1:] for line in out.splitlines() if line.endswith(("ok", "(> 0.1000)"))] == [
-        ["1", "4", "0", "0.0000", "ok"],
+        ["1", "5", "0", "0.0000", "ok"],
         ["2", "4", "3", "0.7500", "FAIL", "(>", "0.1000)"],
     ]
     doc = json.loads(run_cli("monitor", "--config", str(config), "--history", "--json")[1])
