@@ -37,7 +37,7 @@ fmt: setup
 bench: setup
 	$(BIN)/python bench/taxi_reference_bench.py
 
-test-services:  # MariaDB for the MLMD-on-MySQL tests (tools/test-services.sh)
+test-services:  # MariaDB (MLMD-on-MySQL tests) and Chromium (the release report test): tools/test-services.sh
 	tools/test-services.sh
 
 clean-workspace:

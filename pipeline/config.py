@@ -124,6 +124,30 @@ class EvaluationConfig:
     # Change threshold: the candidate may be at most `change_tolerance` below the latest blessed model.
     change_metric: str = "auc"
     change_tolerance: float = 0.01
+    # false: the Evaluator computes the metrics but applies no threshold; the verdict is UNVALIDATED
+    # and nothing is pushed unless `mlpipe bless --force` (docs/release.md).
+    thresholds: bool = True
+
+
+@dataclass(frozen=True)
+class InfraValidationConfig:
+    """Before the push the candidate is loaded by mlpipe's server code and queried (docs/release.md)."""
+
+    enabled: bool = True
+    examples: int = 10  # eval-split examples sent, one request each, to every signature
+    max_latency_ms: float = 2000.0  # p95 latency of one request, per signature
+    max_error_rate: float = 0.0  # fraction of requests that may fail
+
+
+@dataclass(frozen=True)
+class ReplayGateConfig:
+    """The candidate and the serving champion re-score the last logged requests (docs/release.md)."""
+
+    enabled: bool = True
+    last_requests: int = 200
+    max_mean_abs_delta: float = 0.1  # mean |candidate score - champion score|
+    max_flipped_fraction: float = 0.1  # share of examples whose decision at 0.5 flips
+    max_p95_latency_ratio: float = 3.0  # candidate p95 / champion p95
 
 
 @dataclass(frozen=True)
@@ -253,6 +277,30 @@ class MetadataConfig:
     password_file: str = ""  # or: a file whose first line is the password (wins over password_env)
 
 
+RELEASE_MODES = ("auto", "canary", "manual")
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """How a blessed push is released (docs/release.md, Approvals)."""
+
+    # auto: served as soon as it is pushed (the highest version); canary: pushed under the `canary`
+    # label taking canary_weight % of unlabelled traffic until `mlpipe approve`; manual: held out of the
+    # serving directory as pending until `mlpipe approve` (or `mlpipe reject`).
+    mode: str = "auto"
+    canary_weight: int = 10  # percent of unlabelled requests the canary gets (traffic.json split)
+
+
+@dataclass(frozen=True)
+class ModelCardConfig:
+    """Free text of each pushed version's model card (docs/release.md, Release report)."""
+
+    intended_use: str = ""
+    limitations: str = ""
+    ethical_considerations: str = ""
+    owners: str = ""
+
+
 @dataclass(frozen=True)
 class Config:
     workspace: str = "workspace"
@@ -267,6 +315,10 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    model_card: ModelCardConfig = field(default_factory=ModelCardConfig)
+    infra_validation: InfraValidationConfig = field(default_factory=InfraValidationConfig)
+    replay_gate: ReplayGateConfig = field(default_factory=ReplayGateConfig)
 
     # Paths derived from the workspace: one place for each.
     @property
@@ -339,6 +391,21 @@ class Config:
         """The cached training-data baseline of a served version (`mlpipe monitor`)."""
         return self.workspace_path / "monitoring" / "baselines" / f"{version}.json"
 
+    @property
+    def traffic_config_path(self) -> Path:
+        """serving/traffic.py's sidecar (weighted split, shadow label) beside models.config."""
+        return self.models_config_path.parent / "traffic.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Each run's release report and model card: <reports_dir>/<run>/ (docs/release.md)."""
+        return self.workspace_path / "reports"
+
+    @property
+    def release_hold_dir(self) -> Path:
+        """Versions held out of serving (release.mode = manual: pending; rejected): <dir>/<version>/."""
+        return self.workspace_path / "release_hold" / self.model_name
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -365,6 +432,10 @@ _SECTIONS = {
     "deploy": DeployConfig,
     "monitoring": MonitoringConfig,
     "metadata": MetadataConfig,
+    "release": ReleaseConfig,
+    "model_card": ModelCardConfig,
+    "infra_validation": InfraValidationConfig,
+    "replay_gate": ReplayGateConfig,
 }
 _TOP_LEVEL = {"workspace", "pipeline_name", "model_name", "enable_cache"}
 
@@ -489,6 +560,29 @@ def validate(config: Config) -> None:
     validate_deploy(config.deploy)
     validate_monitoring(config.monitoring)
     validate_metadata(config.metadata)
+    validate_release(config.release)
+    validate_gates(config.infra_validation, config.replay_gate)
+
+
+def validate_release(r: ReleaseConfig) -> None:
+    if r.mode not in RELEASE_MODES:
+        raise ConfigError("release.mode", f"must be one of {', '.join(RELEASE_MODES)}, got {r.mode!r}")
+    if not 0 < r.canary_weight < 100:
+        raise ConfigError("release.canary_weight", f"must be a percentage between 1 and 99, got {r.canary_weight}")
+
+
+def validate_gates(iv: InfraValidationConfig, rg: ReplayGateConfig) -> None:
+    if iv.examples <= 0:
+        raise ConfigError("infra_validation.examples", f"must be positive, got {iv.examples}")
+    if iv.max_latency_ms < 0:
+        raise ConfigError("infra_validation.max_latency_ms", f"must be >= 0, got {iv.max_latency_ms}")
+    if not 0 <= iv.max_error_rate <= 1:
+        raise ConfigError("infra_validation.max_error_rate", f"must be in [0, 1], got {iv.max_error_rate}")
+    if rg.last_requests <= 0:
+        raise ConfigError("replay_gate.last_requests", f"must be positive, got {rg.last_requests}")
+    for key in ("max_mean_abs_delta", "max_flipped_fraction", "max_p95_latency_ratio"):
+        if getattr(rg, key) < 0:
+            raise ConfigError(f"replay_gate.{key}", f"must be >= 0, got {getattr(rg, key)}")
 
 
 def validate_metadata(m: MetadataConfig) -> None:

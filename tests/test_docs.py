@@ -337,6 +337,7 @@ RUN_HERE = {  # prefix of a documented command: the test below that runs it
     "mlpipe monitor --workspace ws --evaluate": "test_monitor_evaluate_prints_the_documented_report",
     "mlpipe rollback": "test_rollback_prints_the_documented_lines",
     "mlpipe compile --target vertex -o build/mlpipe.json --image": "test_compile_command_of_the_docker_section",
+    "mlpipe report": "test_report_prints_the_documented_path",
 }
 
 
@@ -488,3 +489,11 @@ def test_compile_command_of_the_docker_section(home):
     assert done.stdout.startswith("mlpipe: compiled 'mlpipe-taxi' for vertex: build/mlpipe.json")
     job = json.loads((home / "build" / "mlpipe.json").read_text())
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://my-bucket/mlpipe"
+
+
+def test_report_prints_the_documented_path(home):
+    (c,) = find("mlpipe report")
+    done = bash(c.text, home, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stdout + done.stderr
+    assert_matches(c.output, done.stdout)
+    assert Path(done.stdout.strip()).is_file()

@@ -63,6 +63,8 @@ WORKSPACE_NAMES = {
     "monitoring",
     "baselines",
     "history.jsonl",
+    "reports",
+    "release_hold",
 }
 # serving/traffic.py: a stock TF-Serving-style server has no workspace, only --model_config_file; its
 # traffic logs default to traffic_logs/ beside that file (Config.traffic_log_root is the same place).

@@ -41,6 +41,10 @@ VERSION_KEYS = {
     "baseline",
     "training_spans",
     "rollback",
+    "release",  # docs/release.md
+    "verdict",  # the gates' verdicts (docs/release.md)
+    "gates",
+    "forced_blessing",
 }
 CHECK_KEYS = {"metric", "kind", "value", "bound", "baseline_value", "passed"}
 LINEAGE_KEYS = {
@@ -55,6 +59,9 @@ LINEAGE_KEYS = {
     "examples",
     "schema",
     "anomalies",
+    "release",  # docs/release.md: the version's release status and decisions
+    "gates",  # docs/release.md
+    "forced_blessing",
 }
 
 

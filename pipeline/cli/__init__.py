@@ -204,6 +204,8 @@ COMMAND_MODULES = [
     "pipeline.cli.project",
     "pipeline.cli.metadata",
     "pipeline.cli.compare",
+    "pipeline.cli.release",
+    "pipeline.cli.bless",
     "serving.cli",
 ]
 

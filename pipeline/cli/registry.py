@@ -14,7 +14,7 @@ from pipeline.metadata import runs as runs_lib
 from pipeline.metadata import snapshot as snapshot_lib
 from pipeline.metadata import thresholds
 from pipeline.metadata import versions as versions_lib
-from pipeline.publish import promotion
+from pipeline.publish import approvals, promotion
 from pipeline.publish import rollback as rollback_lib
 from pipeline.publish import versions as on_disk
 
@@ -91,6 +91,9 @@ def _models(args: argparse.Namespace) -> int:
     if not records and not serving["versions_on_disk"]:
         return _nothing_yet(config, args, {"serving": serving, "versions": [], "refused": []}, snap)
     refused = runs_lib.refused_candidates(snap) if snap is not None else []
+    states = approvals.release_states(config)
+    for r in records:
+        r["release"] = approvals.status_of(states, r["version"])  # pending/canary/approved/rejected/auto
     if args.json:
         _dump({"workspace": str(config.workspace_path), "serving": serving, "versions": records, "refused": refused})
         return cli.EXIT_OK
@@ -104,11 +107,18 @@ def _models(args: argparse.Namespace) -> int:
     for r in records:
         tags = ", ".join(marks.get(r["version"], []))
         print(f"version {r['version']}" + (f"  [{tags}]" if tags else "") + f"  pushed {r['pushed']}")
+        if r["release"]["status"] != "auto":
+            print(f"  release: {_release_line(r['release'])}")
         if r["rollback"]:
             rb = r["rollback"]
             print(
                 f"  rollback: re-publishes version {rb['of_version']} (replaced {rb['replaced_version']}) "
                 f"by {rb['user']}: {rb['reason']}"
+            )
+        elif r.get("forced_blessing"):
+            print(
+                f"  pushed by `mlpipe bless --force` (execution {r['forced_blessing']['execution_id']}); trained in run "
+                f"{r['trainer_run_id']}; spans {','.join(map(str, r['training_spans'])) or '-'}"
             )
         else:
             print(
@@ -119,14 +129,39 @@ def _models(args: argparse.Namespace) -> int:
         print(f"  baseline: {('version ' + str(baseline['version'])) if baseline and baseline['version'] else 'none'}")
         for check in r["checks"]:
             print(f"  {thresholds.describe_check(check)}")
+        _print_gates(r, "  ")
     for r in refused:
         baseline = r["baseline"]
         against = f"version {baseline['version']}" if baseline and baseline["version"] else "no baseline"
         print(f"refused: run {r['run_id']} (compared with {against})")
         for check in r["failed_checks"]:
             print(f"  {thresholds.describe_check(check)}")
+        _print_gates(r, "  ")
     print(_serving_line(serving))
     return cli.EXIT_OK
+
+
+def _release_line(release: dict) -> str:
+    last = release["decisions"][-1] if release["decisions"] else None
+    by = f" by {last['user']} at {last['time']}: {last['reason']}" if last else ""
+    held = f" (held in {release['held_path']})" if release["held_path"] else ""
+    return f"{release['status']}{by}{held}"
+
+
+def _print_gates(record: dict, indent: str) -> None:
+    """The verdict, the infra and replay gates and any `bless --force` (pipeline/metadata/verdicts.py)."""
+    from pipeline.metadata import verdicts
+
+    if record.get("verdict"):
+        print(f"{indent}verdict: {record['verdict']}")
+    for gate in record.get("gates", []):
+        if gate["gate"] == verdicts.OVERRIDE:
+            n = gate["numbers"]
+            print(
+                f"{indent}forced blessing by {n['user']} at {n['time']} (overrode {n['overridden']}): {gate['reasons'][0]}"
+            )
+        elif gate["gate"] != verdicts.EVALUATION:
+            print(f"{indent}{verdicts.describe(gate)}")
 
 
 # --- lineage ----------------------------------------------------------------------------------
@@ -166,6 +201,10 @@ def _lineage(args: argparse.Namespace) -> int:
         f"Version {chain['version']}: {chain['pushed']['path']}"
         f"{'' if chain['pushed']['exists'] else ' (directory missing)'}  pushed {pub['pushed']}"
     )
+    if chain["release"]["status"] != "auto":
+        print(f"  release: {_release_line(chain['release'])}")
+        for d in chain["release"]["decisions"]:
+            print(f"     {d['time']} {d['user']} {d['decision']} (execution {d['execution_id']}): {d['reason']}")
     if chain["rollback"]:
         rb = chain["rollback"]
         print(
@@ -181,6 +220,7 @@ def _lineage(args: argparse.Namespace) -> int:
     )
     for check in ev["checks"]:
         print(f"     {thresholds.describe_check(check)}")
+    _print_gates({"verdict": ev.get("verdict"), "gates": chain.get("gates", [])}, "     ")
     m = chain["model"]
     print(f"  <- Model {m['uri']} from Trainer {_exec_line(m['trainer'])}")
     print(f"     train_args {json.dumps(m['train_args'])} eval_args {json.dumps(m['eval_args'])}")

@@ -17,12 +17,14 @@ from tfx import v1 as tfx
 from data import spans
 from models import features
 from pipeline.config import METRIC_CLASSES, Config
-from pipeline.dag import user_code
+from pipeline.dag import replay_gate, user_code
 from pipeline.dag.components import AnomaliesGate, BaselineModelStrategy
 from pipeline.dag.components_drift import drift_gate
 from pipeline.dag.dataset import column_types
+from pipeline.dag.infra_validator import InfraValidator
 from pipeline.dag.inputs import CSV_PATTERN
 from pipeline.dag.typed_csv import TypedCsvExampleGen
+from pipeline.publish.approvals import release_settings
 from pipeline.publish.pusher import AtomicPusher
 
 MODELS_DIR = Path(features.__file__).resolve().parent
@@ -37,6 +39,8 @@ COMPONENT_ORDER = (
     "Trainer",
     "latest_blessed_model_resolver",
     "Evaluator",
+    "InfraValidator",
+    "ReplayGate",
     "Pusher",
 )
 
@@ -117,7 +121,7 @@ def eval_config(config: Config) -> tfma.EvalConfig:
     metrics = []
     for name in config.model.metrics:
         metric = tfma.MetricConfig(class_name=METRIC_CLASSES[name])
-        if name in thresholds:  # gate on the overall slice only; slices are reported, not gated
+        if name in thresholds and ev.thresholds:  # gate on the overall slice only; slices are reported, not gated
             metric.per_slice_thresholds.append(
                 tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=thresholds[name])
             )
@@ -135,6 +139,35 @@ def eval_config(config: Config) -> tfma.EvalConfig:
         + [tfma.SlicingSpec(feature_keys=[key]) for key in config.model.slice_features],
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
     )
+
+
+def release_gates(config: Config, trainer, example_gen, request_log_dir: str) -> tuple:
+    """The InfraValidator and the replay gate before the Pusher (docs/release.md); None when disabled."""
+    iv, rg = config.infra_validation, config.replay_gate
+    infra = None
+    if iv.enabled:
+        infra = InfraValidator(
+            model=trainer.outputs["model"],
+            examples=example_gen.outputs["examples"],
+            model_name=config.model_name,
+            request_log_dir=request_log_dir,
+            examples_per_signature=iv.examples,
+            max_latency_ms=iv.max_latency_ms,
+            max_error_rate=iv.max_error_rate,
+        ).with_id("InfraValidator")
+    replay = None
+    if rg.enabled:
+        replay = replay_gate.ReplayGate(
+            model=trainer.outputs["model"],
+            model_name=config.model_name,
+            request_log_dir=request_log_dir,
+            workspace=str(config.workspace_path),
+            last_requests_count=rg.last_requests,
+            max_mean_abs_delta=rg.max_mean_abs_delta,
+            max_flipped_fraction=rg.max_flipped_fraction,
+            max_p95_latency_ratio=rg.max_p95_latency_ratio,
+        ).with_id("ReplayGate")
+    return infra, replay
 
 
 def create_pipeline(config: Config, target: Target | None = None) -> tfx.dsl.Pipeline:
@@ -248,14 +281,24 @@ def create_pipeline(config: Config, target: Target | None = None) -> tfx.dsl.Pip
         baseline_model=baseline_resolver.outputs["model"],
         eval_config=eval_config(config),
     )
+    request_log_dir = str(config.request_log_dir)
+    infra_validator, replay = release_gates(config, trainer, example_gen, request_log_dir)
+    for gate in (infra_validator, replay):
+        if gate is not None:  # after the Evaluator, so the run's order reads gate by gate
+            gate.add_upstream_node(evaluator)
     pusher = AtomicPusher(  # copies to a hidden temp dir, then renames: no partial versions
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"] if infra_validator else None,
+        replay_verdict=replay.outputs["verdict"] if replay else None,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=target.serving_model_dir)
         ),
         # warm-up requests from logged traffic (pipeline/publish/serving_assets.py)
-        custom_config={"request_log_dir": str(config.request_log_dir)},
+        custom_config={
+            "request_log_dir": request_log_dir,
+            **release_settings(config),  # release.mode canary / manual (pipeline/publish/approvals.py)
+        },
     ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
@@ -276,6 +319,8 @@ def create_pipeline(config: Config, target: Target | None = None) -> tfx.dsl.Pip
                 trainer,
                 baseline_resolver,
                 evaluator,
+                infra_validator,
+                replay,
                 pusher,
             )
             if c is not None

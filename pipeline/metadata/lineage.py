@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pipeline.metadata import queries as metadata
+from pipeline.metadata import releases
 from pipeline.metadata.artifacts import read_anomalies, row_counts, split_names
 from pipeline.metadata.snapshot import RegistryError, Snapshot, json_prop
 from pipeline.metadata.thresholds import recorded_thresholds
@@ -79,7 +80,10 @@ def lineage(snap: Snapshot, version: int) -> dict:
         "checks": record["checks"] if not v.is_rollback else version_record(snap, versions, source)["checks"],
         "thresholds": recorded_thresholds(snap.executions[evaluator]) if evaluator is not None else [],
         "baseline": baseline_version(snap, versions, source.blessing),
+        "verdict": record["verdict"],
     }
+    chain["gates"] = record["gates"]  # every gate of the candidate's run, then `bless --force` overrides
+    chain["forced_blessing"] = record["forced_blessing"]
     # Model and Trainer.
     model = source.model
     trainer = snap.producing_execution(model) if model is not None else None
@@ -171,4 +175,5 @@ def lineage(snap: Snapshot, version: int) -> dict:
                     {"uri": artifact.uri, "by_split": read_anomalies(artifact.uri, split_names(artifact))}
                 )
     chain["anomalies"] = list({a["uri"]: a for a in anomalies_rec}.values())
+    chain["release"] = releases.status_of(releases.release_states(config), version)  # docs/release.md
     return chain

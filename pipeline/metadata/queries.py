@@ -177,6 +177,7 @@ def custom_property(item, name: str, default=None):
 # --- Registry queries (mlpipe runs/models/lineage/rollback); see pipeline/metadata/ (snapshot, runs, versions, lineage). ---
 
 ROLLBACK_EXECUTION_TYPE = "mlpipe.Rollback"
+FORCED_BLESSING_EXECUTION_TYPE = "mlpipe.ForcedBlessing"  # `mlpipe bless --force` (pipeline/publish/force.py)
 REGISTRY_CONTEXT_TYPE = "mlpipe.Registry"
 
 

@@ -13,7 +13,7 @@ from pipeline.config import Config
 from pipeline.metadata import queries as metadata
 from pipeline.metadata.snapshot import Snapshot, iso, version_str
 from pipeline.metadata.thresholds import threshold_checks
-from pipeline.metadata.versions import baseline_version, pushed_versions
+from pipeline.metadata.versions import baseline_version, gate_fields, pushed_versions
 
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\w*)(?::\s?(.*))?$")
 
@@ -102,6 +102,7 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
             "spans": [],
             "components": {snap.node(i): states[i] for i in ids},
             "log": None,  # set for failed runs: the run's log file, when found
+            "blocked_by": None,  # the infra or replay gate that kept a blessed candidate back (docs/release.md)
         }
         # Spans used: what Transform read (the span window, when there is one), else what ExampleGen made.
         examples = [a for i in ids if snap.node(i) == "Transform" for a in snap.input_artifacts(i, "examples")]
@@ -129,6 +130,7 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
             row["pushed_version"] = pushed.version
         else:
             row["outcome"] = "not_blessed"
+            row["blocked_by"] = _blocking_gate(snap, nodes)
             evaluator = nodes.get("Evaluator")
             if evaluator is not None and with_metrics:
                 evaluations = snap.output_artifacts(evaluator, "evaluation")
@@ -140,10 +142,26 @@ def list_runs(snap: Snapshot, with_metrics: bool = True) -> list[dict]:
     return rows
 
 
+def _blocking_gate(snap: Snapshot, nodes: dict) -> dict | None:
+    """{gate, verdict, reasons} of the run's infra or replay gate that FAILED, if one did."""
+    from pipeline.metadata import verdicts
+
+    results = []
+    for node, gate in verdicts.NODE_GATES.items():
+        if gate != verdicts.EVALUATION and nodes.get(node) is not None:
+            for artifact in snap.output_artifacts(nodes[node], verdicts.GATE_OUTPUT_KEYS[gate]):
+                results.append(verdicts.recorded_gate(artifact, nodes[node]))
+    blocked = verdicts.blocking(results)
+    return {k: blocked[k] for k in ("gate", "verdict", "reasons")} if blocked else None
+
+
 def describe_run(row: dict) -> str:
     outcome = row["outcome"]
     if outcome == "pushed":
         text = f"pushed version {row['pushed_version']}"
+    elif outcome == "not_blessed" and row.get("blocked_by"):
+        b = row["blocked_by"]
+        text = f"not pushed: {b['gate']} {b['verdict']} ({'; '.join(b['reasons'])})"
     elif outcome == "not_blessed":
         from pipeline.metadata.evaluation import describe_failure
 
@@ -184,6 +202,7 @@ def refused_candidates(snap: Snapshot) -> list[dict]:
                 "started": row["started"],
                 "failed_checks": row["failed_checks"],
                 "baseline": baseline_version(snap, versions, blessings[0] if blessings else None),
+                **gate_fields(snap, evaluator, row["failed_checks"]),
             }
         )
     return refused

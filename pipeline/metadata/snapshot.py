@@ -59,9 +59,11 @@ class Snapshot:
         self.run_of = metadata.run_names_by_execution(store, name)
         self.runs = metadata.pipeline_runs(store, name)
         rollbacks = metadata.executions_of_type(store, metadata.ROLLBACK_EXECUTION_TYPE)
-        ids = sorted(set(self.node_of) | {e.id for e in rollbacks})
+        forced = metadata.executions_of_type(store, metadata.FORCED_BLESSING_EXECUTION_TYPE)
+        ids = sorted(set(self.node_of) | {e.id for e in rollbacks} | {e.id for e in forced})
         self.executions = {e.id: e for e in store.get_executions_by_id(ids)} if ids else {}
         self.rollback_ids = {e.id for e in rollbacks}
+        self.forced_ids = {e.id for e in forced}  # `mlpipe bless --force` pushes
         self.consumers: dict[int, list[int]] = {}
         self.producer: dict[int, int] = {}  # artifact id -> first execution that output it
         events = sorted(metadata.events_of(self.store, ids), key=lambda e: e.execution_id)
@@ -78,6 +80,8 @@ class Snapshot:
     def node(self, execution_id: int) -> str:
         if execution_id in self.rollback_ids:
             return "rollback"
+        if execution_id in self.forced_ids:
+            return "forced_blessing"
         return self.node_of.get(execution_id, "?")
 
     def state(self, execution_id: int) -> str:

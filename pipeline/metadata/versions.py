@@ -31,7 +31,7 @@ class Version:
 def pushed_versions(snap: Snapshot) -> list[Version]:
     """Every version that was published, oldest first: Pusher pushes and rollbacks."""
     versions: dict[str, Version] = {}
-    for execution_id in snap.executions_by_node("Pusher"):
+    for execution_id in sorted(snap.executions_by_node("Pusher") + sorted(snap.forced_ids)):  # + `bless --force`
         for artifact in snap.output_artifacts(execution_id, "pushed_model"):
             version = version_str(metadata.prop(artifact, "pushed_version"))
             if metadata.prop(artifact, "pushed") != 1 or version is None or version in versions:
@@ -115,6 +115,11 @@ def version_record(snap: Snapshot, versions: list[Version], v: Version, with_met
         "training_spans": metadata.examples_spans(example_artifacts_of_model(snap, v.model)),
         "rollback": None,
     }
+    record.update(gate_fields(snap, evaluator, checks if with_metrics else None))
+    if v.execution_id in snap.forced_ids:
+        from pipeline.metadata import verdicts
+
+        record["forced_blessing"] = verdicts.forced_record(snap.executions[v.execution_id])
     if v.is_rollback:
         e = snap.executions[v.execution_id]
         record["run_id"] = None
@@ -126,6 +131,20 @@ def version_record(snap: Snapshot, versions: list[Version], v: Version, with_met
             "user": metadata.prop(e, "user"),
         }
     return record
+
+
+def gate_fields(snap: Snapshot, evaluator: int | None, checks: list | None) -> dict:
+    """verdict (BLESSED / NOT_BLESSED / UNVALIDATED), gates (every gate of the candidate's run) and
+    forced_blessing (None); `checks` None: not read (models without metrics). docs/release.md."""
+    fields = {"verdict": None, "gates": [], "forced_blessing": None}
+    if evaluator is None or checks is None:
+        return fields
+    from pipeline.metadata import verdicts
+
+    fields["gates"] = verdicts.gate_results(snap.store, snap.run_of.get(evaluator), checks=checks)
+    evaluation = [g for g in fields["gates"] if g["gate"] == verdicts.EVALUATION]
+    fields["verdict"] = evaluation[0]["verdict"] if evaluation else None
+    return fields
 
 
 def list_models(snap: Snapshot, with_metrics: bool = True) -> list[dict]:

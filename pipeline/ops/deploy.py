@@ -82,7 +82,10 @@ def portable_pipeline(config: Config):
     target = Target(
         pipeline_root=root, data_root=data_root, serving_model_dir=serving, exclude_candidate_from_baseline=False
     )
-    pipeline = create_pipeline(config, target)
+    # The infra and replay gates read the local workspace (its serving dir, its request logs): local runs only.
+    pipeline = create_pipeline(
+        config.replace({"infra_validation.enabled": False, "replay_gate.enabled": False}), target
+    )
     if any(node.id == WINDOW_RESOLVER for node in pipeline.components):
         raise ConfigError(
             "data.root",

@@ -95,12 +95,23 @@ class RunSummary:
     error: str | None = None
     warm_start: dict | None = None  # the Trainer's warm-start report (models/model.py warm_start), if it warm-started
     serving_contract: str | None = None  # what the pushed model's signatures are (README: the contract)
+    release: dict | None = None  # release.mode's decision on the pushed version (pipeline/publish/approvals.py)
+    report: str | None = None  # the run's release report (pipeline/monitoring/release_report.py)
+    verdict: str | None = None  # BLESSED / NOT_BLESSED / UNVALIDATED (pipeline/metadata/verdicts.py)
+    gates: list = dataclasses.field(default_factory=list)  # every gate's result (verdicts.gate_results)
 
     @property
     def fully_cached(self) -> bool:
         return bool(self.components) and all(
             c.state == "cached" for c in self.components if not c.node_id.endswith("_resolver")
         )
+
+    @property
+    def blocked_by(self) -> dict | None:
+        """The infra or replay gate that kept a blessed candidate from being pushed."""
+        from pipeline.metadata import verdicts
+
+        return verdicts.blocking(self.gates)
 
     @property
     def outcome(self) -> str:
@@ -125,8 +136,16 @@ class RunSummary:
             head = f"Result: BLESSED, already pushed as version {self.pushed_version}{cached}"
         elif self.pushed_version:
             head = f"Result: BLESSED and pushed as version {self.pushed_version}"
+        elif self.blessed and self.blocked_by:
+            b = self.blocked_by
+            head = f"Result: BLESSED, but NOT PUSHED: {b['gate']} {b['verdict']}: {'; '.join(b['reasons'])}{cached}"
         elif self.blessed:
             head = f"Result: BLESSED, but nothing was pushed{cached}"
+        elif self.verdict == "UNVALIDATED":
+            head = (
+                f"Result: UNVALIDATED (no thresholds configured), nothing pushed; "
+                f"`mlpipe bless --force {self.run_id} --reason TEXT` pushes it{cached}"
+            )
         else:
             failed = [c for c in self.checks if c.passed is False]
             from pipeline.metadata.evaluation import describe_failure
@@ -134,6 +153,7 @@ class RunSummary:
             reason = "; ".join(describe_failure(c.metric, c.value, c.bound, c.baseline) for c in failed)
             head = f"Result: NOT BLESSED, nothing pushed ({reason or 'thresholds not met'}){cached}"
         lines = [head] + [f"  {c.describe()}" for c in self.checks]
+        lines += gate_lines(self.gates)
         if self.warm_start:
             lines += warm_start_lines(self.warm_start)
         if not self.blessed and self.validation_failures:
@@ -142,7 +162,40 @@ class RunSummary:
             lines.append(f"Pushed model: {self.pushed_path}")
             if self.serving_contract:
                 lines.append(f"Signatures: {self.serving_contract}")
+        if self.release and self.release.get("status") != "auto":
+            lines.append(release_line(self.release))
+        if self.report:
+            lines.append(f"Release report: {self.report}")
         return lines
+
+
+def release_line(release: dict) -> str:
+    if release.get("error"):
+        return f"Release: FAILED: {release['error']}"
+    status = release.get("decision") or release.get("status")
+    if status == "pending":
+        return f"Release: version {release['version']} is held (release.mode = manual): `mlpipe approve {release['version']} --reason TEXT` serves it"
+    if status == "canary":
+        return (
+            f"Release: version {release['version']} is the canary ({release['canary_weight']}% of unlabelled traffic, "
+            f"traffic.json); `mlpipe approve {release['version']} --reason TEXT` makes it stable"
+        )
+    return f"Release: version {release['version']} {status}: {release.get('reason')}"
+
+
+def gate_lines(gates: list[dict]) -> list[str]:
+    """'Gates:' and one line per gate (with the numbers behind infra and replay verdicts)."""
+    from pipeline.metadata import verdicts
+
+    if not gates:
+        return []
+    lines = ["Gates:"]
+    for gate in gates:
+        lines.append(f"  {verdicts.describe(gate)}")
+        numbers = verdicts.numbers_line(gate)
+        if numbers:
+            lines.append(f"    {numbers}")
+    return lines
 
 
 def ensure_default_data(config: Config) -> Path | None:
@@ -280,7 +333,27 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
         summary.completed = False
         summary.failed_component = summary.failed_component or watcher.current
         summary.error = str(error).strip() or type(error).__name__
+    release(config, summary)
     return summary
+
+
+def release(config: Config, summary: RunSummary) -> None:
+    """After the run: release.mode's decision on a fresh push, then the run's report (never raises)."""
+    from pipeline.monitoring import release_report
+    from pipeline.publish import approvals
+
+    pusher_ran = any(c.node_id == "Pusher" and c.state == "ran" for c in summary.components)
+    if summary.completed and summary.pushed_version and pusher_ran:
+        try:
+            summary.release = approvals.after_push(config, int(summary.pushed_version))
+        except Exception as e:
+            logging.getLogger(__name__).exception("release decision failed")
+            summary.release = {"version": summary.pushed_version, "status": "failed", "error": str(e)}
+    if summary.run_id:
+        try:
+            summary.report = str(release_report.write(config, summary.run_id))
+        except Exception:
+            logging.getLogger(__name__).exception("writing the release report failed")
 
 
 def summarize(config: Config, started: float, seconds: float) -> RunSummary:
@@ -308,7 +381,7 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
         out = metadata.outputs(store, by_node["Evaluator"].execution.id)
         if out.get("blessing"):
             summary.blessed = metadata.custom_property(out["blessing"][0], "blessed") == 1
-        if out.get("evaluation"):
+        if out.get("evaluation") and config.evaluation.thresholds:  # else: UNVALIDATED, nothing judged
             summary.checks = evaluation.threshold_checks(out["evaluation"][0].uri, config.evaluation)
             summary.validation_failures = evaluation.validation_failures(out["evaluation"][0].uri)
     if "Trainer" in by_node:
@@ -319,6 +392,11 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
             base_trainer = metadata.producer_execution_id(store, base_models[0].id)
             if base_trainer is not None:
                 summary.warm_start["base_final_loss"] = _training_report(store, base_trainer).get("final_loss")
+    from pipeline.metadata import verdicts
+
+    summary.gates = verdicts.gate_results(store, run_context.name)
+    evaluation = [g for g in summary.gates if g["gate"] == verdicts.EVALUATION]
+    summary.verdict = evaluation[0]["verdict"] if evaluation else None
     if "Pusher" in by_node:
         out = metadata.outputs(store, by_node["Pusher"].execution.id)
         for pushed in out.get("pushed_model", []):
