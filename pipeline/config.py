@@ -256,6 +256,10 @@ class MonitoringConfig:
     labels_lookback: str = "7d"  # predictions older than this are outside retention for --labels
     rollback_after_windows: int = 0  # roll back when the served version fails this many windows in a row; 0: off
     max_rollbacks_per_day: int = 1  # automatic rollbacks in 24 h at most
+    # Error rate of a served version (failed / answered+failed requests per quality_window, from the
+    # server's outcomes-<pid>.jsonl): a rollback check; windows with fewer requests are not judged.
+    max_error_rate: float = 0.05
+    min_error_requests: int = 20
 
 
 @dataclass(frozen=True)
@@ -660,6 +664,10 @@ def validate_monitoring(m: MonitoringConfig) -> None:
     for key in ("rollback_after_windows", "max_rollbacks_per_day"):
         if getattr(m, key) < 0:
             raise ConfigError(f"monitoring.{key}", f"must be >= 0, got {getattr(m, key)}")
+    if not 0 <= m.max_error_rate < 1:
+        raise ConfigError("monitoring.max_error_rate", f"must be in [0, 1), got {m.max_error_rate!r}")
+    if m.min_error_requests < 1:
+        raise ConfigError("monitoring.min_error_requests", f"must be at least 1, got {m.min_error_requests}")
     if not m.label_key_column:
         raise ConfigError("monitoring.label_key_column", "must name the labels CSV's key column")
     if m.max_retrains_per_day < 0:

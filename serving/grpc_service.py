@@ -91,7 +91,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 self._calls.metrics.routed.labels(name, label).inc()
         start = time.perf_counter()
         try:
-            with self._service.manager.acquire(name, version, label) as servable:
+            with self._service.acquire(name, version, label) as servable:
                 response = fn(servable, request)
                 self._service.maybe_log(kind, name, lambda: (response.model_spec, request, response))
         except Exception as e:
@@ -175,7 +175,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             if not request.tasks:
                 raise invalid("MultiInferenceRequest has no tasks; add one classify or regress task per signature")
             name, version, label = _spec_args(request.tasks[0].model_spec)
-            with self._service.manager.acquire(name, version, label) as servable:
+            with self._service.acquire(name, version, label) as servable:
                 return servable.version, inference.multi_inference(servable, request)
 
         return self._calls.run("multi_inference", request, context, body)

@@ -181,7 +181,7 @@ class RestApi:
     def _predict(self, name, version, label, body):
         doc = json_codec.parse_body(body)
         signature_name = json_codec.signature_name(doc)
-        with self.service.manager.acquire(name, version, label) as servable:
+        with self.service.acquire(name, version, label) as servable:
             signature = servable.signature(signature_name)
             fmt, inputs = json_codec.predict_inputs(doc, signature.input_dtypes)
             signature, outputs = inference.predict(servable, signature.name, inputs)
@@ -193,7 +193,7 @@ class RestApi:
         doc = json_codec.parse_body(body)
         signature_name = json_codec.signature_name(doc)
         request_input = json_codec.classify_regress_input(doc, "classify")
-        with self.service.manager.acquire(name, version, label) as servable:
+        with self.service.acquire(name, version, label) as servable:
             signature, result = inference.classify(servable, signature_name, request_input)
             self.service.maybe_log(
                 "classify_log", name, lambda: _example_log("classify", servable, signature.name, request_input, result)
@@ -204,7 +204,7 @@ class RestApi:
         doc = json_codec.parse_body(body)
         signature_name = json_codec.signature_name(doc)
         request_input = json_codec.classify_regress_input(doc, "regress")
-        with self.service.manager.acquire(name, version, label) as servable:
+        with self.service.acquire(name, version, label) as servable:
             signature, result = inference.regress(servable, signature_name, request_input)
             self.service.maybe_log(
                 "regress_log", name, lambda: _example_log("regress", servable, signature.name, request_input, result)

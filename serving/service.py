@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from serving import inference
 from serving.errors import invalid
 from serving.manager import ModelManager
+from serving.outcomes import OutcomeCounter
 from serving.request_log import RequestLogger, make_log
 from serving.traffic import Router
 
@@ -31,6 +33,31 @@ class Service:
         self._loggers: dict[tuple, RequestLogger] = {}
         self._lock = threading.Lock()
         self.router = Router(seed=log_options.seed if log_options.seed is not None else 0)
+        self.outcomes = OutcomeCounter()
+
+    def log_directory(self, model_name: str, entry=None) -> str | None:
+        """The model's request log directory: its config's, else <root>/<model name>; None when logging is off."""
+        entry = entry or self.manager.entry(model_name)
+        if entry is None:
+            return None
+        if entry.log_dir:
+            return entry.log_dir
+        return os.path.join(self.log_options.root, model_name) if self.log_options.root else None
+
+    @contextlib.contextmanager
+    def acquire(self, name: str, version: int | None, label: str | None):
+        """manager.acquire, counting whether the resolved version answered or failed (serving/outcomes.py)."""
+        with self.manager.acquire(name, version, label) as servable:
+            directory = self.log_directory(name)
+            if directory is None:
+                yield servable
+                return
+            try:
+                yield servable
+            except BaseException:
+                self.outcomes.count(directory, name, servable.version, ok=False)
+                raise
+            self.outcomes.count(directory, name, servable.version, ok=True)
 
     # ---- request logging --------------------------------------------------------------------
 
@@ -42,7 +69,7 @@ class Service:
         rate = entry.log_sampling_rate if entry.log_sampling_rate is not None else opts.sampling_rate
         if not rate:
             return None
-        directory = entry.log_dir or (os.path.join(opts.root, model_name) if opts.root else None)
+        directory = self.log_directory(model_name, entry)
         if directory is None:
             return None
         key = (model_name, directory, rate)
@@ -63,6 +90,7 @@ class Service:
 
     def close(self) -> None:
         self.router.close()
+        self.outcomes.close()
         with self._lock:
             for logger in self._loggers.values():
                 logger.close()

@@ -65,6 +65,8 @@ extra_args = ["--max_num_records=5"]
         ("enable_cache = 'yes'\n", "enable_cache"),
         ("[monitoring]\nrollback_after_windows = -1\n", "monitoring.rollback_after_windows"),
         ("[monitoring]\nlabel_key_column = ''\n", "monitoring.label_key_column"),
+        ("[monitoring]\nmax_error_rate = 1.5\n", "monitoring.max_error_rate"),
+        ("[monitoring]\nmin_error_requests = 0\n", "monitoring.min_error_requests"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path, text, key):

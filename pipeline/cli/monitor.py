@@ -117,7 +117,7 @@ def _monitor(args: argparse.Namespace) -> int:
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
     data = report.data
-    _auto_rollback(args, config, data, now)
+    _auto_rollback(args, config, data, now, log_root / config.model_name)
     return _act(
         args,
         config,
@@ -138,6 +138,7 @@ def _history(args: argparse.Namespace, config) -> int:
         out = [dict(e, scores=[s for s in e["scores"] if feature is None or s["feature"] == feature]) for e in entries]
         quality = monitoring.feedback.load_series(config)
         doc = {"workspace": str(config.workspace_path), "feature": feature, "runs": out, "quality": quality}
+        doc["error_rate"] = monitoring.feedback.error_rate_series(config, _log_root(args, config) / config.model_name)
         print(json.dumps(doc, indent=2))
         return cli.EXIT_OK
     else:
@@ -145,6 +146,10 @@ def _history(args: argparse.Namespace, config) -> int:
             print(line)
     _quality_history(args, config)
     return cli.EXIT_OK
+
+
+def _log_root(args: argparse.Namespace, config) -> Path:
+    return Path(args.log_dir) if args.log_dir else config.request_log_root
 
 
 def _evaluate(args: argparse.Namespace, config) -> int:
@@ -174,6 +179,8 @@ def _quality_history(args: argparse.Namespace, config) -> None:
     from pipeline.monitoring import feedback
 
     lines = feedback.series_lines(feedback.load_series(config))
+    errors = feedback.error_rate_lines(feedback.error_rate_series(config, _log_root(args, config) / config.model_name))
+    lines += ([""] if lines and errors else []) + errors
     if lines:
         print()
         for line in lines:
@@ -194,7 +201,7 @@ def _labels(args: argparse.Namespace, config) -> int:
             )
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
-    _auto_rollback(args, config, data, now)
+    _auto_rollback(args, config, data, now, log_root / config.model_name)
 
     def lines() -> list[str]:
         lab, logged = data["labels"], data["logs"]
@@ -243,12 +250,13 @@ def _rollback_line(decision: dict) -> str:
     return f"automatic rollback: none ({decision['reason']})"
 
 
-def _auto_rollback(args: argparse.Namespace, config, data: dict, now: float) -> None:
+def _auto_rollback(args: argparse.Namespace, config, data: dict, now: float, log_dir: Path) -> None:
     """The automatic rollback rule after a monitor run; a rollback is an alert of its own (the hooks say so)."""
     from pipeline import monitoring
     from pipeline.metadata.snapshot import RegistryError
 
-    decision = monitoring.feedback.rollback_decision(config, now)
+    data["error_rate"] = monitoring.feedback.error_rate_series(config, log_dir)
+    decision = monitoring.feedback.rollback_decision(config, now, log_dir)
     decision["dry_run"] = args.dry_run
     if decision["action"] and not args.dry_run:
         try:

@@ -240,11 +240,11 @@ def load_actions(config: Config) -> list[dict]:
     return _read_jsonl(config.auto_rollbacks_path)
 
 
-def _quality_windows(config: Config, version: int) -> list[tuple[str, bool]]:
+def _quality_windows(config: Config, version: int, log_dir: Path | None = None) -> list[tuple[str, bool]]:
     return [(e["window"]["since"], e["passed"]) for e in load_series(config) if e["version"] == version and e["judged"]]
 
 
-def _drift_windows(config: Config, version: int) -> list[tuple[str, bool]]:
+def _drift_windows(config: Config, version: int, log_dir: Path | None = None) -> list[tuple[str, bool]]:
     out = []
     for entry in history.load(config):
         for score in entry["scores"]:
@@ -254,11 +254,61 @@ def _drift_windows(config: Config, version: int) -> list[tuple[str, bool]]:
     return out
 
 
-CHECKS = {"quality": _quality_windows, "prediction_drift": _drift_windows}
+def error_rate_series(config: Config, log_dir: Path | None = None) -> list[dict]:
+    """The served versions' error rate per `monitoring.quality_window` window, from the server's outcome files.
+
+    One entry per (window, version), oldest first: requests, failed, error_rate, judged (at least
+    `monitoring.min_error_requests` requests) and passed (error_rate <= `monitoring.max_error_rate`).
+    """
+    from serving.outcomes import read_outcomes
+
+    m = config.monitoring
+    window_seconds = _duration(config, "quality_window")
+    sums: dict[tuple[float, int], list[int]] = {}
+    for line in read_outcomes(str(log_dir or config.request_log_dir)):
+        if line.get("model") not in (None, config.model_name):
+            continue
+        start = float(line["time"]) // window_seconds * window_seconds
+        slot = sums.setdefault((start, int(line["version"])), [0, 0])
+        slot[0] += int(line.get("ok", 0))
+        slot[1] += int(line.get("failed", 0))
+    out = []
+    for (start, version), (ok, failed) in sorted(sums.items()):
+        requests = ok + failed
+        rate = failed / requests if requests else None
+        judged = requests >= m.min_error_requests
+        out.append(
+            {
+                "window": {"since": iso_seconds(start), "until": iso_seconds(start + window_seconds)},
+                "version": version,
+                "requests": requests,
+                "failed": failed,
+                "error_rate": None if rate is None else round(rate, 6),
+                "max_error_rate": m.max_error_rate,
+                "judged": judged,
+                "passed": (rate <= m.max_error_rate) if judged else None,
+            }
+        )
+    return out
 
 
-def rollback_decision(config: Config, now: float) -> dict:
-    """What the automatic rollback does now: {"action": "rollback" | "drop_label" | None, "reason", ...}."""
+def _error_windows(config: Config, version: int, log_dir: Path | None = None) -> list[tuple[str, bool]]:
+    return [
+        (e["window"]["since"], e["passed"])
+        for e in error_rate_series(config)
+        if e["version"] == version and e["judged"]
+    ]
+
+
+CHECKS = {"quality": _quality_windows, "prediction_drift": _drift_windows, "error_rate": _error_windows}
+
+
+def rollback_decision(config: Config, now: float, log_dir: Path | None = None) -> dict:
+    """What the automatic rollback does now: {"action": "rollback" | "drop_label" | None, "reason", ...}.
+
+    `log_dir`: the model's request log directory holding the server's outcome files (default
+    config.request_log_dir), for the error-rate check.
+    """
     m = config.monitoring
     k = m.rollback_after_windows
     decision: dict[str, Any] = {"enabled": k > 0, "action": None, "windows": k, "failing": []}
@@ -271,7 +321,7 @@ def rollback_decision(config: Config, now: float) -> dict:
     actions = load_actions(config)
     for version, label in served:
         for check, windows_of in CHECKS.items():
-            last = windows_of(config, version)[-k:]
+            last = windows_of(config, version, log_dir)[-k:]
             if len(last) == k and not any(ok for _, ok in last):
                 decision["failing"].append(
                     {"version": version, "label": label, "check": check, "windows": [w for w, _ in last]}
@@ -358,6 +408,20 @@ def apply(config: Config, decision: dict, now: float) -> dict:
     }
     _write_jsonl(config.auto_rollbacks_path, load_actions(config) + [entry])
     return {**entry, "result": result}
+
+
+def error_rate_lines(entries: list[dict]) -> list[str]:
+    """`monitor --history`'s error-rate table: one line per (window, version)."""
+    if not entries:
+        return []
+    out = [f"{'ERROR RATE WINDOW SINCE':<26} {'VERSION':<11} {'REQUESTS':>8} {'FAILED':>8} {'RATE':>8}  VERDICT"]
+    for e in entries:
+        rate = "n/a" if e["error_rate"] is None else f"{e['error_rate']:.4f}"
+        verdict = "not judged" if not e["judged"] else ("ok" if e["passed"] else f"FAIL (> {e['max_error_rate']:.4f})")
+        out.append(
+            f"{e['window']['since']:<26} {e['version']:<11} {e['requests']:>8} {e['failed']:>8} {rate:>8}  {verdict}"
+        )
+    return out
 
 
 def series_lines(entries: list[dict]) -> list[str]:
