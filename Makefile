@@ -21,7 +21,7 @@ run: setup
 	$(BIN)/mlpipe run $(ARGS)
 
 test: setup lint test-services
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=30 $(PYTEST_ARGS)
 
 # Lint: ruff (rules and the 120-column format, pyproject.toml) and the import-layer contract
 # (lint-imports: no upward imports between pipeline/, serving/, models/, data/; docs/architecture.md).

@@ -108,7 +108,8 @@ def normalise(answers: dict) -> dict:
             return {version_names.get(k, k): fix(v, k) for k, v in value.items() if not k.startswith("_")}
         if isinstance(value, list):
             return [fix(v, key) for v in value]
-        if (key in TIME_KEYS or str(key).endswith("_seconds")) and value is not None:  # e.g. monitor timing
+        # Timings: monitor seconds, the release gates' measured latencies (p50_ms, candidate_p95_ms, ...).
+        if (key in TIME_KEYS or str(key).endswith(("_seconds", "_ms"))) and value is not None:
             return "<time>"
         if isinstance(value, bool) or value is None:
             return value
