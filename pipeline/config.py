@@ -130,6 +130,11 @@ class EvaluationConfig:
     # false: the Evaluator computes the metrics but applies no threshold; the verdict is UNVALIDATED
     # and nothing is pushed unless `mlpipe bless --force` (docs/release.md).
     thresholds: bool = True
+    # The Evaluator scores candidate and baseline on at most this many eval rows: a deterministic
+    # sample (seeded hash of each serialized example, the same rows every run; pipeline/dag/eval_sample.py).
+    # 0 = every row. The run summary gives "evaluated on N of M eval rows" and each metric's 95% interval.
+    max_examples: int = 50000
+    sample_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -559,6 +564,8 @@ def validate(config: Config) -> None:
             )
     if e.change_tolerance < 0:
         raise ConfigError("evaluation.change_tolerance", f"must be >= 0, got {e.change_tolerance}")
+    if e.max_examples < 0:
+        raise ConfigError("evaluation.max_examples", f"must be >= 0 (0 = every eval row), got {e.max_examples}")
     validate_beam(config.beam)
     validate_deploy(config.deploy)
     validate_monitoring(config.monitoring)

@@ -66,6 +66,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="how far below the baseline the change-thresholded metric may fall (evaluation.change_tolerance)",
     )
+    g.add_argument(
+        "--eval-max-examples",
+        type=int,
+        metavar="N",
+        help="evaluate on a deterministic sample of at most N eval rows, 0 = all (evaluation.max_examples)",
+    )
     g.add_argument("--beam-runner", choices=config_lib.BEAM_RUNNERS, help="Beam runner preset (beam.runner)")
     g.add_argument(
         "--direct-running-mode",
@@ -102,6 +108,7 @@ def run_overrides(args: argparse.Namespace) -> dict:
         "training.eval_steps": args.eval_steps,
         "evaluation.value_lower_bound": args.value_threshold,
         "evaluation.change_tolerance": args.change_tolerance,
+        "evaluation.max_examples": args.eval_max_examples,
         "beam.runner": args.beam_runner,
         "beam.direct_running_mode": args.direct_running_mode,
         "beam.direct_num_workers": args.direct_num_workers,

@@ -21,6 +21,7 @@ from pipeline.dag import analyzer_cache, replay_gate, user_code
 from pipeline.dag.components import AnomaliesGate, BaselineModelStrategy
 from pipeline.dag.components_drift import drift_gate
 from pipeline.dag.dataset import column_types
+from pipeline.dag.eval_sample import EvalSample
 from pipeline.dag.infra_validator import InfraValidator
 from pipeline.dag.inputs import CSV_PATTERN
 from pipeline.dag.typed_csv import TypedCsvExampleGen
@@ -31,6 +32,7 @@ MODELS_DIR = Path(features.__file__).resolve().parent
 # Node ids in the order the local runner executes them.
 COMPONENT_ORDER = (
     "CsvExampleGen",
+    "EvalSample",  # needs only ExampleGen's output, so the local runner runs it next
     "StatisticsGen",
     "SchemaGen",
     "ExampleValidator",
@@ -49,6 +51,7 @@ COMPONENT_ORDER = (
 WINDOW_RESOLVER = "span_window_resolver"
 WARM_START_RESOLVER = "warm_start_model_resolver"
 BASELINE_RESOLVER = "latest_blessed_model_resolver"
+EVAL_SAMPLE = "EvalSample"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +129,8 @@ def eval_config(config: Config) -> tfma.EvalConfig:
                 tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=thresholds[name])
             )
         metrics.append(metric)
+    if "auc" in config.model.metrics:  # the class balance behind the AUC's confidence interval (run summary)
+        metrics.append(tfma.MetricConfig(class_name="MeanLabel"))
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
@@ -224,6 +229,9 @@ def create_pipeline(config: Config, target: Target | None = None) -> tfx.dsl.Pip
         # Span layout: only the new span is analysed (pipeline/dag/analyzer_cache.py); flat: no cache.
         analyzer_cache=cache_resolver.outputs["cache"] if cache_resolver else None,
         disable_analyzer_cache=cache_resolver is None,
+        # Pre/post-transform statistics: two TFDV passes over every row that nothing reads (StatisticsGen
+        # describes the raw data; docs/performance.md).
+        disable_statistics=True,
         schema=schema_gen.outputs["schema"],
         # A module file is loaded by path through the shim; an import path goes to TFX as it is.
         preprocessing_fn=user_code.PREPROCESSING_SHIM if config.model.module_file else config.model.preprocessing_fn,
@@ -279,8 +287,14 @@ def create_pipeline(config: Config, target: Target | None = None) -> tfx.dsl.Pip
             model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
         ).with_id(BASELINE_RESOLVER)
         baseline_resolver.add_upstream_node(trainer)  # same node order as locally
-    evaluator = tfx.components.Evaluator(
+    # The eval split bounded by evaluation.max_examples (a seeded, deterministic sample; all rows under it).
+    eval_sample = EvalSample(
         examples=example_gen.outputs["examples"],
+        max_examples=config.evaluation.max_examples,
+        seed=config.evaluation.sample_seed,
+    ).with_id(EVAL_SAMPLE)
+    evaluator = tfx.components.Evaluator(
+        examples=eval_sample.outputs["sample"],
         model=trainer.outputs["model"],
         baseline_model=baseline_resolver.outputs["model"],
         eval_config=eval_config(config),
@@ -323,6 +337,7 @@ def create_pipeline(config: Config, target: Target | None = None) -> tfx.dsl.Pip
                 warm_start_resolver,
                 trainer,
                 baseline_resolver,
+                eval_sample,
                 evaluator,
                 infra_validator,
                 replay,

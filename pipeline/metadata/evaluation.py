@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 from typing import Iterator
 
@@ -122,3 +123,57 @@ def validation_failures(eval_uri: str) -> list[str]:
             value = failure.metric_value.double_value.value
             messages.append(f"{failure.metric_key.name} = {value:.4f} on slice {where} {failure.message}".rstrip())
     return messages
+
+
+# 95% confidence intervals of the headline metrics, from the rows the Evaluator scored (docs/performance.md).
+_Z95 = 1.959963984540054
+
+
+def wilson_interval(p: float, n: int, z: float = _Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `p` observed on `n` rows (binary accuracy)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def auc_interval(auc: float, positives: int, negatives: int, z: float = _Z95) -> tuple[float, float]:
+    """Normal interval of a ROC AUC with Hanley & McNeil's (1982) standard error."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
+        positives * negatives
+    )
+    half = z * math.sqrt(max(variance, 0.0))
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
+def evaluated_rows(eval_uri: str, rows: int | None, population: int | None) -> dict:
+    """{"rows", "population", "intervals": {metric: {"value", "low", "high", "method"}}} for the candidate's
+    overall binary_accuracy (Wilson) and auc (Hanley-McNeil, class balance from TFMA's mean_label)."""
+    values = overall_metrics(eval_uri)
+    candidate = "candidate" if any(model == "baseline" for _, model, _ in values) else ""
+    n = rows if rows is not None else int(values.get(("example_count", candidate, False), 0))
+    intervals = {}
+    accuracy = values.get(("binary_accuracy", candidate, False))
+    if n > 0 and accuracy is not None:
+        low, high = wilson_interval(accuracy, n)
+        intervals["binary_accuracy"] = {"value": accuracy, "low": low, "high": high, "method": "wilson"}
+    auc, mean_label = values.get(("auc", candidate, False)), values.get(("mean_label", candidate, False))
+    if n > 0 and auc is not None and mean_label is not None:
+        positives = round(mean_label * n)
+        if 0 < positives < n:
+            low, high = auc_interval(auc, positives, n - positives)
+            intervals["auc"] = {"value": auc, "low": low, "high": high, "method": "hanley_mcneil"}
+    return {"rows": n, "population": population if population is not None else n, "intervals": intervals}
+
+
+def evaluated_line(evaluated: dict) -> str:
+    """'Evaluated on N of M eval rows: auc 0.9483 (95% CI 0.9450-0.9516), ...'."""
+    rows, population = evaluated["rows"], evaluated["population"]
+    head = (
+        f"Evaluated on all {rows} eval rows" if rows >= population else f"Evaluated on {rows} of {population} eval rows"
+    )
+    parts = [
+        f"{name} {i['value']:.4f} (95% CI {i['low']:.4f}-{i['high']:.4f})"
+        for name, i in sorted(evaluated["intervals"].items())
+    ]
+    return head + (": " + ", ".join(parts) if parts else "")

@@ -99,6 +99,8 @@ class RunSummary:
     report: str | None = None  # the run's release report (pipeline/monitoring/release_report.py)
     verdict: str | None = None  # BLESSED / NOT_BLESSED / UNVALIDATED (pipeline/metadata/verdicts.py)
     gates: list = dataclasses.field(default_factory=list)  # every gate's result (verdicts.gate_results)
+    # The rows the Evaluator scored and the 95% intervals of its headline metrics (evaluation.evaluated_rows).
+    evaluated: dict | None = None
 
     @property
     def fully_cached(self) -> bool:
@@ -153,6 +155,10 @@ class RunSummary:
             reason = "; ".join(describe_failure(c.metric, c.value, c.bound, c.baseline) for c in failed)
             head = f"Result: NOT BLESSED, nothing pushed ({reason or 'thresholds not met'}){cached}"
         lines = [head] + [f"  {c.describe()}" for c in self.checks]
+        if self.evaluated:
+            from pipeline.metadata.evaluation import evaluated_line
+
+            lines.append(evaluated_line(self.evaluated))
         lines += gate_lines(self.gates)
         if self.warm_start:
             lines += warm_start_lines(self.warm_start)
@@ -386,6 +392,14 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
         if out.get("evaluation") and config.evaluation.thresholds:  # else: UNVALIDATED, nothing judged
             summary.checks = evaluation.threshold_checks(out["evaluation"][0].uri, config.evaluation)
             summary.validation_failures = evaluation.validation_failures(out["evaluation"][0].uri)
+        if out.get("evaluation"):
+            sample = metadata.inputs(store, by_node["Evaluator"].execution.id).get("examples", [])
+            rows, population = (
+                (metadata.custom_property(sample[0], k) for k in ("eval_sample", "eval_population"))
+                if sample
+                else (None, None)
+            )
+            summary.evaluated = evaluation.evaluated_rows(out["evaluation"][0].uri, rows, population)
     if "Trainer" in by_node:
         trainer = by_node["Trainer"].execution.id
         summary.warm_start = _training_report(store, trainer).get("warm_start")
