@@ -84,3 +84,27 @@ def first_run(tmp_path_factory, taxi_slice):
     workspace = tmp_path_factory.mktemp("workspace")
     code, out, err = run_cli("run", "--workspace", str(workspace), "--data-root", str(taxi_slice), *FAST_FLAGS)
     return workspace, code, out, err
+
+
+@pytest.fixture(scope="session")
+def sampled_run(tmp_path_factory, first_run, taxi_slice):
+    """first_run's MLMD copied into a new workspace, then `mlpipe run --json --eval-max-examples 300`:
+    everything up to the Trainer is cached; EvalSample, the Evaluator and the gates run again.
+    Returns (workspace Path, exit code, stdout, stderr)."""
+    import shutil
+
+    source = first_run[0]
+    workspace = tmp_path_factory.mktemp("sampled")
+    shutil.copyfile(source / "metadata.sqlite", workspace / "metadata.sqlite")
+    code, out, err = run_cli(
+        "run",
+        "--json",
+        "--workspace",
+        str(workspace),
+        "--data-root",
+        str(taxi_slice),
+        "--eval-max-examples",
+        "300",
+        *FAST_FLAGS,
+    )
+    return workspace, code, out, err

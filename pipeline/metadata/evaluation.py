@@ -148,15 +148,16 @@ def auc_interval(auc: float, positives: int, negatives: int, z: float = _Z95) ->
 
 def evaluated_rows(eval_uri: str, rows: int | None, population: int | None) -> dict:
     """{"rows", "population", "intervals": {metric: {"value", "low", "high", "method"}}} for the candidate's
-    overall binary_accuracy (Wilson) and auc (Hanley-McNeil, class balance from TFMA's mean_label)."""
+    overall accuracy (binary or sparse categorical: Wilson) and auc (Hanley-McNeil, class balance from TFMA's mean_label)."""
     values = overall_metrics(eval_uri)
     candidate = "candidate" if any(model == "baseline" for _, model, _ in values) else ""
     n = rows if rows is not None else int(values.get(("example_count", candidate, False), 0))
     intervals = {}
-    accuracy = values.get(("binary_accuracy", candidate, False))
-    if n > 0 and accuracy is not None:
-        low, high = wilson_interval(accuracy, n)
-        intervals["binary_accuracy"] = {"value": accuracy, "low": low, "high": high, "method": "wilson"}
+    for name in ("binary_accuracy", "sparse_categorical_accuracy"):  # proportions of the rows
+        accuracy = values.get((name, candidate, False))
+        if n > 0 and accuracy is not None:
+            low, high = wilson_interval(accuracy, n)
+            intervals[name] = {"value": accuracy, "low": low, "high": high, "method": "wilson"}
     auc, mean_label = values.get(("auc", candidate, False)), values.get(("mean_label", candidate, False))
     if n > 0 and auc is not None and mean_label is not None:
         positives = round(mean_label * n)
