@@ -30,6 +30,7 @@ MODES = {
 }
 SHORT = {
     "CsvExampleGen": "ExGen",
+    "EvalSample": "EvSample",
     "StatisticsGen": "Stats",
     "SchemaGen": "Schema",
     "ExampleValidator": "Valid",
@@ -38,6 +39,7 @@ SHORT = {
     "Trainer": "Trainer",
     "latest_blessed_model_resolver": "Resolv",
     "Evaluator": "Evaluator",
+    "InfraValidator": "Infra",
     "Pusher": "Pusher",
 }
 
@@ -165,6 +167,15 @@ def print_table(results: list[dict]) -> None:
             f"{r['peak_rss_mb']:>8} {cells}" + ("" if r["exit_code"] == 0 else f"  FAILED: {r['error']}")
         )
     print("Per-component columns: seconds from MLMD (execution start to last update).")
+    for mode in dict.fromkeys(r["mode"] for r in results):
+        ok = sorted((r for r in results if r["mode"] == mode and r["exit_code"] == 0), key=lambda r: r["rows"])
+        for small, large in zip(ok, ok[1:]):  # fixed costs cancel out: the cost of one more row
+            marginal = (large["wall_seconds"] - small["wall_seconds"]) / (large["rows"] - small["rows"]) * 1000
+            ratio = large["seconds_per_1k_rows"] / small["seconds_per_1k_rows"]
+            print(
+                f"{mode}: {small['rows']} -> {large['rows']} rows: marginal {marginal:.3f} ms per row; "
+                f"per-row cost ratio {ratio:.2f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
