@@ -10,6 +10,13 @@ Usage:
 The server runs as a subprocess (`python -m serving`) so it does not share the clients' GIL;
 clients are threads in this process. Every request is one `serving_raw` predict of one row.
 Each cell runs --seconds (after a short warm-up), so the whole run is bounded.
+
+The clients are lean, as a load generator like wrk or ghz is, so the numbers are the server's:
+REST sends the request's bytes (built once) on one keep-alive socket per thread and reads the
+response by its Content-Length (http.client's parsing alone costs about 0.1 ms a request); gRPC
+sends the real PredictRequest, serialized once, on one channel and reads the response bytes
+without parsing them. The in-process reference (`loaded.signatures[...](**tensors)` with
+tf.constant inputs, numpy outputs) is measured in the same run, interleaved with the others.
 """
 
 from __future__ import annotations
