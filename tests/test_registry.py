@@ -453,8 +453,8 @@ def test_the_run_summary_and_the_registry_check_thresholds_in_one_place(first_ru
     """`mlpipe run`'s summary checks the config's thresholds, `mlpipe models` the Evaluator's recorded ones:
     both through pipeline/metadata/thresholds.py check_rules, so on the same evaluation they agree."""
     from pipeline import config as config_lib
-    from pipeline.metadata import evaluation, thresholds
     from pipeline.metadata import snapshot as snapshot_lib
+    from pipeline.metadata import thresholds
 
     workspace, code, out, err = first_run
     assert code == 0, out + err
@@ -463,7 +463,7 @@ def test_the_run_summary_and_the_registry_check_thresholds_in_one_place(first_ru
     (evaluator,) = snap.executions_by_node("Evaluator")
     (evaluation_artifact,) = snap.output_artifacts(evaluator, "evaluation")
     recorded = thresholds.threshold_checks(snap.executions[evaluator], evaluation_artifact.uri)
-    from_config = evaluation.threshold_checks(evaluation_artifact.uri, config.evaluation)
+    from_config = thresholds.config_threshold_checks(evaluation_artifact.uri, config.evaluation)
     mine = {(c["metric"], c["kind"]): (c["value"], c["bound"], c["baseline_value"], c["passed"]) for c in recorded}
     theirs = {(c.metric, c.kind): (c.value, c.bound, c.baseline, c.passed) for c in from_config}
     assert mine == theirs and len(mine) == 2

@@ -55,7 +55,7 @@ def last_requests(log_dir: str, count: int) -> list:
 
 def _answer(servable, record):
     """(scores per example, milliseconds) of one logged request re-run on `servable`."""
-    from pipeline.metadata.request_logs import decode_request, decode_scores
+    from pipeline.dag.request_logs import decode_request, decode_scores
     from serving import inference
 
     run = {

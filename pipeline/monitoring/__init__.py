@@ -18,6 +18,7 @@ an alert sets off (the alert command, the webhook, `mlpipe retrain`) starts proc
 the CLI: pipeline/cli/actions.py.
 """
 
+from pipeline.dag.request_logs import Traffic, decode_request, read_traffic
 from pipeline.dag.tfdv_checks import (
     SERVING,
     TRAINING,
@@ -25,7 +26,6 @@ from pipeline.dag.tfdv_checks import (
     statistics_of,
     threshold_for,
 )
-from pipeline.metadata.request_logs import Traffic, decode_request, read_traffic
 from pipeline.monitoring import feedback, labels
 from pipeline.monitoring.baseline import TrainingData, training_data
 from pipeline.monitoring.check import Report, monitor

@@ -181,7 +181,7 @@ def contract_description(config: Config) -> str:
 
 def summarize(config: Config, started: float, seconds: float) -> RunSummary:
     """Builds the run's summary from MLMD: the newest run that began after `started`."""
-    from pipeline.metadata import evaluation
+    from pipeline.metadata import evaluation, thresholds
 
     store = metadata.open_store(config)
     runs = metadata.pipeline_runs(store, config.pipeline_name) if store else []
@@ -205,7 +205,7 @@ def summarize(config: Config, started: float, seconds: float) -> RunSummary:
         if out.get("blessing"):
             summary.blessed = metadata.custom_property(out["blessing"][0], "blessed") == 1
         if out.get("evaluation") and config.evaluation.thresholds:  # else: UNVALIDATED, nothing judged
-            summary.checks = evaluation.threshold_checks(out["evaluation"][0].uri, config.evaluation)
+            summary.checks = thresholds.config_threshold_checks(out["evaluation"][0].uri, config.evaluation)
             summary.validation_failures = evaluation.validation_failures(out["evaluation"][0].uri)
     if "Trainer" in by_node:
         trainer = by_node["Trainer"].execution.id
