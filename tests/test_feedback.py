@@ -214,7 +214,7 @@ def test_rollback_rule_limits_targets_and_canaries(two_versions, tmp_path):
     import dataclasses
 
     from pipeline import config as config_lib
-    from pipeline.monitoring import feedback
+    from pipeline.monitoring import auto_rollback
     from pipeline.publish import promotion
     from pipeline.publish.versions import read_labels
 
@@ -230,36 +230,36 @@ def test_rollback_rule_limits_targets_and_canaries(two_versions, tmp_path):
 
     now = time.time()
     _series(ws, v2, [True, False, False])
-    assert feedback.rollback_decision(base, now)["action"] is None  # off by default
-    assert feedback.rollback_decision(with_rule(3), now)["action"] is None  # only 2 failing windows in a row
-    decision = feedback.rollback_decision(with_rule(2), now)
+    assert auto_rollback.rollback_decision(base, now)["action"] is None  # off by default
+    assert auto_rollback.rollback_decision(with_rule(3), now)["action"] is None  # only 2 failing windows in a row
+    decision = auto_rollback.rollback_decision(with_rule(2), now)
     assert (decision["action"], decision["to_version"]) == ("rollback", v1)
-    capped = feedback.rollback_decision(with_rule(2, per_day=0), now)
+    capped = auto_rollback.rollback_decision(with_rule(2, per_day=0), now)
     assert capped["action"] is None and "max_rollbacks_per_day 0" in capped["reason"]
     # Never back to a version that failed the same check.
     (ws / "monitoring" / "rollbacks.jsonl").write_text(
         json.dumps({"time": "2000-01-01T00:00:00+00:00", "failed_version": 5, "failed_origin": v1, "check": "quality"})
         + "\n"
     )
-    refused = feedback.rollback_decision(with_rule(2), now)
+    refused = auto_rollback.rollback_decision(with_rule(2), now)
     assert refused["action"] is None and "has not failed quality" in refused["reason"]
     # A canary label on a failing version that is not the highest: the label is dropped, audited.
     (ws / "monitoring" / "rollbacks.jsonl").unlink()
     promotion.move_label(base, "canary", v1, "try it")
     _series(ws, v1, [False, False])
-    decision = feedback.rollback_decision(with_rule(2), now)
+    decision = auto_rollback.rollback_decision(with_rule(2), now)
     assert (decision["action"], decision["label"]) == ("drop_label", "canary")
-    done = feedback.apply(with_rule(2), decision, now)
+    done = auto_rollback.apply(with_rule(2), decision, now)
     assert done["failed_version"] == v1 and "canary" not in read_labels(base)
     assert promotion.label_history(base, "canary")[0]["reason"].startswith("automatic: version")
-    assert feedback.rollback_decision(with_rule(2), now)["action"] is None  # acted once
+    assert auto_rollback.rollback_decision(with_rule(2), now)["action"] is None  # acted once
 
 
 def test_prediction_skew_that_persists_is_a_rollback_check_too(two_versions, tmp_path):
     import dataclasses
 
     from pipeline import config as config_lib
-    from pipeline.monitoring import feedback
+    from pipeline.monitoring import auto_rollback
 
     ws = copy_workspace((two_versions,), tmp_path / "ws")
     v1, v2 = version_dirs(ws)[:2]
@@ -281,7 +281,7 @@ def test_prediction_skew_that_persists_is_a_rollback_check_too(two_versions, tmp
     ]
     (ws / "monitoring").mkdir(exist_ok=True)
     (ws / "monitoring" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
-    decision = feedback.rollback_decision(rule, time.time())
+    decision = auto_rollback.rollback_decision(rule, time.time())
     assert decision["failing"][0]["check"] == "prediction_drift"
     assert (decision["action"], decision["to_version"]) == ("rollback", v1)
 

@@ -26,12 +26,12 @@ from pipeline.dag.tfdv_checks import (
     statistics_of,
     threshold_for,
 )
-from pipeline.monitoring import feedback, labels
+from pipeline.monitoring import auto_rollback, feedback, labels
 from pipeline.monitoring.baseline import TrainingData, training_data
 from pipeline.monitoring.check import Report, monitor
 from pipeline.monitoring.evaluate import evaluate
 from pipeline.monitoring.report import table, write_html
-from pipeline.monitoring.window import MonitorError, iso_seconds, parse_duration, parse_time
+from pipeline.monitoring.window import MonitorError, config_duration, iso_seconds, parse_duration, parse_time
 
 __all__ = [
     "MonitorError",
@@ -40,6 +40,8 @@ __all__ = [
     "TRAINING",
     "Traffic",
     "TrainingData",
+    "auto_rollback",
+    "config_duration",
     "decode_request",
     "evaluate",
     "feedback",
