@@ -244,6 +244,21 @@ def run_window(session, port: int, rows: list[dict], rate: float = 50.0) -> tupl
 # --- Verdicts ----------------------------------------------------------------------------------
 
 
+def monitor(workdir: Path, since: float, until: float) -> subprocess.CompletedProcess:
+    """`mlpipe monitor --json` of the window [since, until) in the bench workspace, no alert hooks."""
+    return mlpipe(
+        "monitor",
+        "--workspace",
+        str(workdir / "ws"),
+        "--since",
+        iso(since),
+        "--until",
+        iso(until),
+        "--json",
+        "--no-notify",
+    )
+
+
 def judge(report: dict, expected: set, slice_: str | None, prediction: bool | None) -> dict:
     """What alerted, and whether that is the right answer for the scenario."""
     alerting = {a.split(":", 1)[1] for a in report["alerts"]}
@@ -299,17 +314,7 @@ def main(argv=None) -> int:
         # the eval splits) and caches it in the workspace: done once here, timed apart.
         since, until = run_window(session, port, [dict(r) for r in pools["next_previous"][:120]])
         t0 = time.time()
-        mlpipe(
-            "monitor",
-            "--workspace",
-            str(workdir / "ws"),
-            "--since",
-            iso(since),
-            "--until",
-            iso(until),
-            "--json",
-            "--no-notify",
-        )
+        monitor(workdir, since, until)
         print(f"baseline built (first monitor run of the version) in {time.time() - t0:.1f} s", file=sys.stderr)
         time.sleep(until - since + 1.5)
         for name, expected, slice_, prediction in SCENARIOS:
@@ -323,17 +328,7 @@ def main(argv=None) -> int:
                 since, until = run_window(session, port, current)
                 length = until - since
                 t0 = time.time()
-                done = mlpipe(
-                    "monitor",
-                    "--workspace",
-                    str(workdir / "ws"),
-                    "--since",
-                    iso(since),
-                    "--until",
-                    iso(until),
-                    "--json",
-                    "--no-notify",
-                )
+                done = monitor(workdir, since, until)
                 seconds = time.time() - t0
                 report = json.loads(done.stdout)
                 verdict = judge(report, expected, slice_, prediction)
