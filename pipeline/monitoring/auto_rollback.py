@@ -88,7 +88,7 @@ def error_rate_series(config: Config, log_dir: Path | None = None) -> list[dict]
 def _error_windows(config: Config, version: int, log_dir: Path | None = None) -> list[tuple[str, bool]]:
     return [
         (e["window"]["since"], e["passed"])
-        for e in error_rate_series(config)
+        for e in error_rate_series(config, log_dir)
         if e["version"] == version and e["judged"]
     ]
 

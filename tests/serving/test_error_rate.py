@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import requests
 
@@ -90,3 +91,8 @@ def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cach
     ]
     doc = json.loads(run_cli("monitor", "--config", str(config), "--history", "--json")[1])
     assert doc["error_rate"] == series
+    # The model's logs under another root (`mlpipe monitor --log-dir`): the rollback rule reads the outcome files there.
+    moved = tmp_path / "elsewhere" / base.model_name
+    shutil.move(str(base.request_log_dir), str(moved))
+    decision = auto_rollback.rollback_decision(with_rule(rollback_after_windows=1, min_error_requests=4), 0, moved)
+    assert [(f["version"], f["check"]) for f in decision["failing"]] == [(2, "error_rate")]
