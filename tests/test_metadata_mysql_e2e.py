@@ -139,30 +139,21 @@ def normalise(answers: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def scenario_server(tmp_path_factory):
-    """The scenario's own MariaDB server: the last test kills it mid-run (the session one stays up)."""
-    server = mariadb_lib.start(tmp_path_factory.mktemp("scenario-db") / "data")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def both(tmp_path_factory, spans, scenario_server):
-    """(SQLite answers, MySQL answers, the MySQL database, its config file, its server)."""
+def both(tmp_path_factory, spans, mariadb):  # noqa: F811
     os.environ["MLPIPE_TEST_DB_PASSWORD"] = PASSWORD
     now = time.time()
-    database = new_database(scenario_server)
-    config = write_config(tmp_path_factory.mktemp("cfg") / "team.toml", scenario_server, database)
+    database = new_database(mariadb)
+    config = write_config(tmp_path_factory.mktemp("cfg") / "team.toml", mariadb, database)
     on_sqlite = scenario(tmp_path_factory.mktemp("on-sqlite"), spans, None, now)
     on_mysql = scenario(tmp_path_factory.mktemp("on-mysql"), spans, config, now)
-    return on_sqlite, on_mysql, database, config, scenario_server
+    return on_sqlite, on_mysql, database
 
 
-def test_the_same_scenario_answers_the_same_on_sqlite_and_mysql(both):
-    on_sqlite, on_mysql, database, _, server = both
+def test_the_same_scenario_answers_the_same_on_sqlite_and_mysql(both, mariadb):  # noqa: F811
+    on_sqlite, on_mysql, database = both
     # The MySQL answers really came from the database (and nothing went to a local SQLite file).
     assert not (Path(on_mysql["_workspace"]) / "metadata.sqlite").exists()
-    assert server.admin(f"SELECT COUNT(*) FROM `{database}`.Execution")[0][0] > 20
+    assert mariadb.admin(f"SELECT COUNT(*) FROM `{database}`.Execution")[0][0] > 20
     assert on_mysql["retrain-no-new-data"]["outcome"] == "no_new_data"
     assert on_mysql["retrain-2"]["outcome"] == "pushed"
     assert len(on_mysql["runs"]["runs"]) == 2
@@ -174,7 +165,7 @@ def test_the_same_scenario_answers_the_same_on_sqlite_and_mysql(both):
 
 
 def test_the_password_is_never_written_anywhere(both):
-    on_mysql = both[1]
+    _, on_mysql, _ = both
     assert PASSWORD not in json.dumps(on_mysql)
     workspace = Path(on_mysql["_workspace"])
     leaked = [str(p) for p in workspace.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()]
@@ -247,38 +238,28 @@ def test_two_retrains_from_two_workspaces_sharing_a_database_one_runs_the_other_
 # --- The database goes away mid-run ------------------------------------------------------------------
 
 
-def test_a_database_that_dies_mid_run_fails_the_run_cleanly_and_the_next_run_recovers(both):
-    """In the MySQL scenario's workspace and database, after its answers were compared: a `run` with one
-    more train step (Trainer onwards re-run; what it reads is cached) loses its database mid-run, then
-    the same run recovers. The replay gate is off: which version the scenario's traffic favours is not
-    what this test is about."""
-    on_mysql, config, server = both[1], both[3], both[4]
-    workspace, data = Path(on_mysql["_workspace"]), on_mysql["_data"]
-    (config.parent / "dies.toml").write_text(config.read_text() + "[replay_gate]\nenabled = false\n")
-    ws = ["--config", str(config.parent / "dies.toml"), "--workspace", str(workspace)]
-    steps = [*FLAGS[2:], "--train-steps", "51"]
-    runs_before = len(_json(["runs", *ws, "--json"])["runs"])
-    run = _mlpipe("run", *ws, "--data-root", data, *steps)
+def test_a_database_that_dies_mid_run_fails_the_run_cleanly_and_the_next_run_recovers(tmp_path, taxi_slice):
+    server = mariadb_lib.start(tmp_path / "db")
     try:
-        started = _read_until(run, "CsvExampleGen")
+        config = write_config(tmp_path / "team.toml", server, server.create_database("mlmd"))
+        ws = ["--config", str(config), "--workspace", str(tmp_path / "ws")]
+        run = _mlpipe("run", *ws, "--data-root", str(taxi_slice), *FLAGS)
+        _read_until(run, "CsvExampleGen")
         server.kill()
         out, err = run.communicate(timeout=600)
+        assert run.returncode == 1, (out, err)
+        assert "Result: FAILED" in out and "Nothing was pushed." in out
+        assert "Traceback" not in out + err
+        # The console run's log has TFX's whole connection config, with the password masked.
+        (log,) = (tmp_path / "ws" / "logs").glob("*.log")
+        text = log.read_text()
+        assert "Using connection config" in text and 'password: "********"' in text and PASSWORD not in text
+        server.start()  # same data directory and port
+        os.environ["MLPIPE_TEST_DB_PASSWORD"] = PASSWORD
+        code, out, err = run_cli("run", *ws, "--data-root", str(taxi_slice), *FLAGS, "--json")
+        assert code == 0, (out, err)
+        assert parse(out)["outcome"] == "pushed"
+        runs = _json(["runs", *ws, "--json"])["runs"]
+        assert [r["outcome"] for r in runs][0] == "pushed" and len(runs) == 2
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        if server.process.poll() is not None:
-            server.start()  # same data directory and port
-    assert run.returncode == 1, (out, err)
-    assert "Result: FAILED" in out and "Nothing was pushed." in out
-    assert "Traceback" not in out + err
-    # The console run's log has TFX's whole connection config, with the password masked.
-    (log,) = [line.split(" full logs in ", 1)[1].strip() for line in started if " full logs in " in line]
-    text = Path(log).read_text()
-    assert "Using connection config" in text and 'password: "********"' in text and PASSWORD not in text
-    os.environ["MLPIPE_TEST_DB_PASSWORD"] = PASSWORD
-    code, out, err = run_cli("run", *ws, "--data-root", data, *steps, "--json")
-    assert code == 0, (out, err)
-    assert parse(out)["outcome"] == "pushed"
-    runs = _json(["runs", *ws, "--json"])["runs"]
-    assert [r["outcome"] for r in runs][0] == "pushed" and len(runs) == runs_before + 2
+        server.stop()
