@@ -33,6 +33,7 @@ class ProgressWatcher(threading.Thread):
         self.done = threading.Event()
         self.announced: dict[int, str] = {}  # execution id -> "started" | "ended"
         self.current: str | None = None  # node id of the last component started and not ended
+        self.store = None  # one MLMD connection for the whole run (not one per poll), opened once it has a schema
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -48,16 +49,18 @@ class ProgressWatcher(threading.Thread):
         if absl_logger.getEffectiveLevel() > logging.INFO:
             absl_logger.setLevel(logging.INFO)
         try:
-            if not metadata.store_initialized(self.config):
-                return
-            store = metadata.open_store(self.config)
+            if self.store is None:
+                if not metadata.store_initialized(self.config):
+                    return
+                self.store = metadata.open_store(self.config)
             runs = [
                 r
-                for r in metadata.pipeline_runs(store, self.config.pipeline_name)
+                for r in metadata.pipeline_runs(self.store, self.config.pipeline_name)
                 if r.create_time_since_epoch >= self.started_ms
             ]
-            executions = metadata.run_executions(store, self.config.pipeline_name, runs[0]) if runs else []
-        except Exception:  # the writer holds the database right now: look again next time
+            executions = metadata.run_executions(self.store, self.config.pipeline_name, runs[0]) if runs else []
+        except Exception:  # the writer holds the database right now: connect and look again next time
+            self.store = None
             return
         for e in executions:
             key = e.execution.id
