@@ -32,19 +32,9 @@ def _numeric(x):
 
 
 def scale_numeric(x):
-    """Missing values filled with the mean of the present ones, then z-scored, in one analysis phase.
-
-    The filled column's mean is the present values' mean, and its variance their variance times the
-    present fraction (a filled value deviates by 0). Computing both from the present values keeps all
-    analyzers in one pass over the data; z-scoring the filled column itself (tft.scale_to_z_score of
-    the tft.mean-filled values) made tf.Transform run a second analysis phase over it.
-    """
     values, present = _numeric(x)
-    present_values = tf.boolean_mask(values, present)
-    mean = tft.mean(present_values)
-    std = tf.sqrt(tft.var(present_values) * tft.mean(tf.cast(present, tf.float32)))
-    deviation = tf.where(present, values, mean) - mean
-    return tf.where(tf.not_equal(std, 0), deviation / std, deviation)  # as tft.scale_to_z_score
+    mean = tft.mean(tf.boolean_mask(values, present))
+    return tft.scale_to_z_score(tf.where(present, values, mean))
 
 
 def bucketize_with_missing(x, num_buckets):
