@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
+from bench.server_process import free_port, stop_server, wait_until_serving  # noqa: E402
 from models.features import COLUMN_TYPES  # noqa: E402
 
 SIGNATURE = "serving_raw"
@@ -55,12 +54,6 @@ _VALUES = {
 }
 # Each raw column in the type the pushed model's serving_raw signature declares (codes are strings).
 ROW = {k: {"string": str, "float": float, "int": int}[COLUMN_TYPES[k]](v) for k, v in _VALUES.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_taxi_model(workdir: str) -> str:
@@ -224,28 +217,8 @@ def start_server(base_path: str, batching: bool, workdir: str, processes: int = 
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    import requests
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{rest}/v1/models/taxi", timeout=2).status_code == 200:
-                return proc, rest, grpc_port
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not come up within 180 s")
-
-
-def stop_server(proc) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    wait_until_serving(proc, rest, 180, 0.3)
+    return proc, rest, grpc_port
 
 
 def main(argv=None) -> int:

@@ -36,6 +36,35 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_json_options(parser: argparse.ArgumentParser, doc: str) -> None:
+    """The config options and --json, whose schema `doc` (docs/*.md) documents."""
+    add_config_options(parser)
+    parser.add_argument("--json", action="store_true", help=f"print JSON (schema in {doc})")
+
+
+def print_json(data: dict) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def recorded(record: dict) -> str:
+    """Where a registry change (rollback, approve, reject, bless --force) is audited: who and why."""
+    return f"recorded as MLMD execution {record['execution_id']} by {record['user']}: {record['reason']}"
+
+
+def refusals(handler):
+    """Turns a refusal of the registry layers (RegistryError: one line, its exit code) into the CLI's error."""
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.metadata.snapshot import RegistryError
+
+        try:
+            return handler(args)
+        except RegistryError as e:
+            raise CommandError(str(e), e.code) from None
+
+    return run
+
+
 def load_config(args: argparse.Namespace, overrides: dict | None = None) -> config_lib.Config:
     merged = {"workspace": getattr(args, "workspace", None)}
     merged.update(overrides or {})
@@ -197,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that each define `add_parser(subparsers)` registering one or more commands.
 COMMAND_MODULES = [
     "pipeline.cli.registry",
+    "pipeline.cli.rollout",
     "pipeline.cli.retrain",
     "pipeline.cli.compile",
     "pipeline.cli.monitor",

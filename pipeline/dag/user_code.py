@@ -152,10 +152,22 @@ def code_roots(model_config) -> list[Path]:
     return [r for r in unique if not any(other != r and other.is_dir() and other in r.parents for other in unique)]
 
 
+def models_fingerprint(models_dir: Path | None = None) -> str:
+    """SHA-256 over the model code's .py files, so the cache sees changes to models/."""
+    if models_dir is None:  # the default model code, models/
+        from models import features
+
+        models_dir = Path(features.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(models_dir.rglob("*.py")):
+        digest.update(path.relative_to(models_dir).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def code_fingerprint(model_config) -> str:
     """SHA-256 over the user's code and the serving contract, so the cache sees any edit."""
-    from pipeline.dag.pipeline import models_fingerprint
-
     roots = code_roots(model_config)
     if len(roots) == 1 and roots[0].is_dir():
         return models_fingerprint(roots[0])
