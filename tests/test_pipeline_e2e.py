@@ -130,19 +130,9 @@ def test_pushed_model_signatures_return_probabilities(first_run, taxi_slice):
     np.testing.assert_allclose(by_example[model_lib.OUTPUT_KEY].numpy(), scores, rtol=1e-5)
 
 
-def test_unreachable_threshold_pushes_nothing_and_says_why(first_run, taxi_slice, tmp_path):
-    workspace = copy_workspace(first_run, tmp_path, "ws")
-    before = versions(workspace)
-    code, out, err = run_cli(
-        "run",
-        "--workspace",
-        str(workspace),
-        "--data-root",
-        str(taxi_slice),
-        *FAST_FLAGS,
-        "--value-threshold",
-        "0.999",
-    )
+def test_unreachable_threshold_pushes_nothing_and_says_why(refused_run):
+    """conftest `refused_run`: a run with --value-threshold 0.999 after the first run and a second one."""
+    workspace, code, out, err, before = refused_run
     assert code == 0, out + err
     assert "Result: NOT BLESSED, nothing pushed (binary_accuracy" in out
     assert "< 0.9990" in out
