@@ -118,7 +118,7 @@ def check_before_run(config: Config) -> inputs.DataCheck:
                 f"model.{key}",
                 f"{', '.join(map(repr, unknown))} not a column of the data (columns: {', '.join(columns)})",
             )
-    user_code.check(m)
+    user_code.check(m, config.user_code_check_path if config.enable_cache else None)
     metadata.check_connection(config)  # bad [metadata] settings: ConfigError naming the setting
     return checked
 
@@ -135,7 +135,7 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     config.workspace_path.mkdir(parents=True, exist_ok=True)
 
     from absl import flags
-    from tfx import v1 as tfx  # heavy; imported only when a run really starts
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # heavy: only when a run starts
 
     if not flags.FLAGS.is_parsed():  # else absl would parse the host program's argv (e.g. pytest -v)
         flags.FLAGS.mark_as_parsed()
@@ -152,7 +152,7 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
         from pipeline.ops import beam_args
 
         with metadata.redacting(config), beam_args.local_dependencies(config.beam):
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            LocalDagRunner().run(pipeline)
     except Exception as e:  # a component failed: report it, keep MLMD as it is
         error = e
         logging.getLogger(__name__).exception("pipeline run failed")
