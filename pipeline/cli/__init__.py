@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from pipeline import config as config_lib
@@ -276,9 +275,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point: runs main, then exits without TF's teardown noise."""
+    """Console-script entry point: runs main, then exits without the interpreter's teardown.
+
+    The atexit handlers run (log flushing, temp-file cleanup, child processes); what is skipped is
+    Python's finalization of TF, Beam and TFMA objects, which took 10 s after a pipeline run under load
+    (docs/performance.md) and printed TF's teardown noise.
+    """
+    import atexit
+    import os
+
     code = main()
     from pipeline.logs import silence_exit_noise
 
     silence_exit_noise(_exit_log)
-    sys.exit(code)
+    atexit._run_exitfuncs()
+    silence_exit_noise(_exit_log)  # flushes what the handlers wrote
+    os._exit(code)

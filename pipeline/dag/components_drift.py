@@ -12,10 +12,10 @@ the run before Transform, so nothing is trained on it.
 import json
 import os
 
-from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from pipeline.dag import feature_roles
+from pipeline.dag import tfx_api as tfx
 
 DRIFT_MODES = ("off", "warn", "block")
 PREVIOUS_STATISTICS_RESOLVER = "drift_baseline_resolver"

@@ -15,10 +15,10 @@ import time
 from typing import Dict, List
 
 import numpy as np
-from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from pipeline.dag import loading
+from pipeline.dag import tfx_api as tfx
 
 GATE = "infra_validation"
 BLESSED_FILE, NOT_BLESSED_FILE = "INFRA_BLESSED", "INFRA_NOT_BLESSED"  # TFX infra_validator/executor.py

@@ -11,17 +11,18 @@ import dataclasses
 from pathlib import Path
 
 import tensorflow_model_analysis as tfma
-from tfx import v1 as tfx
 
 from data import spans
 from pipeline.config import METRIC_CLASSES, Config
 from pipeline.dag import analyzer_cache, replay_gate, user_code
+from pipeline.dag import tfx_api as tfx
 from pipeline.dag.components import AnomaliesGate, BaselineModelStrategy
 from pipeline.dag.components_drift import drift_gate
 from pipeline.dag.dataset import column_types
 from pipeline.dag.infra_validator import InfraValidator
 from pipeline.dag.inputs import CSV_PATTERN
 from pipeline.dag.typed_csv import TypedCsvExampleGen
+from pipeline.dag.user_code import MODELS_DIR, models_fingerprint  # noqa: F401 (re-exported)
 from pipeline.publish.approvals import release_settings
 from pipeline.publish.pusher import AtomicPusher
 

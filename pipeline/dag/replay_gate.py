@@ -17,9 +17,9 @@ import time
 from typing import List, Optional, Tuple
 
 import numpy as np
-from tfx import v1 as tfx
 
 from pipeline.dag import loading
+from pipeline.dag import tfx_api as tfx
 from pipeline.publish.pusher import ReplayVerdict
 
 GATE = "replay"

@@ -11,7 +11,6 @@ import logging
 
 import apache_beam as beam
 from google.protobuf import struct_pb2
-from tfx import v1 as tfx
 from tfx.components.example_gen import component
 from tfx.components.example_gen.csv_example_gen import executor as csv_executor
 from tfx.dsl.components.base import executor_spec
@@ -22,6 +21,7 @@ from tfx.utils import io_utils, proto_utils
 from tfx_bsl.coders import csv_decoder
 
 from pipeline.dag import inputs
+from pipeline.dag import tfx_api as tfx
 
 _COLUMN_TYPES = {
     "int": csv_decoder.ColumnType.INT,

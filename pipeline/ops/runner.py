@@ -34,6 +34,7 @@ class ProgressWatcher(threading.Thread):
         self.done = threading.Event()
         self.announced: dict[int, str] = {}  # execution id -> "started" | "ended"
         self.current: str | None = None  # node id of the last component started and not ended
+        self.store = None  # one MLMD connection for the whole run (not one per poll), opened once it has a schema
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -49,16 +50,18 @@ class ProgressWatcher(threading.Thread):
         if absl_logger.getEffectiveLevel() > logging.INFO:
             absl_logger.setLevel(logging.INFO)
         try:
-            if not metadata.store_initialized(self.config):
-                return
-            store = metadata.open_store(self.config)
+            if self.store is None:
+                if not metadata.store_initialized(self.config):
+                    return
+                self.store = metadata.open_store(self.config)
             runs = [
                 r
-                for r in metadata.pipeline_runs(store, self.config.pipeline_name)
+                for r in metadata.pipeline_runs(self.store, self.config.pipeline_name)
                 if r.create_time_since_epoch >= self.started_ms
             ]
-            executions = metadata.run_executions(store, self.config.pipeline_name, runs[0]) if runs else []
-        except Exception:  # the writer holds the database right now: look again next time
+            executions = metadata.run_executions(self.store, self.config.pipeline_name, runs[0]) if runs else []
+        except Exception:  # the writer holds the database right now: connect and look again next time
+            self.store = None
             return
         for e in executions:
             key = e.execution.id
@@ -115,7 +118,7 @@ def check_before_run(config: Config) -> inputs.DataCheck:
                 f"model.{key}",
                 f"{', '.join(map(repr, unknown))} not a column of the data (columns: {', '.join(columns)})",
             )
-    user_code.check(m)
+    user_code.check(m, config.user_code_check_path if config.enable_cache else None)
     metadata.check_connection(config)  # bad [metadata] settings: ConfigError naming the setting
     return checked
 
@@ -132,7 +135,7 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     config.workspace_path.mkdir(parents=True, exist_ok=True)
 
     from absl import flags
-    from tfx import v1 as tfx  # heavy; imported only when a run really starts
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # heavy: only when a run starts
 
     if not flags.FLAGS.is_parsed():  # else absl would parse the host program's argv (e.g. pytest -v)
         flags.FLAGS.mark_as_parsed()
@@ -149,7 +152,7 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
         from pipeline.ops import beam_args
 
         with metadata.redacting(config), beam_args.local_dependencies(config.beam):
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            LocalDagRunner().run(pipeline)
     except Exception as e:  # a component failed: report it, keep MLMD as it is
         error = e
         logging.getLogger(__name__).exception("pipeline run failed")

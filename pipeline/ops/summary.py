@@ -156,11 +156,11 @@ def warm_start_lines(report: dict) -> list[str]:
 
 
 def _training_report(store, trainer_execution_id: int) -> dict:
-    """The Trainer's models/model.py TRAINING_REPORT from its model_run directory ({} if none)."""
+    """The Trainer's TRAINING_REPORT (models/model.py writes it) from its model_run directory ({} if none)."""
     import json
     import os
 
-    from models.model import TRAINING_REPORT
+    from models import TRAINING_REPORT  # not models.model: that imports Keras and tf.Transform
 
     for model_run in metadata.outputs(store, trainer_execution_id).get("model_run", []):
         try:
