@@ -8,7 +8,8 @@ adds MLMD records only: copies of its newest `pipeline_run` context (same proper
 the same executions, under the pipeline context), until MLMD holds 20 run contexts. The cached-run row
 then runs on that copy (`--data-root`/`--config` of the original are passed with --run-args). Each command then runs as a fresh `python -m pipeline` process, --repeats
 times (the best is reported); with --compare REPO the same commands run with that checkout's code too
-(e.g. /work/main), side by side in this invocation, and the table shows the ratio.
+(e.g. /work/main), side by side in this invocation, and the table shows the ratio. The fully cached
+`run` runs, per checkout, on its own copy of the workspace that one untimed run made cached for that code.
 
 `monitor` needs request logs: --monitor-workdir is the workdir of bench/drift_scenarios.py (it keeps its
 served workspace and the windows it checked); its last 500-request window is timed. Skipped if absent.
@@ -32,13 +33,22 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = ("--train-steps", "100", "--eval-steps", "20")
 
 
+CPU = {}  # wall seconds of a timed command -> its CPU seconds (user + sys), for the table
+
+
 def mlpipe(repo: Path, *argv: str, cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    import resource
+
     env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="2")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", *argv], cwd=cwd or repo, env=env, capture_output=True, text=True
     )
-    return time.perf_counter() - start, done
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[seconds] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, done
 
 
 def run_count(ws: Path) -> int:
@@ -121,6 +131,27 @@ def last_window(workdir: Path) -> tuple[Path, Path | None, list[str]] | None:
     return ws, config if config.is_file() else None, ["--since", window["since"], "--until", window["until"]]
 
 
+def cached_run_commands(ws: Path, workdir: Path, repos: list[Path], run_flags: list[str]) -> dict[Path, list[str]]:
+    """Per checkout, `mlpipe run` on its own copy of `ws` that one untimed run has made fully cached for
+    that checkout's code: a run's cache keys hold its code (models/ fingerprint) and the workspace's path
+    (the Pusher's destination, the gates' request logs), so neither another checkout's runs nor the
+    original's are cached there."""
+    import shutil
+
+    commands = {}
+    for i, repo in enumerate(repos):
+        copy = workdir / f"run-ws-{i}"
+        if not copy.is_dir():
+            shutil.copytree(ws, copy)
+        argv = ["run", "--workspace", str(copy), *run_flags]
+        seconds, done = mlpipe(repo, *argv)  # untimed: re-runs what the copy's path or the code changed
+        if done.returncode != 0:
+            print(f"  {repo}: the untimed run on {copy} failed: {done.stdout[-500:]}", file=sys.stderr)
+        print(f"  {repo}: untimed run on {copy}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        commands[repo] = argv
+    return commands
+
+
 def timed(repo: Path, argv: list[str], repeats: int, ok=(0,)) -> float | None:
     best = None
     for _ in range(repeats):
@@ -142,6 +173,7 @@ def main() -> None:
     parser.add_argument("--from-workspace", type=Path, help="copy this workspace and add run records (see above)")
     parser.add_argument("--config", type=Path, help="the config of --from-workspace (its pipeline name, data)")
     parser.add_argument("--run-args", default="", help="flags of the cached `mlpipe run` on --from-workspace")
+    parser.add_argument("--only", action="append", help="time only this row (by its name; repeatable)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.from_workspace:
@@ -162,10 +194,11 @@ def main() -> None:
         "label list": ["label", "list", *ws_flags, *cfg_flags],
         "rollback --dry-run": ["rollback", "--dry-run", "--reason", "bench", *ws_flags, *cfg_flags],
     }
-    if not args.from_workspace or args.run_args:  # a copied workspace is cached only for the code that built it
-        commands["run (fully cached)"] = ["run", *ws_flags, *run_flags]
+    repos = [REPO] + ([args.compare.resolve()] if args.compare else [])
+    if (not args.from_workspace or args.run_args) and (not args.only or "run (fully cached)" in args.only):
+        commands["run (fully cached)"] = cached_run_commands(ws, args.workdir, repos, run_flags)
     ok = {"rollback --dry-run": (0, 2)}
-    monitored = last_window(args.monitor_workdir)
+    monitored = last_window(args.monitor_workdir) if not args.only or "monitor (500 requests)" in args.only else None
     if monitored:
         import shutil
 
@@ -184,30 +217,34 @@ def main() -> None:
         ok["monitor (500 requests)"] = (0, 3)
         # Untimed first run: builds (caches) the copy's baseline, as any version's first monitor run does.
         mlpipe(REPO, *commands["monitor (500 requests)"])
-    repos = [REPO] + ([args.compare.resolve()] if args.compare else [])
+    if args.only:
+        commands = {name: argv for name, argv in commands.items() if name in args.only}
     results = {}
+    load_before = os.getloadavg()[0]
     for (name, argv), repo in itertools.product(commands.items(), repos):
+        argv = argv[repo] if isinstance(argv, dict) else argv
         results[(name, repo)] = timed(repo, argv, args.repeats, ok.get(name, (0,)))
     load = os.getloadavg()[0]
     print(
-        f"\nCLI wall times (best of {args.repeats}, fresh process each; {run_count(ws)} runs in MLMD; load {load:.1f})"
+        f"\nCLI wall times (best of {args.repeats}, fresh process each; {run_count(ws)} runs in MLMD; "
+        f"load average {load_before:.1f} before, {load:.1f} after)"
     )
-    head = f"{'command':<24} {'this checkout':>14}"
+    head = f"{'command':<24} {'this checkout':>24}"
     if args.compare:
-        head += f" {str(args.compare)[:18]:>18} {'ratio':>7}"
+        head += f" {str(args.compare)[:24]:>24} {'ratio':>7}"
     print(head)
 
-    def fmt(value):
-        return "failed" if value is None else f"{value:.2f} s"
+    def fmt(value):  # wall (CPU): on a shared machine the CPU seconds show what the wall time hides
+        return "failed" if value is None else f"{value:.2f} s ({CPU[value]:.1f} cpu)"
 
     for name in commands:
-        line = f"{name:<24} {fmt(results[(name, REPO)]):>14}"
+        line = f"{name:<24} {fmt(results[(name, REPO)]):>24}"
         if args.compare:
             other = results[(name, repos[1])]
             ratio = f"{results[(name, REPO)] / other:.2f}" if other and results[(name, REPO)] else "-"
-            line += f" {fmt(other):>18} {ratio:>7}"
+            line += f" {fmt(other):>24} {ratio:>7}"
         print(line)
-    if not monitored:
+    if not monitored and not args.only:
         print(f"monitor: skipped (no 500-request window in {args.monitor_workdir}; run bench/drift_scenarios.py)")
     if cached:
         print(f"cached runs made while building the workspace: {', '.join(f'{s:.1f}' for s in cached)} s")

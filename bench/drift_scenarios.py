@@ -25,8 +25,6 @@ import json
 import math
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.server_process import free_port, stop_server, wait_until_serving  # noqa: E402
 from models import features  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
@@ -177,15 +176,7 @@ SCENARIOS = (
 # --- Serving and replay ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(workspace: Path):
-    import requests
-
     rest, grpc_port = free_port(), free_port()
     cmd = [
         sys.executable,
@@ -205,26 +196,8 @@ def start_server(workspace: Path):
     ]
     env = dict(ENV, MLPIPE_WORKSPACE=str(workspace))  # `mlpipe serve` serves the workspace's pushed versions
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{rest}/v1/models/taxi", timeout=2).status_code == 200:
-                return proc, rest
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not come up within 300 s")
-
-
-def stop_server(proc) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    wait_until_serving(proc, rest, 300, 0.5)
+    return proc, rest
 
 
 def _typed(name: str, value: str):
@@ -269,6 +242,21 @@ def run_window(session, port: int, rows: list[dict], rate: float = 50.0) -> tupl
 
 
 # --- Verdicts ----------------------------------------------------------------------------------
+
+
+def monitor(workdir: Path, since: float, until: float) -> subprocess.CompletedProcess:
+    """`mlpipe monitor --json` of the window [since, until) in the bench workspace, no alert hooks."""
+    return mlpipe(
+        "monitor",
+        "--workspace",
+        str(workdir / "ws"),
+        "--since",
+        iso(since),
+        "--until",
+        iso(until),
+        "--json",
+        "--no-notify",
+    )
 
 
 def judge(report: dict, expected: set, slice_: str | None, prediction: bool | None) -> dict:
@@ -326,17 +314,7 @@ def main(argv=None) -> int:
         # the eval splits) and caches it in the workspace: done once here, timed apart.
         since, until = run_window(session, port, [dict(r) for r in pools["next_previous"][:120]])
         t0 = time.time()
-        mlpipe(
-            "monitor",
-            "--workspace",
-            str(workdir / "ws"),
-            "--since",
-            iso(since),
-            "--until",
-            iso(until),
-            "--json",
-            "--no-notify",
-        )
+        monitor(workdir, since, until)
         print(f"baseline built (first monitor run of the version) in {time.time() - t0:.1f} s", file=sys.stderr)
         time.sleep(until - since + 1.5)
         for name, expected, slice_, prediction in SCENARIOS:
@@ -350,17 +328,7 @@ def main(argv=None) -> int:
                 since, until = run_window(session, port, current)
                 length = until - since
                 t0 = time.time()
-                done = mlpipe(
-                    "monitor",
-                    "--workspace",
-                    str(workdir / "ws"),
-                    "--since",
-                    iso(since),
-                    "--until",
-                    iso(until),
-                    "--json",
-                    "--no-notify",
-                )
+                done = monitor(workdir, since, until)
                 seconds = time.time() - t0
                 report = json.loads(done.stdout)
                 verdict = judge(report, expected, slice_, prediction)

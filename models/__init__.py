@@ -3,3 +3,5 @@ Trainer run_fn; and signatures.py, the serving contract every pushed model gets 
 
 This package never imports pipeline code: the pipeline refers to it by import path.
 """
+
+TRAINING_REPORT = "training_report.json"  # model.py writes it to the Trainer's model_run directory

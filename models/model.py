@@ -20,7 +20,7 @@ import tensorflow_transform as tft  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tfx_bsl.public.tfxio import TensorFlowDatasetOptions  # noqa: E402
 
-from models import features, signatures  # noqa: E402
+from models import TRAINING_REPORT, features, signatures  # noqa: E402
 
 SERVING_DEFAULT = signatures.SERVING_DEFAULT
 RAW_SIGNATURE = signatures.RAW_SIGNATURE
@@ -35,7 +35,6 @@ EMBEDDING_DIM = 8
 # so a warm start can carry every weight over.
 CATEGORICAL_IDS = features.VOCAB_SIZE + features.OOV_BUCKETS
 OUTPUT_LAYER = "output"
-TRAINING_REPORT = "training_report.json"  # written to the Trainer's model_run directory
 PROBE_BATCHES = 10  # batches the loss probes (before and after a warm start, after training) average over
 
 

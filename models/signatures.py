@@ -22,6 +22,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.Transform's Keras layer 
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
+from models import keras_setup  # noqa: E402,F401  (AutoGraph leaves Keras 2's own code alone, as TF does Keras 3's)
+
 SERVING_DEFAULT = "serving_default"
 RAW_SIGNATURE = "serving_raw"
 TRANSFORM_SIGNATURE = "transform_features"

@@ -381,6 +381,11 @@ class Config:
         return retrain_lock_path(self.workspace_path)
 
     @property
+    def user_code_check_path(self) -> Path:
+        """The key of the last [model] code check that passed here (pipeline/dag/user_code.py check)."""
+        return self.workspace_path / "cache" / "user_code_check.json"
+
+    @property
     def monitoring_history_path(self) -> Path:
         """Every `mlpipe monitor` run's scores (gates --retrain)."""
         return self.workspace_path / "monitoring" / "history.jsonl"

@@ -196,7 +196,7 @@ def _fast_tensor_to_array(tensor_proto) -> np.ndarray | None:
         array = np.empty(n, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    return np.array(values, dtype=dtype).reshape(shape)
+    return np.array(list(values), dtype=dtype).reshape(shape)  # list(): numpy reads a repeated field slowly
 
 
 def tensor_to_array(tensor_proto) -> np.ndarray:

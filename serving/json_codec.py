@@ -265,17 +265,26 @@ def _fast_column(values: list, dtype: np.dtype) -> np.ndarray | None:
 
 def _fast_instances(instances: list, dtypes: Mapping[str, np.dtype]) -> dict[str, np.ndarray] | None:
     """Row format where every instance is an object of scalars with exactly the signature's inputs (the
-    common case), converted column by column with the dtypes resolved once; None for anything else."""
+    common case), converted with the dtypes resolved once: one array per dtype (all float inputs
+    together, all int64 ones, ...), each input a row of it; None for anything else."""
     n = len(dtypes)
     for element in instances:
         if type(element) is not dict or len(element) != n:
             return None
+    groups: dict[np.dtype, list[str]] = {}
+    for name, dtype in dtypes.items():
+        groups.setdefault(dtype, []).append(name)
+    rows = len(instances)
+    arrays: dict[str, np.ndarray] = {}
     try:
-        columns = {name: [element[name] for element in instances] for name in dtypes}
-        arrays = {name: _fast_column(values, dtypes[name]) for name, values in columns.items()}
+        for dtype, names in groups.items():
+            block = _fast_column([element[name] for name in names for element in instances], dtype)
+            if block is None:
+                return None
+            arrays.update(zip(names, block.reshape(len(names), rows)))
     except (KeyError, UnicodeEncodeError, OverflowError, ValueError):
         return None
-    return None if any(a is None for a in arrays.values()) else arrays
+    return {name: arrays[name] for name in dtypes}
 
 
 def _from_instances(instances: Any, dtypes: Mapping[str, np.dtype], doc: Any) -> dict[str, np.ndarray]:

@@ -304,59 +304,79 @@ class _Base(tornado.web.RequestHandler):
         self.reply(status, json_codec.dumps({"error": error.message}))
 
 
+def answer_inline(server, method: str, path: str, body: bytes, client_key, request_key) -> tuple | None:
+    """One /v1/ request answered on the I/O thread, or None when it must go to the thread pool.
+
+    Only when nothing else is in flight in this process and requests have been quick: then the two
+    thread switches of the pool are most of a one-row request's overhead, and another connection
+    waits at most about INLINE_MAX_SECONDS behind this one."""
+    if not (
+        server.batcher is None
+        and server._inflight == 0
+        and len(body) <= INLINE_MAX_BYTES
+        and server.recent_request_seconds < INLINE_MAX_SECONDS
+    ):
+        return None
+    request_key = request_key or request_log.new_request_key()
+    started = time.perf_counter()
+    server.track(+1)
+    try:
+        status, payload, version = server.rest_api.handle_versioned(method, path, body, client_key, request_key)
+    finally:
+        server.track(-1)
+        server.recent_request_seconds += 0.2 * (time.perf_counter() - started - server.recent_request_seconds)
+    return status, payload, _headers(version, request_key)
+
+
+def _headers(version, request_key) -> list:
+    if version is None:
+        return []
+    return [(VERSION_HEADER, str(version)), (request_log.REQUEST_KEY_HEADER, request_key)]
+
+
+async def answer(server, method: str, path: str, body: bytes, client_key, request_key) -> tuple[int, bytes, list]:
+    """One /v1/ request through RestApi: (status, payload, extra headers), inline or on the thread pool
+    (with --rest_api_timeout_in_ms). Shared by the tornado handler and the fast path (rest_fast.py)."""
+    inline = answer_inline(server, method, path, body, client_key, request_key)
+    if inline is not None:
+        return inline
+    request_key = request_key or request_log.new_request_key()
+    started = time.perf_counter()
+    call = asyncio.get_running_loop().run_in_executor(
+        server.executor, server.rest_api.handle_versioned, method, path, body, client_key, request_key
+    )
+    server.track(+1)
+    try:
+        timeout = server.options.rest_api_timeout_in_ms / 1000 if server.options.rest_api_timeout_in_ms > 0 else None
+        status, payload, version = await asyncio.wait_for(asyncio.shield(call), timeout)
+    except asyncio.TimeoutError:
+        status, payload, version = (
+            504,
+            json_codec.dumps({"error": "Request timed out (see --rest_api_timeout_in_ms)"}),
+            None,
+        )
+    finally:
+        server.track(-1)
+        server.recent_request_seconds += 0.2 * (time.perf_counter() - started - server.recent_request_seconds)
+    return status, payload, _headers(version, request_key)
+
+
 @tornado.web.stream_request_body
 class ApiHandler(_Base):
     async def _dispatch(self, method: str):
         if self._rejection is not None:
             return self.reject()
-        server = self.server
-        loop = asyncio.get_running_loop()
-        key = self.request.headers.get(CLIENT_KEY_HEADER)
-        request_key = self.request.headers.get(request_log.REQUEST_KEY_HEADER) or request_log.new_request_key()
-        started = time.perf_counter()
-        if (
-            server.batcher is None
-            and server._inflight == 0
-            and len(self._body) <= INLINE_MAX_BYTES
-            and server.recent_request_seconds < INLINE_MAX_SECONDS
-        ):
-            # Nothing else in flight in this process, and requests have been quick: answer on the I/O
-            # thread, without the two thread switches of the pool (most of a one-row request's overhead).
-            server.track(+1)
-            try:
-                status, payload, version = server.rest_api.handle_versioned(
-                    method, self.request.path, bytes(self._body), key, request_key
-                )
-            finally:
-                server.track(-1)
-                server.recent_request_seconds += 0.2 * (time.perf_counter() - started - server.recent_request_seconds)
-            if version is not None:
-                self.set_header(VERSION_HEADER, str(version))
-                self.set_header(request_log.REQUEST_KEY_HEADER, request_key)
-            return self.reply(status, payload)
-        call = loop.run_in_executor(
-            server.executor,
-            server.rest_api.handle_versioned,
+        headers = self.request.headers
+        status, payload, extra = await answer(
+            self.server,
             method,
             self.request.path,
             bytes(self._body),
-            key,
-            request_key,
+            headers.get(CLIENT_KEY_HEADER),
+            headers.get(request_log.REQUEST_KEY_HEADER),
         )
-        server.track(+1)
-        try:
-            timeout = (
-                server.options.rest_api_timeout_in_ms / 1000 if server.options.rest_api_timeout_in_ms > 0 else None
-            )
-            status, payload, version = await asyncio.wait_for(asyncio.shield(call), timeout)
-            if version is not None:
-                self.set_header(VERSION_HEADER, str(version))
-                self.set_header(request_log.REQUEST_KEY_HEADER, request_key)
-        except asyncio.TimeoutError:
-            status, payload = 504, json_codec.dumps({"error": "Request timed out (see --rest_api_timeout_in_ms)"})
-        finally:
-            server.track(-1)
-            server.recent_request_seconds += 0.2 * (time.perf_counter() - started - server.recent_request_seconds)
+        for name, value in extra:
+            self.set_header(name, value)
         self.reply(status, payload)
 
     async def get(self, *_):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from dataclasses import dataclass
@@ -107,6 +108,15 @@ class _PreboundCall:
         self._ctx.ensure_initialized()
         self._record = record
         self._eager_tensor = ops.EagerTensor
+        # What ConcreteFunction -> AtomicFunction.call_flat -> context.call_function end in, resolved once:
+        # the function's op name, its output count and the call attributes (executor, config).
+        from tensorflow.python.eager import execute
+
+        self._executes = execute  # execute.execute is swapped when op callbacks are registered
+        self._name = self._atomic.name.decode("utf-8")
+        self._num_outputs = len(self._atomic.function_type.flat_outputs)
+        self._attrs = tuple(itertools.chain(*self._ctx.function_call_options.as_attrs().items()))
+        self._pack = self._atomic.function_type.pack_output
 
     def __call__(self, inputs: Mapping[str, np.ndarray]):
         if self._record.could_possibly_record():  # a gradient tape is watching: the ordinary call
@@ -118,7 +128,12 @@ class _PreboundCall:
         device = self._ctx.device_name
         tensor = self._eager_tensor
         args = [tensor(inputs[k], device, d) for k, d in zip(self._order, self._dtypes)]
-        return self._atomic.call_preflattened(args + self._captured)
+        args += self._captured
+        try:
+            flat = self._executes.execute(self._name, self._num_outputs, args, self._attrs, self._ctx)
+        except Exception:  # again through call_flat, for TF's error message (it names the failing op)
+            return self._atomic.call_preflattened(args)
+        return self._pack(flat)
 
 
 def _prebind(function, specs):

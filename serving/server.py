@@ -15,6 +15,7 @@ from serving.config import ModelEntry, ModelRoot, read_model_config_file
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.rest import RestApi, make_app
+from serving.rest_fast import FastRouter
 from serving.service import LogOptions, Service
 from serving.traffic import sidecar_path
 
@@ -149,7 +150,9 @@ class ModelServer:
             # Bodies past the limit are read and dropped (to answer with a JSON 413); the hard cap
             # below closes connections that send far more.
             hard_cap = 2 * opts.max_request_bytes + (1 << 20)
-            self._http = HTTPServer(make_app(self), max_body_size=hard_cap, idle_connection_timeout=60)
+            self._http = HTTPServer(
+                FastRouter(self, make_app(self)), max_body_size=hard_cap, idle_connection_timeout=60
+            )
             self._http.add_sockets(sockets)
             ready.set()
             loop.run_forever()

@@ -86,6 +86,67 @@ def first_run(tmp_path_factory, taxi_slice):
     return workspace, code, out, err
 
 
+def run_pipeline_process(ws: Path, data_root: Path, *flags: str):
+    """`mlpipe run --workspace WS --data-root DATA_ROOT FAST_FLAGS FLAGS` in its own process (output piped)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    env.pop("MLPIPE_WORKSPACE", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--workspace", str(ws), "--data-root", str(data_root)]
+        + [*FAST_FLAGS, *flags],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def second_version(first_run, taxi_slice, tmp_path_factory):
+    """A copy of first_run's workspace with one more `mlpipe run`, in its own process, that pushes a second
+    version (--value-threshold 0.5: only the Evaluator and what follows re-run), polled with `mlpipe runs`
+    while it writes MLMD. Returns (workspace, [(exit code, runs JSON or stderr) of each poll]).
+
+    Shared by tests/test_registry.py and tests/test_feedback.py; like first_run: read it, or copy it.
+    """
+    import json
+    import shutil
+    import time
+
+    assert first_run[1] == 0, first_run[2] + first_run[3]
+    ws = tmp_path_factory.mktemp("second-version") / "ws"
+    shutil.copytree(first_run[0], ws)
+    proc = run_pipeline_process(ws, taxi_slice, "--value-threshold", "0.5")
+    polls = []
+    while proc.poll() is None:
+        code, out, err = run_cli("runs", "--workspace", str(ws), "--json")
+        polls.append((code, json.loads(out) if code == 0 else err))
+        time.sleep(0.5)
+    output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    return ws, polls
+
+
+@pytest.fixture(scope="session")
+def refused_run(second_version, taxi_slice, tmp_path_factory):
+    """second_version's workspace copied, then a run that is not blessed (--value-threshold 0.999: the
+    Trainer is cached, the Evaluator re-runs and refuses the candidate). Returns (workspace, exit code,
+    stdout, stderr, the version directories before it). Shared by tests/test_registry.py and
+    tests/test_pipeline_e2e.py; read it, or copy it."""
+    import shutil
+
+    ws = tmp_path_factory.mktemp("refused-run") / "ws"
+    shutil.copytree(second_version[0], ws)
+    before = sorted(p.name for p in (ws / "serving_model" / "taxi").iterdir())
+    code, out, err = run_cli(
+        "run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS, "--value-threshold", "0.999"
+    )
+    return ws, code, out, err, before
+
+
 @pytest.fixture(scope="session")
 def sampled_run(tmp_path_factory, first_run, taxi_slice):
     """first_run's MLMD copied into a new workspace, then `mlpipe run --json --eval-max-examples 300`:

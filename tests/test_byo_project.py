@@ -116,6 +116,34 @@ def test_module_without_run_fn_fails_before_anything_runs(tmp_path, taxi_slice):
     assert not (tmp_path / "ws" / "metadata.sqlite").exists()
 
 
+def test_the_code_check_is_skipped_only_while_the_code_is_unchanged(tmp_path, taxi_slice, monkeypatch):
+    """A fully cached run need not import the model code (TensorFlow, Keras) to check it again; a module
+    broken after a check passed still fails with one line before anything runs."""
+    module = tmp_path / "my_model.py"
+    marker = tmp_path / "imported"
+    module.write_text(
+        f"open({str(marker)!r}, 'a').write('x')\n\n"
+        "def preprocessing_fn(inputs):\n    return inputs\n\n\ndef run_fn(fn_args):\n    pass\n"
+    )
+    path = _config(tmp_path, module_file=str(module))
+    config = config_lib.load(path)
+    user_code.check(config.model, config.user_code_check_path)  # passes: recorded in the workspace
+    assert marker.read_text() == "x" and config.user_code_check_path.is_file()
+    monkeypatch.setattr(user_code, "_loaded", {})  # as in a fresh process
+    user_code.check(config.model, config.user_code_check_path)  # same key: the module is not imported
+    assert marker.read_text() == "x"
+    user_code.check(config.model)  # no record: imported and checked
+    assert marker.read_text() == "xx"
+    module.write_text(module.read_text().replace("def run_fn", "def train_fn"))
+    code, out, err = run_cli("run", "--config", str(path), "--data-root", str(taxi_slice))
+    assert code == 2
+    assert err.strip() == (
+        f"mlpipe: config error: model.module_file: {module} defines no run_fn (the Trainer's entry point); "
+        "add def run_fn(...) to it, or point model.module_file at the file that has it"
+    )
+    assert not (tmp_path / "ws" / "metadata.sqlite").exists()
+
+
 @pytest.mark.parametrize(
     "model, message",
     [

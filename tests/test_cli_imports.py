@@ -15,10 +15,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAST_FLAGS
 from tests.test_monitor import _window, served, write_traffic  # noqa: F401 (served: the fixture)
+from tests.test_pipeline_e2e import borrowed_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("tensorflow", "tfx", "tensorflow_model_analysis", "tensorflow_data_validation", "tensorflow_transform")
+# What a fully cached `mlpipe run` does not need (it needs TFX's LocalDagRunner, which imports TF, TFMA, TFDV
+# and Beam): tfx.v1's Vertex AI extension and Kubeflow runner, and the model code (Keras, tf.Transform).
+NOT_FOR_A_CACHED_RUN = (
+    "tfx.v1",
+    "tfx.extensions.google_cloud_ai_platform",
+    "google.cloud.aiplatform",
+    "kfp",
+    "models.model",
+    "models.preprocessing",
+)
 PROBE = """
 import json, sys
 from pipeline import cli
@@ -27,18 +39,25 @@ try:
 except SystemExit as e:  # --help
     code = e.code
 heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%r))
-print("\\nIMPORTS " + json.dumps({"code": code, "heavy": heavy}), file=sys.__stdout__)
-""" % (HEAVY,)
+loaded = sorted(set(sys.modules) & set(%r))
+print("\\nIMPORTS " + json.dumps({"code": code, "heavy": heavy, "loaded": loaded}), file=sys.__stdout__)
+""" % (HEAVY, NOT_FOR_A_CACHED_RUN)
 
 
-def imports_of(*argv: str) -> tuple[int, list[str], str]:
-    """(exit code, heavy packages imported, stdout) of `mlpipe ARGV` in a fresh interpreter."""
+def probe(*argv: str) -> tuple[dict, str]:
+    """What `mlpipe ARGV` in a fresh interpreter imported ({"code", "heavy", "loaded"}), and its stdout
+    (ending in the IMPORTS line)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=REPO, env=env, capture_output=True, text=True)
     marker = [line for line in done.stdout.splitlines() if line.startswith("IMPORTS ")]
     assert marker, done.stdout + done.stderr
-    result = json.loads(marker[-1][len("IMPORTS ") :])
-    return result["code"], result["heavy"], done.stdout
+    return json.loads(marker[-1][len("IMPORTS ") :]), done.stdout
+
+
+def imports_of(*argv: str) -> tuple[int, list[str], str]:
+    """(exit code, heavy packages imported, stdout) of `mlpipe ARGV` in a fresh interpreter."""
+    result, out = probe(*argv)
+    return result["code"], result["heavy"], out
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +101,14 @@ def test_monitor_of_a_clean_window_imports_no_tensorflow(served):  # noqa: F811 
     for data in (report, again):
         data.pop("timing"), data.pop("retrain_gate")
     assert report == again  # the same verdicts, checks and (no) anomalies as the in-process run
+
+
+def test_a_fully_cached_run_imports_neither_vertex_kubeflow_nor_the_model_code(first_run, taxi_slice, tmp_path):
+    """`mlpipe run` with nothing changed: TFX from its own modules, not tfx.v1; the [model] code check
+    answered from the workspace's record (pipeline/dag/user_code.py check) without importing the model."""
+    with borrowed_workspace(first_run, tmp_path) as ws:  # the shared run's workspace: its cache keys hold
+        result, out = probe("run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS, "--json")
+    assert result["code"] == 0, out
+    summary = json.loads(out[: out.rindex("\nIMPORTS ")])
+    assert summary["fully_cached"] is True, [(c["node_id"], c["state"]) for c in summary["components"]]
+    assert result["loaded"] == [], result["loaded"]

@@ -1,8 +1,8 @@
 """Production feedback end to end: a live `mlpipe serve`, requests with and without keys, late labels joined by
 `mlpipe monitor --labels`, the live quality series, and the automatic rollback through the audited path.
 
-Two pushed versions come from the shared first run (a second `mlpipe run` with a lower value threshold
-re-runs only Evaluator and Pusher), as tests/test_registry.py does.
+Two pushed versions come from the shared first run and a second `mlpipe run` with a lower value threshold
+that re-runs only Evaluator and Pusher (conftest `second_version`, shared with tests/test_registry.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import FAST_FLAGS, run_cli
+from tests.conftest import run_cli
 from tests.serving.conftest import live_serve, wait_until
 from tests.test_docs import assert_matches, find
 from tests.test_monitor import _example, training_rows
@@ -28,13 +28,9 @@ PER_WINDOW = 30  # labelled examples per window (monitoring.min_examples 10)
 
 
 @pytest.fixture(scope="module")
-def two_versions(first_run, taxi_slice, tmp_path_factory):
-    assert first_run[1] == 0, first_run[2] + first_run[3]
-    ws = copy_workspace(first_run, tmp_path_factory.mktemp("feedback") / "ws")
-    code, out, err = run_cli(
-        "run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS, "--value-threshold", "0.5"
-    )
-    assert code == 0, out + err
+def two_versions(second_version):
+    """conftest `second_version`: first_run's workspace with a second pushed version (read-only here)."""
+    ws, _ = second_version
     assert len(version_dirs(ws)) == 2
     return ws
 
@@ -176,15 +172,16 @@ def test_late_labels_drop_the_live_quality_and_the_served_version_is_rolled_back
 
 
 def test_labels_errors_are_one_line(two_versions, tmp_path):
+    ws = copy_workspace((two_versions,), tmp_path / "ws")  # the shared workspace stays as it is
     config = tmp_path / "mlpipe.toml"
-    config.write_text(f'workspace = "{two_versions}"\n')
+    config.write_text(f'workspace = "{ws}"\n')
     bad = tmp_path / "labels.csv"
     bad.write_text("key,tips\nx,1\n")
     code, out, err = run_cli("monitor", "--config", str(config), "--labels", str(bad))
     assert code == 2 and "has no column 'request_key' (monitoring.label_key_column)" in err, out + err
     code, out, err = run_cli("monitor", "--config", str(config), "--labels", str(tmp_path / "nothing"))
     assert code == 2 and "no label CSV at" in err, out + err
-    config.write_text(f'workspace = "{two_versions}"\n[monitoring]\nquality_window = "soon"\n')
+    config.write_text(f'workspace = "{ws}"\n[monitoring]\nquality_window = "soon"\n')
     code, out, err = run_cli("monitor", "--config", str(config), "--labels", str(bad))
     assert code == 2 and "config error: monitoring.quality_window: bad duration 'soon'" in err, out + err
 
@@ -214,7 +211,7 @@ def test_rollback_rule_limits_targets_and_canaries(two_versions, tmp_path):
     import dataclasses
 
     from pipeline import config as config_lib
-    from pipeline.monitoring import feedback
+    from pipeline.monitoring import auto_rollback
     from pipeline.publish import promotion
     from pipeline.publish.versions import read_labels
 
@@ -230,36 +227,36 @@ def test_rollback_rule_limits_targets_and_canaries(two_versions, tmp_path):
 
     now = time.time()
     _series(ws, v2, [True, False, False])
-    assert feedback.rollback_decision(base, now)["action"] is None  # off by default
-    assert feedback.rollback_decision(with_rule(3), now)["action"] is None  # only 2 failing windows in a row
-    decision = feedback.rollback_decision(with_rule(2), now)
+    assert auto_rollback.rollback_decision(base, now)["action"] is None  # off by default
+    assert auto_rollback.rollback_decision(with_rule(3), now)["action"] is None  # only 2 failing windows in a row
+    decision = auto_rollback.rollback_decision(with_rule(2), now)
     assert (decision["action"], decision["to_version"]) == ("rollback", v1)
-    capped = feedback.rollback_decision(with_rule(2, per_day=0), now)
+    capped = auto_rollback.rollback_decision(with_rule(2, per_day=0), now)
     assert capped["action"] is None and "max_rollbacks_per_day 0" in capped["reason"]
     # Never back to a version that failed the same check.
     (ws / "monitoring" / "rollbacks.jsonl").write_text(
         json.dumps({"time": "2000-01-01T00:00:00+00:00", "failed_version": 5, "failed_origin": v1, "check": "quality"})
         + "\n"
     )
-    refused = feedback.rollback_decision(with_rule(2), now)
+    refused = auto_rollback.rollback_decision(with_rule(2), now)
     assert refused["action"] is None and "has not failed quality" in refused["reason"]
     # A canary label on a failing version that is not the highest: the label is dropped, audited.
     (ws / "monitoring" / "rollbacks.jsonl").unlink()
     promotion.move_label(base, "canary", v1, "try it")
     _series(ws, v1, [False, False])
-    decision = feedback.rollback_decision(with_rule(2), now)
+    decision = auto_rollback.rollback_decision(with_rule(2), now)
     assert (decision["action"], decision["label"]) == ("drop_label", "canary")
-    done = feedback.apply(with_rule(2), decision, now)
+    done = auto_rollback.apply(with_rule(2), decision, now)
     assert done["failed_version"] == v1 and "canary" not in read_labels(base)
     assert promotion.label_history(base, "canary")[0]["reason"].startswith("automatic: version")
-    assert feedback.rollback_decision(with_rule(2), now)["action"] is None  # acted once
+    assert auto_rollback.rollback_decision(with_rule(2), now)["action"] is None  # acted once
 
 
 def test_prediction_skew_that_persists_is_a_rollback_check_too(two_versions, tmp_path):
     import dataclasses
 
     from pipeline import config as config_lib
-    from pipeline.monitoring import feedback
+    from pipeline.monitoring import auto_rollback
 
     ws = copy_workspace((two_versions,), tmp_path / "ws")
     v1, v2 = version_dirs(ws)[:2]
@@ -281,7 +278,7 @@ def test_prediction_skew_that_persists_is_a_rollback_check_too(two_versions, tmp
     ]
     (ws / "monitoring").mkdir(exist_ok=True)
     (ws / "monitoring" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
-    decision = feedback.rollback_decision(rule, time.time())
+    decision = auto_rollback.rollback_decision(rule, time.time())
     assert decision["failing"][0]["check"] == "prediction_drift"
     assert (decision["action"], decision["to_version"]) == ("rollback", v1)
 

@@ -22,6 +22,7 @@ from models import features
 from models import model as model_lib
 from pipeline.config import Config
 from pipeline.dag import pipeline as pipeline_lib
+from pipeline.dag import user_code
 from pipeline.metadata import queries as metadata
 from pipeline.publish import atomic
 from tests.conftest import FAST_FLAGS, run_cli
@@ -71,19 +72,21 @@ def test_summary_reports_each_thresholded_metric(first_run):
 
 def test_model_code_fingerprint_is_in_transform_and_trainer_config(first_run):
     executions = {e.node_id: e.execution for e in latest_run_executions(first_run[0])}
-    fingerprint = pipeline_lib.models_fingerprint()
+    fingerprint = user_code.models_fingerprint()
     for node in ("Transform", "Trainer"):
         custom_config = json.loads(metadata.custom_property(executions[node], "custom_config"))
         assert custom_config["models_fingerprint"] == fingerprint
 
 
 def test_fingerprint_changes_with_model_code(tmp_path):
-    shutil.copytree(pipeline_lib.MODELS_DIR, tmp_path / "models", ignore=shutil.ignore_patterns("__pycache__"))
-    before = pipeline_lib.models_fingerprint(tmp_path / "models")
-    assert before == pipeline_lib.models_fingerprint()
+    shutil.copytree(
+        Path(features.__file__).resolve().parent, tmp_path / "models", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    before = user_code.models_fingerprint(tmp_path / "models")
+    assert before == user_code.models_fingerprint()
     with open(tmp_path / "models" / "preprocessing.py", "a") as f:
         f.write("\n# a change\n")
-    assert pipeline_lib.models_fingerprint(tmp_path / "models") != before
+    assert user_code.models_fingerprint(tmp_path / "models") != before
 
 
 def _slice_rows(taxi_slice, n, specs):
@@ -130,19 +133,9 @@ def test_pushed_model_signatures_return_probabilities(first_run, taxi_slice):
     np.testing.assert_allclose(by_example[model_lib.OUTPUT_KEY].numpy(), scores, rtol=1e-5)
 
 
-def test_unreachable_threshold_pushes_nothing_and_says_why(first_run, taxi_slice, tmp_path):
-    workspace = copy_workspace(first_run, tmp_path, "ws")
-    before = versions(workspace)
-    code, out, err = run_cli(
-        "run",
-        "--workspace",
-        str(workspace),
-        "--data-root",
-        str(taxi_slice),
-        *FAST_FLAGS,
-        "--value-threshold",
-        "0.999",
-    )
+def test_unreachable_threshold_pushes_nothing_and_says_why(refused_run):
+    """conftest `refused_run`: a run with --value-threshold 0.999 after the first run and a second one."""
+    workspace, code, out, err, before = refused_run
     assert code == 0, out + err
     assert "Result: NOT BLESSED, nothing pushed (binary_accuracy" in out
     assert "< 0.9990" in out

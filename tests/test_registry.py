@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST_FLAGS, run_cli
+from tests.conftest import run_cli, run_pipeline_process
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_KEYS = {
@@ -81,54 +77,18 @@ def copy_workspace(first_run, dest: Path) -> Path:
     return dest
 
 
-def run_pipeline_process(ws: Path, data_root: Path, *flags: str) -> subprocess.Popen:
-    """`mlpipe run` in its own process (output piped)."""
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
-    env.pop("MLPIPE_WORKSPACE", None)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "--workspace",
-            str(ws),
-            "--data-root",
-            str(data_root),
-            *FAST_FLAGS,
-            *flags,
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 @pytest.fixture(scope="module")
-def versions_ws(first_run, taxi_slice, tmp_path_factory):
+def versions_ws(second_version, refused_run):
     """A copy of the first run's workspace with two more runs: one that pushes a second version
-    (a lower value threshold, so only Evaluator and Pusher re-run), polled with `mlpipe runs`
-    while it writes MLMD, then one that is not blessed (--value-threshold 0.999).
+    (conftest `second_version`: a lower value threshold, so only Evaluator and Pusher re-run), polled
+    with `mlpipe runs` while it writes MLMD, then one that is not blessed (conftest `refused_run`:
+    --value-threshold 0.999). Read-only: tests that change it copy it.
 
     Returns (workspace, [(exit code, runs JSON) of each poll during the second run]).
     """
-    assert first_run[1] == 0, first_run[2] + first_run[3]
-    ws = copy_workspace(first_run, tmp_path_factory.mktemp("registry") / "ws")
-    proc = run_pipeline_process(ws, taxi_slice, "--value-threshold", "0.5")
-    polls = []
-    while proc.poll() is None:
-        code, out, err = run_cli("runs", "--workspace", str(ws), "--json")
-        polls.append((code, json.loads(out) if code == 0 else err))
-        time.sleep(0.5)
-    output = proc.communicate()[0]
-    assert proc.returncode == 0, output
-    code, out, err = run_cli(
-        "run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS, "--value-threshold", "0.999"
-    )
+    ws, code, out, err, _ = refused_run
     assert code == 0 and "NOT BLESSED" in out, out + err
-    return ws, polls
+    return ws, second_version[1]
 
 
 # --- empty workspace ----------------------------------------------------------------------------
@@ -453,8 +413,8 @@ def test_the_run_summary_and_the_registry_check_thresholds_in_one_place(first_ru
     """`mlpipe run`'s summary checks the config's thresholds, `mlpipe models` the Evaluator's recorded ones:
     both through pipeline/metadata/thresholds.py check_rules, so on the same evaluation they agree."""
     from pipeline import config as config_lib
-    from pipeline.metadata import evaluation, thresholds
     from pipeline.metadata import snapshot as snapshot_lib
+    from pipeline.metadata import thresholds
 
     workspace, code, out, err = first_run
     assert code == 0, out + err
@@ -463,7 +423,7 @@ def test_the_run_summary_and_the_registry_check_thresholds_in_one_place(first_ru
     (evaluator,) = snap.executions_by_node("Evaluator")
     (evaluation_artifact,) = snap.output_artifacts(evaluator, "evaluation")
     recorded = thresholds.threshold_checks(snap.executions[evaluator], evaluation_artifact.uri)
-    from_config = evaluation.threshold_checks(evaluation_artifact.uri, config.evaluation)
+    from_config = thresholds.config_threshold_checks(evaluation_artifact.uri, config.evaluation)
     mine = {(c["metric"], c["kind"]): (c["value"], c["bound"], c["baseline_value"], c["passed"]) for c in recorded}
     theirs = {(c.metric, c.kind): (c.value, c.bound, c.baseline, c.passed) for c in from_config}
     assert mine == theirs and len(mine) == 2

@@ -92,6 +92,15 @@ def trainer_dirs(workspace: Path) -> int:
     return len(list(model_dir.iterdir())) if model_dir.is_dir() else 0
 
 
+STOP_MESSAGE = "full analysis only: stopped after the Transform"
+
+
+def stop_after_transform(fn_args):
+    """The full-analysis run's run_fn ([model] run_fn): what it is compared on is its Transform, so its
+    Trainer stops the run there instead of training, evaluating and pushing a model nobody reads."""
+    raise RuntimeError(STOP_MESSAGE)
+
+
 @pytest.fixture(scope="module")
 def replay(tmp_path_factory):
     """Runs: retrain on span 1; again with no new span; span 2; span 3 killed at the Trainer (with a
@@ -111,11 +120,15 @@ def replay(tmp_path_factory):
     seen["run2"] = run_cli("retrain", *common)
     seen["versions_before_kill"] = serving_versions(workspace)
     # The same window analysed in full (data.analyzer_cache = false), in a copy of the metadata after run2.
+    # Only its Transform is compared: its Trainer's run_fn (stop_after_transform) ends the run there.
     copy = base / "copy"
     copy.mkdir()
     shutil.copyfile(workspace / "metadata.sqlite", copy / "metadata.sqlite")
     no_cache = copy / "no-analyzer-cache.toml"  # and FLAGS' retrain-only settings
-    no_cache.write_text("[data]\nwindow_spans = 2\nanalyzer_cache = false\n[training]\nwarm_start = true\n")
+    no_cache.write_text(
+        "[data]\nwindow_spans = 2\nanalyzer_cache = false\n[training]\nwarm_start = true\n"
+        f'[model]\nrun_fn = "{__name__}.{stop_after_transform.__name__}"\n'
+    )
     assert FLAGS[4:7] == ["--window-spans", "2", "--warm-start"]
     in_copy = ["--workspace", str(copy), "--data-root", str(root), *FLAGS[:4], *FLAGS[7:]]
     seen["full_analysis"] = run_cli("run", "--config", str(no_cache), *in_copy)
@@ -245,6 +258,7 @@ def transform_outputs(workspace: Path, nth_run: int) -> dict:
         "id": transform,
         "inputs": metadata.inputs(store, transform),
         "outputs": metadata.outputs(store, transform),
+        "state": store.get_executions_by_id([transform])[0].last_known_state,
         "store": store,
     }
 
@@ -274,15 +288,17 @@ def test_retrain_analyses_only_the_new_span_and_matches_a_full_analysis(replay):
     import numpy as np
     import tensorflow as tf
 
-    for key in ("run2", "full_analysis"):
-        code, out, err = replay[key]
-        assert code == 0, f"{key}: {out}{err}"
+    code, out, err = replay["run2"]
+    assert code == 0, f"run2: {out}{err}"
+    code, out, err = replay["full_analysis"]  # ran to its Trainer, which stop_after_transform ends
+    assert code == 1 and "Result: FAILED at Trainer" in out and STOP_MESSAGE in out + err, out + err
     incremental = transform_outputs(replay["workspace"], 1)
     first = transform_outputs(replay["workspace"], 0)
     (cache,) = incremental["inputs"]["analyzer_cache"]
     assert metadata.producer_execution_id(incremental["store"], cache.id) == first["id"]
     # The full analysis (data.analyzer_cache = false) read no cache.
     full = transform_outputs(replay["copy"], -1)
+    assert metadata.STATE_NAMES[full["state"]] == "ran", full["state"]
     assert "analyzer_cache" not in full["inputs"] and full["id"] != incremental["id"]
     assert [a.id for a in full["inputs"]["examples"]] == [a.id for a in incremental["inputs"]["examples"]]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from pipeline import config as config_lib
@@ -35,6 +34,35 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"where MLMD, artifacts, logs and pushed models live (default ./workspace, or ${config_lib.WORKSPACE_ENV})",
     )
+
+
+def add_json_options(parser: argparse.ArgumentParser, doc: str) -> None:
+    """The config options and --json, whose schema `doc` (docs/*.md) documents."""
+    add_config_options(parser)
+    parser.add_argument("--json", action="store_true", help=f"print JSON (schema in {doc})")
+
+
+def print_json(data: dict) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def recorded(record: dict) -> str:
+    """Where a registry change (rollback, approve, reject, bless --force) is audited: who and why."""
+    return f"recorded as MLMD execution {record['execution_id']} by {record['user']}: {record['reason']}"
+
+
+def refusals(handler):
+    """Turns a refusal of the registry layers (RegistryError: one line, its exit code) into the CLI's error."""
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.metadata.snapshot import RegistryError
+
+        try:
+            return handler(args)
+        except RegistryError as e:
+            raise CommandError(str(e), e.code) from None
+
+    return run
 
 
 def load_config(args: argparse.Namespace, overrides: dict | None = None) -> config_lib.Config:
@@ -205,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that each define `add_parser(subparsers)` registering one or more commands.
 COMMAND_MODULES = [
     "pipeline.cli.registry",
+    "pipeline.cli.rollout",
     "pipeline.cli.retrain",
     "pipeline.cli.compile",
     "pipeline.cli.monitor",
@@ -253,9 +282,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point: runs main, then exits without TF's teardown noise."""
+    """Console-script entry point: runs main, then exits without the interpreter's teardown.
+
+    The atexit handlers run (log flushing, temp-file cleanup, child processes); what is skipped is
+    Python's finalization of TF, Beam and TFMA objects, which took 10 s after a pipeline run under load
+    (docs/performance.md) and printed TF's teardown noise.
+    """
+    import atexit
+    import os
+
     code = main()
     from pipeline.logs import silence_exit_noise
 
     silence_exit_noise(_exit_log)
-    sys.exit(code)
+    atexit._run_exitfuncs()
+    silence_exit_noise(_exit_log)  # flushes what the handlers wrote
+    os._exit(code)

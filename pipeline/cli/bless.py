@@ -43,10 +43,7 @@ def _bless(args: argparse.Namespace) -> int:
     print(
         f"mlpipe: forced blessing of run {record['run_id']}: pushed as version {record['version']} ({record['path']})"
     )
-    print(
-        f"mlpipe: overrode {record['overridden']}; recorded as MLMD execution {record['execution_id']} "
-        f"by {record['user']}: {record['reason']}"
-    )
+    print(f"mlpipe: overrode {record['overridden']}; {cli.recorded(record)}")
     if record["models_config"]:
         print(f"mlpipe: updated {record['models_config']} to load the new version")
     return cli.EXIT_OK

@@ -105,19 +105,16 @@ def _monitor(args: argparse.Namespace) -> int:
     now = time.time()
     try:
         until = monitoring.parse_time(args.until, now) if args.until else now
-        if args.since:
-            since = monitoring.parse_time(args.since, now)
-        else:
-            try:
-                since = until - monitoring.parse_duration(config.monitoring.window)
-            except monitoring.MonitorError as e:
-                raise monitoring.MonitorError(f"config error: monitoring.window: {e}") from None
-        log_root = Path(args.log_dir) if args.log_dir else config.request_log_root
-        report = monitoring.monitor(config, since, until, log_root / config.model_name, args.version, now=now)
+        since = (
+            monitoring.parse_time(args.since, now)
+            if args.since
+            else until - monitoring.config_duration(config, "window")
+        )
+        report = monitoring.monitor(config, since, until, _log_dir(args, config), args.version, now=now)
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
     data = report.data
-    _auto_rollback(args, config, data, now, log_root / config.model_name)
+    _auto_rollback(args, config, data, now, _log_dir(args, config))
     return _act(
         args,
         config,
@@ -129,27 +126,29 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace, config) -> int:
-    from pipeline import monitoring
-    from pipeline.monitoring import history
+    """The recorded runs (or one feature's scores), then the live quality and error-rate series."""
+    from pipeline.monitoring import auto_rollback, feedback, history
 
-    entries = history.load(config)
+    entries, feature = history.load(config), args.history or None
+    quality = feedback.load_series(config)
+    error_rate = auto_rollback.error_rate_series(config, _log_dir(args, config))
     if args.json:
-        feature = args.history or None
         out = [dict(e, scores=[s for s in e["scores"] if feature is None or s["feature"] == feature]) for e in entries]
-        quality = monitoring.feedback.load_series(config)
         doc = {"workspace": str(config.workspace_path), "feature": feature, "runs": out, "quality": quality}
-        doc["error_rate"] = monitoring.feedback.error_rate_series(config, _log_root(args, config) / config.model_name)
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(dict(doc, error_rate=error_rate), indent=2))
         return cli.EXIT_OK
-    else:
-        for line in history.lines(entries, args.history or None):
-            print(line)
-    _quality_history(args, config)
+    lines = history.lines(entries, feature)
+    tables = feedback.series_lines(quality)
+    errors = auto_rollback.error_rate_lines(error_rate)
+    tables += ([""] if tables and errors else []) + errors
+    for line in lines + ([""] + tables if tables else []):
+        print(line)
     return cli.EXIT_OK
 
 
-def _log_root(args: argparse.Namespace, config) -> Path:
-    return Path(args.log_dir) if args.log_dir else config.request_log_root
+def _log_dir(args: argparse.Namespace, config) -> Path:
+    """The model's request log directory: --log-dir (or the workspace's request log root), then the model."""
+    return (Path(args.log_dir) if args.log_dir else config.request_log_root) / config.model_name
 
 
 def _evaluate(args: argparse.Namespace, config) -> int:
@@ -175,33 +174,20 @@ def _evaluate(args: argparse.Namespace, config) -> int:
     return _act(args, config, data, lines, html=None)
 
 
-def _quality_history(args: argparse.Namespace, config) -> None:
-    from pipeline.monitoring import feedback
-
-    lines = feedback.series_lines(feedback.load_series(config))
-    errors = feedback.error_rate_lines(feedback.error_rate_series(config, _log_root(args, config) / config.model_name))
-    lines += ([""] if lines and errors else []) + errors
-    if lines:
-        print()
-        for line in lines:
-            print(line)
-
-
 def _labels(args: argparse.Namespace, config) -> int:
     import tempfile
 
     from pipeline import monitoring
 
     now = time.time()
-    log_root = Path(args.log_dir) if args.log_dir else config.request_log_root
     try:
         with tempfile.TemporaryDirectory(prefix="mlpipe-labels-") as workdir:
             data = monitoring.feedback.live_quality(
-                config, Path(args.labels), log_root / config.model_name, now, Path(workdir)
+                config, Path(args.labels), _log_dir(args, config), now, Path(workdir)
             )
     except monitoring.MonitorError as e:
         raise cli.CommandError(str(e), e.code) from None
-    _auto_rollback(args, config, data, now, log_root / config.model_name)
+    _auto_rollback(args, config, data, now, _log_dir(args, config))
 
     def lines() -> list[str]:
         lab, logged = data["labels"], data["logs"]
@@ -255,12 +241,12 @@ def _auto_rollback(args: argparse.Namespace, config, data: dict, now: float, log
     from pipeline import monitoring
     from pipeline.metadata.snapshot import RegistryError
 
-    data["error_rate"] = monitoring.feedback.error_rate_series(config, log_dir)
-    decision = monitoring.feedback.rollback_decision(config, now, log_dir)
+    data["error_rate"] = monitoring.auto_rollback.error_rate_series(config, log_dir)
+    decision = monitoring.auto_rollback.rollback_decision(config, now, log_dir)
     decision["dry_run"] = args.dry_run
     if decision["action"] and not args.dry_run:
         try:
-            decision["done"] = monitoring.feedback.apply(config, decision, now)
+            decision["done"] = monitoring.auto_rollback.apply(config, decision, now)
         except RegistryError as e:
             raise cli.CommandError(f"automatic rollback failed: {e}", e.code) from None
         data["alerts"] = sorted(set(data["alerts"]) | {f"rollback:{decision['failure']['version']}"})

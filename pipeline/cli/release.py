@@ -9,17 +9,6 @@ import argparse
 import json
 
 from pipeline import cli
-from pipeline.metadata.snapshot import RegistryError
-
-
-def _guard(handler):
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except RegistryError as e:
-            raise cli.CommandError(str(e), e.code) from None
-
-    return run
 
 
 def _decide(args: argparse.Namespace) -> int:
@@ -29,13 +18,13 @@ def _decide(args: argparse.Namespace) -> int:
     action = approvals.approve if args.command == "approve" else approvals.reject
     result = action(config, args.version, args.reason)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        cli.print_json(result)
         return cli.EXIT_OK
     if result["decision"] == "approved":
         print(f"mlpipe: approved version {args.version} (was {result['was']}): served from {result['path']} as stable")
     else:
         print(f"mlpipe: rejected version {args.version} (was {result['was']}): not served; kept in {result['path']}")
-    print(f"mlpipe: recorded as MLMD execution {result['execution_id']} by {result['user']}: {result['reason']}")
+    print(f"mlpipe: {cli.recorded(result)}")
     return cli.EXIT_OK
 
 
@@ -70,8 +59,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    cli.add_config_options(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON (schema in docs/release.md)")
+    cli.add_json_options(parser, "docs/release.md")
 
 
 def add_parser(subparsers) -> None:
@@ -99,7 +87,7 @@ def add_parser(subparsers) -> None:
         p.add_argument("version", type=int, metavar="VERSION", help="a version `mlpipe models` lists as pending/canary")
         p.add_argument("--reason", required=True, metavar="TEXT", help="why (kept in ML Metadata)")
         _common(p)
-        p.set_defaults(func=_guard(_decide))
+        p.set_defaults(func=cli.refusals(_decide))
 
     p = subparsers.add_parser(
         "report",
@@ -115,4 +103,4 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--regenerate", action="store_true", help="write the report again from ML Metadata")
     _common(p)
-    p.set_defaults(func=_guard(_report))
+    p.set_defaults(func=cli.refusals(_report))

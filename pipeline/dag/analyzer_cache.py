@@ -16,8 +16,7 @@ cache at all.
 
 from __future__ import annotations
 
-from tfx import v1 as tfx
-
+from pipeline.dag import tfx_api as tfx
 from pipeline.metadata import queries as metadata
 
 RESOLVER = "transform_cache_resolver"

@@ -3,9 +3,9 @@
 
 from typing import Dict, List
 
-from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
+from pipeline.dag import tfx_api as tfx
 from pipeline.metadata import artifacts
 
 

@@ -12,10 +12,10 @@ the run before Transform, so nothing is trained on it.
 import json
 import os
 
-from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from pipeline.dag import feature_roles
+from pipeline.dag import tfx_api as tfx
 
 DRIFT_MODES = ("off", "warn", "block")
 PREVIOUS_STATISTICS_RESOLVER = "drift_baseline_resolver"
@@ -126,6 +126,7 @@ def DriftCheck(
     import tensorflow_data_validation as tfdv
 
     from pipeline.config import MonitoringConfig
+    from pipeline.dag.results import set_properties
 
     settings = json.loads(monitoring_json)
     numeric_features = settings.pop("numeric_features", None)
@@ -134,11 +135,9 @@ def DriftCheck(
     drift.split_names = artifact_utils.encode_split_names([SPLIT])
     out_dir = artifact_utils.get_split_uri([drift], SPLIT)
     os.makedirs(out_dir, exist_ok=True)
-    drift.set_string_custom_property("mode", mode)
     span = _span(examples)
     previous_span = _span(previous_examples) if previous_examples is not None else -1
-    drift.set_int_custom_property("span", span)
-    drift.set_int_custom_property("previous_span", previous_span)
+    set_properties(drift, mode=mode, span=span, previous_span=previous_span)
     if previous_statistics is None:
         from tensorflow_metadata.proto.v0 import anomalies_pb2
 
@@ -154,8 +153,7 @@ def DriftCheck(
     with open(os.path.join(out_dir, "SchemaDiff.pb"), "wb") as f:
         f.write(anomalies.SerializeToString())
     alerts = [c for c in checks if c["alert"]]
-    drift.set_int_custom_property("drift_alert", int(bool(alerts)))
-    drift.set_string_custom_property("checks", json.dumps(checks))
+    set_properties(drift, drift_alert=bool(alerts), checks=checks)
     if alerts and mode == "block":
         described = ", ".join(
             f"{c['feature']} {c['statistic']} {c['distance']:.4f} > {c['threshold']:.4f}" for c in alerts

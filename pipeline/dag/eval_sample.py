@@ -13,10 +13,16 @@ import hashlib
 import os
 
 import apache_beam as beam
-from tfx import v1 as tfx
 from tfx.components.util import examples_utils
+from tfx.dsl.component.experimental.annotations import (
+    BeamComponentParameter,
+    InputArtifact,
+    OutputArtifact,
+    Parameter,
+)
+from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2
-from tfx.types import artifact_utils
+from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils
 
 SPLIT = "eval"
@@ -45,13 +51,13 @@ def _counter(result, name: str) -> int:
     return int(sum(c.committed or 0 for c in query["counters"]))
 
 
-@tfx.dsl.components.component(use_beam=True)
+@component(use_beam=True)
 def EvalSample(
-    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
-    sample: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Examples],
-    max_examples: tfx.dsl.components.Parameter[int],
-    seed: tfx.dsl.components.Parameter[int],
-    beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
+    examples: InputArtifact[standard_artifacts.Examples],
+    sample: OutputArtifact[standard_artifacts.Examples],
+    max_examples: Parameter[int],
+    seed: Parameter[int],
+    beam_pipeline: BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
     """Writes at most `max_examples` rows of the eval split (a seeded-hash sample; 0 = every row)."""
     pattern = io_utils.all_files_pattern(artifact_utils.get_split_uri([examples], SPLIT))

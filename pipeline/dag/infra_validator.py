@@ -9,17 +9,16 @@ mlpipe also records `verdict`, `reasons` and `numbers` on it (pipeline/metadata/
 """
 # No `from __future__ import annotations`: TFX's @component reads the annotations as types.
 
-import json
 import math
 import os
 import time
 from typing import Dict, List
 
 import numpy as np
-from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from pipeline.dag import loading
+from pipeline.dag import tfx_api as tfx
 
 GATE = "infra_validation"
 BLESSED_FILE, NOT_BLESSED_FILE = "INFRA_BLESSED", "INFRA_NOT_BLESSED"  # TFX infra_validator/executor.py
@@ -146,14 +145,10 @@ def judge(per_signature: List[dict], max_latency_ms: float, max_error_rate: floa
 
 def record(blessing, passed: bool, reasons: List[str], numbers: dict) -> None:
     """Marks the InfraBlessing as TFX's InfraValidator does, plus mlpipe's verdict properties."""
-    os.makedirs(blessing.uri, exist_ok=True)
-    with open(os.path.join(blessing.uri, BLESSED_FILE if passed else NOT_BLESSED_FILE), "w"):
-        pass
-    blessing.set_int_custom_property("blessed", 1 if passed else 0)
-    blessing.set_string_custom_property("gate", GATE)
-    blessing.set_string_custom_property("verdict", "PASSED" if passed else "FAILED")
-    blessing.set_string_custom_property("reasons", json.dumps(reasons))
-    blessing.set_string_custom_property("numbers", json.dumps(numbers))
+    from pipeline.dag.results import record_verdict
+
+    verdict, marker = ("PASSED", BLESSED_FILE) if passed else ("FAILED", NOT_BLESSED_FILE)
+    record_verdict(blessing, GATE, verdict, reasons, numbers, file_name=marker)
 
 
 @tfx.dsl.components.component

@@ -8,16 +8,14 @@ the Evaluator's baseline resolver. Left out, it is this machine's workspace (loc
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import tensorflow_model_analysis as tfma
-from tfx import v1 as tfx
 
 from data import spans
-from models import features
 from pipeline.config import METRIC_CLASSES, Config
 from pipeline.dag import analyzer_cache, replay_gate, user_code
+from pipeline.dag import tfx_api as tfx
 from pipeline.dag.components import AnomaliesGate, BaselineModelStrategy
 from pipeline.dag.components_drift import drift_gate
 from pipeline.dag.dataset import column_types
@@ -25,10 +23,10 @@ from pipeline.dag.eval_sample import EvalSample
 from pipeline.dag.infra_validator import InfraValidator
 from pipeline.dag.inputs import CSV_PATTERN
 from pipeline.dag.typed_csv import TypedCsvExampleGen
+from pipeline.dag.user_code import MODELS_DIR, models_fingerprint  # noqa: F401 (re-exported)
 from pipeline.publish.approvals import release_settings
 from pipeline.publish.pusher import AtomicPusher
 
-MODELS_DIR = Path(features.__file__).resolve().parent
 # Node ids in the order the local runner executes them.
 COMPONENT_ORDER = (
     "CsvExampleGen",
@@ -98,16 +96,6 @@ class SpanWindowStrategy(tfx.dsl.experimental.SpanRangeStrategy):
                     newest[span] = (rank, artifact)
             result[key] = [newest[span][1] for span in sorted(newest, reverse=True)]
         return result
-
-
-def models_fingerprint(models_dir: Path = MODELS_DIR) -> str:
-    """SHA-256 over the model code's .py files, so the cache sees changes to models/."""
-    digest = hashlib.sha256()
-    for path in sorted(models_dir.rglob("*.py")):
-        digest.update(path.relative_to(models_dir).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def eval_config(config: Config) -> tfma.EvalConfig:

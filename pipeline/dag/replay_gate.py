@@ -17,9 +17,9 @@ import time
 from typing import List, Optional, Tuple
 
 import numpy as np
-from tfx import v1 as tfx
 
 from pipeline.dag import loading
+from pipeline.dag import tfx_api as tfx
 from pipeline.publish.pusher import ReplayVerdict
 
 GATE = "replay"
@@ -55,7 +55,7 @@ def last_requests(log_dir: str, count: int) -> list:
 
 def _answer(servable, record):
     """(scores per example, milliseconds) of one logged request re-run on `servable`."""
-    from pipeline.metadata.request_logs import decode_request, decode_scores
+    from pipeline.dag.request_logs import decode_request, decode_scores
     from serving import inference
 
     run = {
@@ -141,14 +141,10 @@ def judge(numbers: dict, max_mean_abs_delta: float, max_flipped_fraction: float,
 
 
 def record(verdict_artifact, verdict: str, reasons: List[str], numbers: dict) -> None:
-    verdict_artifact.set_string_custom_property("gate", GATE)
-    verdict_artifact.set_string_custom_property("verdict", verdict)
-    verdict_artifact.set_string_custom_property("reasons", json.dumps(reasons))
-    verdict_artifact.set_string_custom_property("numbers", json.dumps(numbers))
-    verdict_artifact.set_int_custom_property("blessed", 0 if verdict == "FAILED" else 1)
-    os.makedirs(verdict_artifact.uri, exist_ok=True)
-    with open(os.path.join(verdict_artifact.uri, "verdict.json"), "w") as f:
-        json.dump({"gate": GATE, "verdict": verdict, "reasons": reasons, "numbers": numbers}, f, indent=1)
+    from pipeline.dag.results import record_verdict
+
+    text = json.dumps({"gate": GATE, "verdict": verdict, "reasons": reasons, "numbers": numbers}, indent=1)
+    record_verdict(verdict_artifact, GATE, verdict, reasons, numbers, file_name="verdict.json", text=text)
 
 
 @tfx.dsl.components.component

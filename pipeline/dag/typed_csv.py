@@ -16,7 +16,6 @@ import struct
 
 import apache_beam as beam
 from google.protobuf import struct_pb2
-from tfx import v1 as tfx
 from tfx.components.example_gen import base_example_gen_executor as base_executor
 from tfx.components.example_gen import component, utils
 from tfx.components.example_gen.csv_example_gen import executor as csv_executor
@@ -28,6 +27,7 @@ from tfx.utils import io_utils, proto_utils
 from tfx_bsl.coders import csv_decoder
 
 from pipeline.dag import inputs
+from pipeline.dag import tfx_api as tfx
 
 _COLUMN_TYPES = {
     "int": csv_decoder.ColumnType.INT,

@@ -16,12 +16,15 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import sys
 from pathlib import Path
 
+from models import features
 from pipeline.config import ConfigError
 
+MODELS_DIR = Path(features.__file__).resolve().parent  # mlpipe's own model code
 MLPIPE_PACKAGES = ("models", "data", "pipeline", "serving")
 SETTINGS_KEY = "mlpipe_model"  # the Transform's and Trainer's custom_config key holding [model]
 PREPROCESSING_SHIM = "pipeline.dag.user_code.preprocessing_fn"
@@ -113,11 +116,43 @@ def user_fn(model_settings: dict, name: str):
     return _import_path(model_settings[name], name)
 
 
-def check(model_config) -> None:
-    """Loads the user's code and finds both functions, so a missing one fails before anything runs."""
+def check(model_config, record: Path | None = None) -> None:
+    """Loads the user's code and finds both functions, so a missing one fails before anything runs.
+
+    With `record` (Config.user_code_check_path), a check that passes writes its key there (check_key),
+    and the next check with the same key returns without importing the code: nothing the check reads
+    changed, and loading it (TensorFlow, Keras, tf.Transform) is most of a fully cached run's seconds.
+    """
+    try:
+        key = check_key(model_config) if record else None
+    except (UserCodeError, OSError):  # the full check below says what is wrong, naming the setting
+        key = None
+    if key is not None:
+        try:
+            if json.loads(record.read_text()).get("key") == key:
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
     model_settings = settings(model_config)
     for name in ROLES:
         user_fn(model_settings, name)
+    if key is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key}) + "\n")
+        tmp.replace(record)
+
+
+def check_key(model_config) -> str:
+    """What a passing check depends on: the code (code_fingerprint, the cache's own key for the code),
+    where it is loaded from (the [model] entry points) and the interpreter that imports it."""
+    inputs = {
+        "code": code_fingerprint(model_config),
+        "module_file": str(Path(model_config.module_file).resolve()) if model_config.module_file else None,
+        "entry_points": [model_config.preprocessing_fn, model_config.run_fn],
+        "python": [sys.executable, sys.version],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def _py_files(root: Path) -> list[Path]:
@@ -132,8 +167,6 @@ def _py_files(root: Path) -> list[Path]:
 
 def code_roots(model_config) -> list[Path]:
     """Directories (or files) whose Python code decides the Transform's and Trainer's output."""
-    from models import signatures
-
     if model_config.module_file:
         roots = [Path(model_config.module_file).resolve().parent]
     else:
@@ -147,15 +180,24 @@ def code_roots(model_config) -> list[Path]:
                 )
             location = spec.submodule_search_locations[0] if spec.submodule_search_locations else spec.origin
             roots.append(Path(location).resolve())
-    roots.append(Path(signatures.__file__).resolve())  # the serving contract is part of the Trainer's output
+    # The serving contract is part of the Trainer's output (found, not imported: it imports TensorFlow).
+    roots.append(Path(importlib.util.find_spec("models.signatures").origin).resolve())
     unique = sorted(set(roots))
     return [r for r in unique if not any(other != r and other.is_dir() and other in r.parents for other in unique)]
 
 
+def models_fingerprint(models_dir: Path = MODELS_DIR) -> str:
+    """SHA-256 over the model code's .py files, so the cache sees changes to models/."""
+    digest = hashlib.sha256()
+    for path in sorted(models_dir.rglob("*.py")):
+        digest.update(path.relative_to(models_dir).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def code_fingerprint(model_config) -> str:
     """SHA-256 over the user's code and the serving contract, so the cache sees any edit."""
-    from pipeline.dag.pipeline import models_fingerprint
-
     roots = code_roots(model_config)
     if len(roots) == 1 and roots[0].is_dir():
         return models_fingerprint(roots[0])

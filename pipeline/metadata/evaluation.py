@@ -13,8 +13,6 @@ import math
 import os
 from typing import Iterator
 
-from pipeline.config import EvaluationConfig
-
 _TFMA_PROTOS = "tensorflow_model_analysis.proto."
 
 
@@ -86,17 +84,6 @@ def overall_metrics(eval_uri: str) -> dict[tuple[str, str, bool], float]:
                 key = (entry.key.name, entry.key.model_name, entry.key.is_diff)
                 values[key] = entry.value.double_value.value
     return values
-
-
-def threshold_checks(eval_uri: str, config: EvaluationConfig) -> list[ThresholdCheck]:
-    """The config's thresholds (metadata/thresholds.py, the same rules the registry reads back from MLMD)
-    against the Evaluator's output."""
-    from pipeline.metadata import thresholds
-
-    checks = thresholds.check_rules(thresholds.rules_from_config(config), overall_metrics(eval_uri))
-    return [
-        ThresholdCheck(c["metric"], c["kind"], c["value"], c["bound"], c["baseline_value"], c["passed"]) for c in checks
-    ]
 
 
 def validation_failures(eval_uri: str) -> list[str]:

@@ -137,6 +137,17 @@ def threshold_checks(evaluator_execution, eval_uri: str | None) -> list[dict]:
     return check_rules(recorded_thresholds(evaluator_execution), _metric_values(eval_uri) if eval_uri else {})
 
 
+def config_threshold_checks(eval_uri: str, config: EvaluationConfig) -> list:
+    """The config's thresholds (rules_from_config, the same rules the registry reads back from MLMD) against the
+    Evaluator's output, as evaluation.ThresholdCheck."""
+    from pipeline.metadata.evaluation import ThresholdCheck, overall_metrics
+
+    checks = check_rules(rules_from_config(config), overall_metrics(eval_uri))
+    return [
+        ThresholdCheck(c["metric"], c["kind"], c["value"], c["bound"], c["baseline_value"], c["passed"]) for c in checks
+    ]
+
+
 def describe_check(check: dict) -> str:
     value = "n/a" if check["value"] is None else f"{check['value']:.4f}"
     if check["bound"] is None:

@@ -18,6 +18,7 @@ an alert sets off (the alert command, the webhook, `mlpipe retrain`) starts proc
 the CLI: pipeline/cli/actions.py.
 """
 
+from pipeline.dag.request_logs import Traffic, decode_request, read_traffic
 from pipeline.dag.tfdv_checks import (
     SERVING,
     TRAINING,
@@ -25,13 +26,12 @@ from pipeline.dag.tfdv_checks import (
     statistics_of,
     threshold_for,
 )
-from pipeline.metadata.request_logs import Traffic, decode_request, read_traffic
-from pipeline.monitoring import feedback, labels
+from pipeline.monitoring import auto_rollback, feedback, labels
 from pipeline.monitoring.baseline import TrainingData, training_data
 from pipeline.monitoring.check import Report, monitor
 from pipeline.monitoring.evaluate import evaluate
 from pipeline.monitoring.report import table, write_html
-from pipeline.monitoring.window import MonitorError, iso_seconds, parse_duration, parse_time
+from pipeline.monitoring.window import MonitorError, config_duration, iso_seconds, parse_duration, parse_time
 
 __all__ = [
     "MonitorError",
@@ -40,6 +40,8 @@ __all__ = [
     "TRAINING",
     "Traffic",
     "TrainingData",
+    "auto_rollback",
+    "config_duration",
     "decode_request",
     "evaluate",
     "feedback",

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.dag.request_logs import SCORE, example_row
 from pipeline.metadata import queries as metadata
-from pipeline.metadata.request_logs import SCORE, example_row
 from pipeline.metadata.snapshot import Snapshot
 from pipeline.metadata.versions import example_artifacts_of_model, original_version, pushed_versions
 from pipeline.monitoring.stats import SPAN
@@ -105,7 +105,7 @@ def _eval_scores(model_dir: str, serialized: list[bytes]) -> list[float]:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.metadata.request_logs import SCORE_OUTPUT
+    from pipeline.dag.request_logs import SCORE_OUTPUT
 
     loaded = tf.saved_model.load(model_dir)
     signature = loaded.signatures["serving_default"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.dag import feature_roles as monitored
 from pipeline.dag import tfdv_checks
-from pipeline.metadata.request_logs import read_traffic
+from pipeline.dag.request_logs import read_traffic
 from pipeline.metadata.snapshot import open_snapshot
 from pipeline.monitoring import baseline as baseline_lib
 from pipeline.monitoring import history, stats

@@ -60,6 +60,20 @@ def _csv_to_examples(files: list[Path], schema, destination: Path) -> int:
     return count
 
 
+def run_tfma(model_dir: Path, eval_cfg, examples: Path, output: Path) -> None:
+    """TFMA over a TFRecord file of tf.Examples with the model in `model_dir`; its results go to `output`."""
+    import tensorflow_model_analysis as tfma
+
+    shared = tfma.default_eval_shared_model(eval_saved_model_path=str(model_dir), eval_config=eval_cfg)
+    tfma.run_model_analysis(
+        eval_shared_model=shared,
+        eval_config=eval_cfg,
+        data_location=str(examples),
+        output_path=str(output),
+        file_format="tfrecords",
+    )
+
+
 def value_only_eval_config(config: Config):
     """The pipeline's own eval config (the blessing's metrics and slices) without the change threshold:
     there is no baseline model when scoring newly labelled data."""
@@ -96,20 +110,10 @@ def evaluate(config: Config, data: Path, version: int | None, workdir: Path) -> 
     if not count:
         raise MonitorError(f"{data} has no data rows")
 
-    import tensorflow_model_analysis as tfma
-
     from pipeline.metadata import evaluation
 
-    eval_cfg = value_only_eval_config(config)
-    shared = tfma.default_eval_shared_model(eval_saved_model_path=str(model_dir), eval_config=eval_cfg)
     output = workdir / "evaluation"
-    tfma.run_model_analysis(
-        eval_shared_model=shared,
-        eval_config=eval_cfg,
-        data_location=str(examples),
-        output_path=str(output),
-        file_format="tfrecords",
-    )
+    run_tfma(model_dir, value_only_eval_config(config), examples, output)
     values = evaluation.overall_metrics(str(output))
     metrics = {name: round(value, 6) for (name, model, is_diff), value in sorted(values.items()) if not is_diff}
     ev = config.evaluation

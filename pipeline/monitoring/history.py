@@ -8,11 +8,10 @@ score (alerting or not; the all-rows test and the alerting slices) and the retra
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.monitoring.records import read_jsonl, write_jsonl
 
 _KEPT = ("check", "version", "feature", "slice", "statistic", "distance", "band", "p_value", "alert", "expected")
 
@@ -23,24 +22,11 @@ def path(config: Config) -> Path:
 
 def load(config: Config) -> list[dict]:
     """The recorded runs, oldest window first; unreadable lines are skipped."""
-    p = path(config)
-    if not p.is_file():
-        return []
-    entries = []
-    for line in p.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            continue
-    return sorted(entries, key=lambda e: (e["window"]["until"], e.get("run_at", "")))
+    return sorted(read_jsonl(path(config)), key=lambda e: (e["window"]["until"], e.get("run_at", "")))
 
 
 def _save(config: Config, entries: list[dict]) -> None:
-    p = path(config)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
-    tmp.replace(p)
+    write_jsonl(path(config), entries)
 
 
 def _key(entry: dict) -> tuple:

@@ -94,7 +94,7 @@ def example_keys(request_key: str, rows: list[dict], key_feature: str) -> list[s
 
 def keyed_predictions(config: Config, log_dir: Path) -> tuple[dict[str, list[Prediction]], dict[str, Any]]:
     """Every logged example with a key, by key; and counts of what was read (unkeyed examples, repeated keys)."""
-    from pipeline.metadata.request_logs import decode_request, decode_scores
+    from pipeline.dag.request_logs import decode_request, decode_scores
     from serving.request_log import log_files, read_logs
 
     if not log_files(str(log_dir)):

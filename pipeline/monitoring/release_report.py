@@ -264,6 +264,8 @@ def _why(row: dict, gates: list[dict]) -> str:
 
 def model_card(config: Config, report: dict) -> str:
     """The pushed version's model card (Markdown): intended use, data window, metrics by slice, limitations."""
+    from pipeline.monitoring.release_report_html import fmt_metric  # the report page's number format
+
     card = config.model_card
     push, lineage = report["push"], report["lineage"] or {}
     lines = [f"# Model card: {config.model_name} version {push['version']}", ""]
@@ -284,19 +286,12 @@ def model_card(config: Config, report: dict) -> str:
         lines.append("| slice | " + " | ".join(names) + " |")
         lines.append("|---" * (len(names) + 1) + "|")
         for s in report["evaluation"]["slices"]:
-            cells = [_fmt(s["metrics"].get(n, {}).get("candidate")) for n in names]
+            cells = [fmt_metric(s["metrics"].get(n, {}).get("candidate")) for n in names]
             lines.append(f"| {s['slice']} | " + " | ".join(cells) + " |")
     lines += ["", "## Limitations", "", card.limitations or "(not stated: set model_card.limitations)", ""]
     if card.ethical_considerations:
         lines += ["## Ethical considerations", "", card.ethical_considerations, ""]
     return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    """A metric value: counts as integers, the rest with 4 decimals."""
-    if value is None:
-        return "-"
-    return str(int(value)) if value == value and abs(value) >= 2 and float(value).is_integer() else f"{value:.4f}"
 
 
 def write(config: Config, run_id: str) -> Path:

@@ -11,7 +11,6 @@ import html
 import json
 
 from pipeline.metadata import verdicts
-from pipeline.monitoring.release_report import _fmt
 from pipeline.monitoring.report import _bars  # the monitor page's inline SVG bar chart
 
 SECTIONS = ("summary", "gates", "push", "data", "metrics", "lineage")
@@ -35,12 +34,19 @@ SCRIPT = """
 """
 
 
+def fmt_metric(value) -> str:
+    """A metric value: counts as integers, the rest with 4 decimals."""
+    if value is None:
+        return "-"
+    return str(int(value)) if value == value and abs(value) >= 2 and float(value).is_integer() else f"{value:.4f}"
+
+
 def _e(value) -> str:
     return html.escape("-" if value is None else str(value))
 
 
 def _num(value) -> str:
-    return _fmt(value)
+    return fmt_metric(value)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

@@ -1,9 +1,10 @@
-"""Time windows of `mlpipe monitor` and its one-line refusal (MonitorError)."""
+"""Time windows of `mlpipe monitor`, its one-line refusal (MonitorError) and its per-window tables."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Callable
 
 
 class MonitorError(Exception):
@@ -49,3 +50,32 @@ def parse_time(text: str, now: float) -> float:
 
 def iso_seconds(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def config_duration(config, key: str) -> float:
+    """The duration setting `monitoring.<key>` in seconds; a bad one is a config error naming the setting."""
+    try:
+        return parse_duration(getattr(config.monitoring, key))
+    except MonitorError as e:
+        raise MonitorError(f"config error: monitoring.{key}: {e}") from None
+
+
+def window_lines(title: str, columns: list[tuple], entries: list[dict], failed: Callable[[dict], str]) -> list[str]:
+    """A table of one line per (window, version): the window's start, the version, `columns` ((heading, width
+    spec, key, decimals): a value with decimals is printed with 4 of them, or n/a) and the verdict
+    (`failed(entry)` names the bound the entry missed)."""
+    if not entries:
+        return []
+
+    def cell(value, spec: str, decimals: bool) -> str:
+        if decimals:
+            value = "n/a" if value is None else f"{value:.4f}"
+        return format(value, spec)
+
+    head = " ".join(format(heading, spec) for heading, spec, _, _ in columns)
+    out = [f"{title + ' WINDOW SINCE':<26} {'VERSION':<11} {head}  VERDICT"]
+    for e in entries:
+        verdict = "not judged" if not e["judged"] else ("ok" if e["passed"] else f"FAIL ({failed(e)})")
+        row = " ".join(cell(e[key], spec, decimals) for _, spec, key, decimals in columns)
+        out.append(f"{e['window']['since']:<26} {e['version']:<11} {row}  {verdict}")
+    return out

@@ -110,13 +110,11 @@ def compile_pipeline(config: Config, target: str, output: str | Path) -> Compile
                 f"e.g. {output.with_suffix('.yaml').name}",
             )
     root, data_root, serving = _locations(config)  # checked before the slow TFX import
-    from tfx import v1 as tfx
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as kfp_v2
 
     tfx_pipeline = portable_pipeline(config)
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            display_name=config.pipeline_name, default_image=config.deploy.image
-        ),
+    runner = kfp_v2.KubeflowV2DagRunner(
+        config=kfp_v2.KubeflowV2DagRunnerConfig(display_name=config.pipeline_name, default_image=config.deploy.image),
     )
     job = runner.run(tfx_pipeline, write_out=False)
     if target == "vertex":  # a PipelineJob: aiplatform.PipelineJob(template_path=...) reads it

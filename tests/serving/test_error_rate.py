@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import requests
 
@@ -21,7 +22,7 @@ def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cach
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     from pipeline import config as config_lib
-    from pipeline.monitoring import feedback
+    from pipeline.monitoring import auto_rollback
 
     base = config_lib.load(None, {"workspace": str(tmp_path / "ws")})
     models = base.serving_model_dir
@@ -59,19 +60,19 @@ def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cach
     def with_rule(**monitoring):
         return dataclasses.replace(base, monitoring=dataclasses.replace(base.monitoring, **monitoring))
 
-    series = feedback.error_rate_series(with_rule(min_error_requests=4, max_error_rate=0.1))
+    series = auto_rollback.error_rate_series(with_rule(min_error_requests=4, max_error_rate=0.1))
     assert [(e["version"], e["requests"], e["error_rate"], e["passed"]) for e in series] == [
         (1, 5, 0.0, True),
         (2, 4, 0.75, False),
     ]
     # Fewer requests than monitoring.min_error_requests: not judged, no rollback.
-    few = feedback.rollback_decision(with_rule(rollback_after_windows=1, min_error_requests=5), 0)
+    few = auto_rollback.rollback_decision(with_rule(rollback_after_windows=1, min_error_requests=5), 0)
     assert few["failing"] == []
-    decision = feedback.rollback_decision(with_rule(rollback_after_windows=1, min_error_requests=4), 0)
+    decision = auto_rollback.rollback_decision(with_rule(rollback_after_windows=1, min_error_requests=4), 0)
     assert [(f["version"], f["check"]) for f in decision["failing"]] == [(2, "error_rate")]
     assert "failed error_rate in 1 consecutive window(s)" in decision["reason"]
     # A high enough monitoring.max_error_rate passes the same window.
-    tolerant = feedback.rollback_decision(
+    tolerant = auto_rollback.rollback_decision(
         with_rule(rollback_after_windows=1, min_error_requests=4, max_error_rate=0.8), 0
     )
     assert tolerant["failing"] == []
@@ -90,3 +91,8 @@ def test_a_version_whose_requests_fail_is_rolled_back_on_its_error_rate(toy_cach
     ]
     doc = json.loads(run_cli("monitor", "--config", str(config), "--history", "--json")[1])
     assert doc["error_rate"] == series
+    # The model's logs under another root (`mlpipe monitor --log-dir`): the rollback rule reads the outcome files there.
+    moved = tmp_path / "elsewhere" / base.model_name
+    shutil.move(str(base.request_log_dir), str(moved))
+    decision = auto_rollback.rollback_decision(with_rule(rollback_after_windows=1, min_error_requests=4), 0, moved)
+    assert [(f["version"], f["check"]) for f in decision["failing"]] == [(2, "error_rate")]

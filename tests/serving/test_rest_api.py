@@ -336,3 +336,27 @@ def test_metrics_count_requests_by_model_version_api_and_status(url):
     assert "mlpipe_serving_request_latency_seconds_bucket{" in text
     assert 'model="nope"' not in text and 'model="<unknown>"' in text  # names from URLs stay out of labels
     assert 'mlpipe_serving_model_version_available{model="toy",version="2"} 1.0' in text
+
+
+def test_fast_path_and_tornado_handler_answer_alike(url):
+    """A POST with a Content-Length takes serving/rest_fast.py; the same body sent chunked goes through
+    tornado.web's handler. Status, body and headers must not depend on which one answered."""
+    cases = [
+        ("/v1/models/toy:predict", {"instances": [1.0, 2.0]}),
+        ("/v1/models/toy/versions/1:predict", {"inputs": [3.0]}),
+        ("/v1/models/toy:predict", {"instances": ["bad"]}),
+        ("/v1/models/toy:predict", b"{not json"),
+        ("/v1/models/nope:predict", {"instances": [1.0]}),
+        ("/v1/models/toy:PREDICT", {"instances": [1.0]}),
+        ("/v1/models/toy:regress", {"signature_name": "regress_x", "examples": [{"x": 1.0}]}),
+    ]
+    for path, body in cases:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"X-Request-Id": "same-key-1"}
+        fast = requests.post(url + path, data=data, headers=headers, timeout=30)
+        slow = requests.post(url + path, data=iter([data]), headers=headers, timeout=30)  # chunked
+        assert "Transfer-Encoding" in slow.request.headers and "Content-Length" in fast.request.headers
+        assert "Server" in slow.headers and "Server" not in fast.headers  # tornado.web answered only the chunked one
+        assert (fast.status_code, fast.content) == (slow.status_code, slow.content), path
+        for name in ("Content-Type", "X-Model-Version", "X-Request-Id"):
+            assert fast.headers.get(name) == slow.headers.get(name), (path, name)

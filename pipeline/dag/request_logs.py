@@ -1,7 +1,9 @@
 """Reading the request logs back: decoded raw features (and the model's score) of every logged example.
 
-It sits in the recorded-facts layer beside the TFRecord reader (tfrecords.py) because the monitor, the
-late-label join and the replay gate (pipeline/dag) all read what the server logged."""
+It decodes with serving's own request-log naming and Input parsing (serving/request_log.py,
+serving/inference.py), so it sits in pipeline/dag, the lowest layer that may import serving/ and the one
+the replay gate lives in; the monitor and the late-label join (pipeline/monitoring) read it from above.
+The TFRecords themselves are read by pipeline/metadata/tfrecords.py, without TensorFlow."""
 
 from __future__ import annotations
 
