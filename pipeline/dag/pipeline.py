@@ -23,7 +23,6 @@ from pipeline.dag.eval_sample import EvalSample
 from pipeline.dag.infra_validator import InfraValidator
 from pipeline.dag.inputs import CSV_PATTERN
 from pipeline.dag.typed_csv import TypedCsvExampleGen
-from pipeline.dag.user_code import MODELS_DIR, models_fingerprint  # noqa: F401 (re-exported)
 from pipeline.publish.approvals import release_settings
 from pipeline.publish.pusher import AtomicPusher
 
