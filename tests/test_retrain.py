@@ -15,42 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from data import taxi_sample
 from pipeline.config import retrain_lock_path
 from pipeline.metadata import queries as metadata
 from pipeline.ops import lock as lock_lib
-from tests.conftest import run_cli
+from tests.conftest import RETRAIN_FLAGS, ingest_next, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = "mlpipe-taxi"
 # Every run is blessed (value bound 0, any drop allowed), so baselines and pushes are deterministic.
-FLAGS = [
-    "--train-steps",
-    "50",
-    "--eval-steps",
-    "10",
-    "--window-spans",
-    "2",
-    "--warm-start",
-    "--value-threshold",
-    "0",
-    "--change-tolerance",
-    "1",
-]
-
-
-def stable_source(dest: Path) -> Path:
-    """The taxi sample as it is. Its `pickup_census_tract` has one value, in 2013 Q3 (span 3 here), and is
-    empty in spans 1-2: the rolling window over them only parses because ExampleGen encodes every span
-    with the declared column types (see docs/continuous-training.md, "Column types across spans")."""
-    shutil.copyfile(taxi_sample.source_csv(), dest)
-    return dest
-
-
-def ingest_next(source: Path, root: Path) -> None:
-    """Adds the next quarter of the source as a new span (~900 rows)."""
-    code, out, err = run_cli("ingest", str(source), "--data-root", str(root), "--by", "quarter", "--next", "1")
-    assert code == 0, out + err
+FLAGS = RETRAIN_FLAGS
 
 
 def completed_runs(workspace: Path) -> list[dict]:
@@ -102,22 +75,13 @@ def stop_after_transform(fn_args):
 
 
 @pytest.fixture(scope="module")
-def replay(tmp_path_factory):
-    """Runs: retrain on span 1; again with no new span; span 2; span 3 killed at the Trainer (with a
+def replay(span_retrains):
+    """Runs: retrain on span 1; again with no new span; span 2 (those three are tests/conftest.py's
+    span_retrains, shared with tests/test_metadata_mysql_e2e.py); span 3 killed at the Trainer (with a
     concurrent retrain tried meanwhile); span 3 again. Returns what each step saw."""
-    base = tmp_path_factory.mktemp("retrain")
-    root, workspace = base / "spans", base / "workspace"
+    base, root, workspace, source = (span_retrains[k] for k in ("base", "root", "workspace", "source"))
     common = ["--workspace", str(workspace), "--data-root", str(root), *FLAGS]
-    seen = {"workspace": workspace, "root": root}
-    source = stable_source(base / "taxi.csv")
-
-    ingest_next(source, root)
-    seen["run1"] = run_cli("retrain", *common)
-    runs_before = run_count(workspace)
-    seen["idle"] = run_cli("retrain", *common)
-    seen["idle_new_runs"] = run_count(workspace) - runs_before
-    ingest_next(source, root)
-    seen["run2"] = run_cli("retrain", *common)
+    seen = {k: span_retrains[k] for k in ("workspace", "root", "run1", "idle", "idle_new_runs", "run2")}
     seen["versions_before_kill"] = serving_versions(workspace)
     # The same window analysed in full (data.analyzer_cache = false), in a copy of the metadata after run2.
     # Only its Transform is compared: its Trainer's run_fn (stop_after_transform) ends the run there.
