@@ -122,6 +122,20 @@ def _remap(value, fresh, pairs, offset=0):
     return out
 
 
+def saved_trainable_weights(model_dir):
+    """{weight name: value} of the trainable variables of the SavedModel at `model_dir`.
+
+    Found by walking its object graph, so it reads exports with Keras's layer traces (the loaded object
+    has `trainable_variables`) and without them (export_serving_model's, where it has not).
+    """
+    loaded = tf.saved_model.load(model_dir)  # held: TrackableView keeps only a weak reference
+    weights = {}
+    for obj in tf.train.TrackableView(loaded).descendants():
+        if isinstance(obj, tf.Variable) and obj.trainable:
+            weights.setdefault(obj.name, obj.numpy())
+    return weights
+
+
 def warm_start(model, base_model_dir, vocabularies=None):
     """Initializes `model` from the SavedModel at `base_model_dir`, weight by weight (matched by name).
 
@@ -133,7 +147,7 @@ def warm_start(model, base_model_dir, vocabularies=None):
     Returns a report: `carried` and `not_carried` ([{"weight", "reason"}]) weight names, and per
     feature the tokens `kept` and `new`. A weight that cannot be carried keeps its initialization.
     """
-    source = {v.name: v.numpy() for v in tf.saved_model.load(base_model_dir).trainable_variables}
+    source = saved_trainable_weights(base_model_dir)
     report = {"base_model": str(base_model_dir), "carried": [], "not_carried": [], "vocabularies": {}}
     maps = {}
     for key, new_vocab in (vocabularies or {}).items():

@@ -136,6 +136,14 @@ def test_serving_default_is_a_classify_signature_on_serialized_examples(exported
     assert raw.inputs["fare"].dtype == tf.float32.as_datatype_enum
 
 
+def test_the_evaluator_loads_the_export_through_its_signatures(exported):
+    """No keras_metadata.pb: TFMA's probe does not take the export for a Keras model (slower to load)."""
+    import tensorflow_model_analysis as tfma
+
+    spec = tfma.ModelSpec(signature_name=model.SERVING_DEFAULT)
+    assert tfma.utils.get_model_type(spec, exported, [tf.saved_model.SERVING]) == tfma.TF_GENERIC
+
+
 def test_signatures_agree_and_return_probabilities(exported):
     loaded = tf.saved_model.load(exported)
     examples = tf.constant([_example(r) for r in ROWS[:2]])

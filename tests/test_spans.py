@@ -296,6 +296,21 @@ def test_warm_start_copies_matching_weights_and_names_the_others(tmp_path):
         np.testing.assert_array_equal(w.numpy(), b)
 
 
+def test_warm_start_reads_an_export_without_keras_layer_traces(tmp_path):
+    """export_serving_model saves with save_traces=False: the loaded object has no trainable_variables."""
+    import numpy as np
+
+    from models.model import warm_start
+
+    base = _tiny_model(4, seed=1)
+    base.save(str(tmp_path / "base"), save_format="tf", save_traces=False)
+    same = _tiny_model(4, seed=2)
+    report = warm_start(same, str(tmp_path / "base"))
+    assert report["not_carried"] == [] and len(report["carried"]) == 4
+    for mine, theirs in zip(same.trainable_weights, base.trainable_weights):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
 def test_warm_start_maps_vocabulary_rows_token_by_token(tmp_path):
     """Between windows a token changes rank (or is new): its embedding row and its one-hot weight follow it."""
     import numpy as np
