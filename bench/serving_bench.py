@@ -6,6 +6,7 @@ Usage:
   python bench/serving_bench.py --model_base_path workspace/serving_model/taxi
   python bench/serving_bench.py --seconds 2 --concurrency 1 8
   python bench/serving_bench.py --num_processes 2     # adds servers of 2 processes (rows "off x2", "on x2")
+  python bench/serving_bench.py --grpc_client raw grpcio stub   # adds rows "gRPC-io", "gRPC-stub"
 
 The server runs as a subprocess (`python -m serving`) so it does not share the clients' GIL;
 clients are threads in this process. Every request is one `serving_raw` predict of one row.
@@ -14,9 +15,13 @@ Each cell runs --seconds (after a short warm-up), so the whole run is bounded.
 The clients are lean, as a load generator like wrk or ghz is, so the numbers are the server's:
 REST sends the request's bytes (built once) on one keep-alive socket per thread and reads the
 response by its Content-Length (http.client's parsing alone costs about 0.1 ms a request); gRPC
-sends the real PredictRequest, serialized once, on one channel and reads the response bytes
-without parsing them. The in-process reference (`loaded.signatures[...](**tensors)` with
-tf.constant inputs, numpy outputs) is measured in the same run, interleaved with the others.
+sends the real PredictRequest, serialized once, as plain HTTP/2 frames on one socket per thread
+and reads the response's frames without parsing them (bench/grpc_raw.py: grpcio's own client
+spends 0.3 to 0.4 ms of CPU a call even on bytes, and at concurrency 1 the client's time is
+counted as the server's; --grpc_client grpcio and stub add rows with grpcio's channel and stub).
+A call that ends without a response message counts as an error. The in-process reference
+(`loaded.signatures[...](**tensors)` with tf.constant inputs, numpy outputs) is measured in the
+same run, interleaved with the others.
 """
 
 from __future__ import annotations
@@ -38,10 +43,13 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
+from bench.grpc_raw import RawGrpcConnection  # noqa: E402
 from bench.server_process import free_port, stop_server, wait_until_serving  # noqa: E402
 from models.features import COLUMN_TYPES  # noqa: E402
 
 SIGNATURE = "serving_raw"
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+GRPC_CLIENTS = {"raw": "gRPC", "grpcio": "gRPC-io", "stub": "gRPC-stub"}  # --grpc_client: its rows' name
 _VALUES = {
     "trip_miles": 2.0,
     "fare": 10.0,
@@ -194,9 +202,8 @@ def rest_call(port: int):
     return call
 
 
-def grpc_call(port: int):
-    """The real PredictRequest, serialized once; the response bytes are read but not parsed."""
-    import grpc
+def grpc_request_bytes() -> bytes:
+    """The benchmark's PredictRequest, serialized."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
@@ -206,10 +213,43 @@ def grpc_call(port: int):
     for key, value in ROW.items():
         dtype = tf.string if isinstance(value, str) else tf.float32 if isinstance(value, float) else tf.int64
         request.inputs[key].CopyFrom(tf.make_tensor_proto([value], dtype=dtype))
-    payload = request.SerializeToString()
+    return request.SerializeToString()
+
+
+def grpc_call(port: int, client: str = "raw"):
+    """The real PredictRequest, serialized once. `raw` (the default): one plain HTTP/2 socket per thread
+    (bench/grpc_raw.py), the response's frames read but not parsed; `grpcio`: grpcio's channel (one for all
+    threads) with the bytes, the response bytes not parsed; `stub`: PredictionServiceStub, the request
+    parsed and serialized per call and the response parsed, as an application's client would."""
+    import grpc
+
+    payload = grpc_request_bytes()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
-    return lambda state: predict(payload, timeout=30)
+    if client == "stub":
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        return lambda state: stub.Predict(predict_pb2.PredictRequest.FromString(payload), timeout=30)
+    predict = channel.unary_unary(PREDICT_METHOD)
+    if client == "grpcio":
+        return lambda state: predict(payload, timeout=30)
+    check = RawGrpcConnection("127.0.0.1", port, PREDICT_METHOD)
+    if check.call(payload) != predict(payload, timeout=30):
+        raise RuntimeError("the raw gRPC client's response differs from grpcio's")
+    check.close()
+    channel.close()
+
+    def call(state):
+        conn = state.get("c")
+        if conn is None:
+            conn = state["c"] = RawGrpcConnection("127.0.0.1", port, PREDICT_METHOD)
+        try:
+            conn.call(payload)
+        except (OSError, RuntimeError):
+            state.pop("c").close()
+            raise
+
+    return call
 
 
 def start_server(base_path: str, batching: bool, workdir: str, processes: int = 1):
@@ -262,6 +302,15 @@ def main(argv=None) -> int:
         default=1,
         help="also serve with this many server processes (mlpipe serve --num_processes; default 1: only one)",
     )
+    parser.add_argument(
+        "--grpc_client",
+        choices=GRPC_CLIENTS,
+        nargs="+",
+        default=["raw"],
+        help="gRPC clients, each its own rows: raw HTTP/2 frames on a socket per thread (default; rows "
+        '"gRPC"), grpcio\'s channel with pre-serialized bytes ("gRPC-io"), grpcio\'s PredictionServiceStub '
+        '("gRPC-stub"); see above',
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds <= 0 or args.num_processes <= 0 or any(c <= 0 for c in args.concurrency):
         parser.error("--seconds, --rounds, --num_processes and --concurrency must be positive")
@@ -287,7 +336,8 @@ def main(argv=None) -> int:
                 servers.append(proc)
                 mode = ("on" if batching else "off") + (f" x{processes}" if processes > 1 else "")
                 paths[("REST", mode)] = rest_call(rest)
-                paths[("gRPC", mode)] = grpc_call(grpc_port)
+                for client in args.grpc_client:
+                    paths[(GRPC_CLIENTS[client], mode)] = grpc_call(grpc_port, client)
             for call in paths.values():  # first requests pay one-time costs (connections, lazy imports)
                 run_cell(call, max(args.concurrency), 1.0, warmup=0.0)
             # Rounds of every path side by side, so a change in the machine's load hits all of them alike.

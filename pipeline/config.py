@@ -386,6 +386,11 @@ class Config:
         return self.workspace_path / "cache" / "user_code_check.json"
 
     @property
+    def unchanged_run_path(self) -> Path:
+        """The inputs key and metadata watermark of the last fully cached run (pipeline/ops/unchanged.py)."""
+        return self.workspace_path / "cache" / "unchanged_run.json"
+
+    @property
     def monitoring_history_path(self) -> Path:
         """Every `mlpipe monitor` run's scores (gates --retrain)."""
         return self.workspace_path / "monitoring" / "history.jsonl"

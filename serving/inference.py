@@ -199,6 +199,63 @@ def _fast_tensor_to_array(tensor_proto) -> np.ndarray | None:
     return np.array(list(values), dtype=dtype).reshape(shape)  # list(): numpy reads a repeated field slowly
 
 
+def _grouped_arrays(inputs) -> dict[str, np.ndarray] | None:
+    """A request's tensors when every one is of a common type with its values in the typed field and all
+    tensors of a dtype share a shape (a request's usual form): each dtype's values are gathered in one
+    pass and converted as one block, each input a row of it, which is what `tensor_to_array` would give
+    tensor by tensor at a third of the cost; None for anything else."""
+    groups: dict[int, tuple[list, list, tuple]] = {}
+    order = []
+    for name, tensor in inputs.items():
+        enum = tensor.dtype
+        spec = _VALUE_FIELDS.get(enum)
+        if spec is None or tensor.tensor_content:
+            return None
+        shape_proto = tensor.tensor_shape
+        dims = shape_proto.dim
+        if not dims:  # a scalar: per tensor, as a 0-d array
+            return None
+        if len(dims) == 1:
+            shape = (dims[0].size,)
+            n = shape[0]
+        else:
+            shape = tuple([d.size for d in dims])
+            n = 1
+            for d in shape:
+                n *= d
+        if shape_proto.unknown_rank or n < 0 or any(d < 0 for d in shape):
+            return None
+        values = getattr(tensor, spec[0])
+        if len(values) != n:
+            return None
+        group = groups.get(enum)
+        if group is None:
+            group = groups[enum] = ([], [], shape)
+        elif group[2] != shape:
+            return None
+        group[0].append(name)
+        group[1].extend(values)
+        order.append(name)
+    arrays = {}
+    for enum, (names, values, shape) in groups.items():
+        dtype = _VALUE_FIELDS[enum][1]
+        if dtype.kind == "O":
+            block = np.empty(len(values), dtype=object)
+            block[:] = values
+        else:
+            block = np.array(values, dtype=dtype)
+        arrays.update(zip(names, block.reshape((len(names), *shape))))
+    return {name: arrays[name] for name in order}
+
+
+def request_arrays(inputs) -> dict[str, np.ndarray]:
+    """A PredictRequest's `inputs` map as {name: array}, in the map's order."""
+    grouped = _grouped_arrays(inputs)
+    if grouped is not None:
+        return grouped
+    return {k: tensor_to_array(v) for k, v in inputs.items()}
+
+
 def tensor_to_array(tensor_proto) -> np.ndarray:
     import tensorflow as tf
 
@@ -247,7 +304,7 @@ def predict_from_proto(servable: Servable, request):
     """A PredictRequest run on `servable`; returns a PredictResponse (model_spec filled)."""
     from tensorflow_serving.apis import predict_pb2
 
-    inputs = {k: tensor_to_array(v) for k, v in request.inputs.items()}
+    inputs = request_arrays(request.inputs)
     signature, outputs = predict(servable, request.model_spec.signature_name, inputs, list(request.output_filter))
     response = predict_pb2.PredictResponse()
     fill_model_spec(response.model_spec, servable, signature.name)

@@ -112,3 +112,67 @@ def test_a_fully_cached_run_imports_neither_vertex_kubeflow_nor_the_model_code(f
     summary = json.loads(out[: out.rindex("\nIMPORTS ")])
     assert summary["fully_cached"] is True, [(c["node_id"], c["state"]) for c in summary["components"]]
     assert result["loaded"] == [], result["loaded"]
+
+
+def _run_records(store, pipeline_name: str, run) -> list[tuple]:
+    """What MLMD holds about a run, per execution in order: type, state, properties, events, contexts but the run's."""
+    from pipeline.metadata import queries as metadata
+
+    records = []
+    for e in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
+        events = sorted(
+            (ev.artifact_id, ev.type, tuple(s.key or str(s.index) for s in ev.path.steps))
+            for ev in store.get_events_by_execution_ids([e.id])
+        )
+        contexts = sorted(c.name for c in store.get_contexts_by_execution(e.id) if c.id != run.id)
+        properties = sorted((k, str(v)) for k, v in e.custom_properties.items())
+        records.append((e.type, e.last_known_state, properties, events, contexts))
+    assert records and metadata.pipeline_runs(store, pipeline_name)
+    return records
+
+
+def test_an_unchanged_run_after_a_fully_cached_one_records_tfxs_decision_without_tfx(first_run, taxi_slice, tmp_path):
+    """Nothing changed since a run TFX found fully cached: the next run is recorded as TFX recorded that one
+    (pipeline/ops/unchanged.py) without importing TF or TFX; any write to the metadata store sends the run
+    after it to TFX again."""
+    from pipeline import config as config_lib
+    from pipeline.metadata import queries as metadata
+    from tests.conftest import run_cli
+
+    with borrowed_workspace(first_run, tmp_path) as ws:
+        argv = ("run", "--workspace", str(ws), "--data-root", str(taxi_slice), *FAST_FLAGS, "--json")
+        summaries = []
+        for expect_tfx in (True, False, False):
+            result, out = probe(*argv)
+            assert result["code"] == 0, out
+            assert ("tfx" in result["heavy"]) is expect_tfx, result["heavy"]
+            summaries.append(json.loads(out[: out.rindex("\nIMPORTS ")]))
+            assert summaries[-1]["fully_cached"] is True
+        store = metadata.open_store(config_lib.load(overrides={"workspace": str(ws)}))
+        runs = metadata.pipeline_runs(store, "mlpipe-taxi")  # newest first
+        assert [r.name for r in runs[:3]] == [s["run_id"] for s in reversed(summaries)]
+        by_tfx = _run_records(store, "mlpipe-taxi", runs[2])
+        assert _run_records(store, "mlpipe-taxi", runs[1]) == by_tfx
+        assert _run_records(store, "mlpipe-taxi", runs[0]) == by_tfx
+
+        def same(s):
+            s = {k: v for k, v in s.items() if k not in ("run_id", "seconds", "log", "report")}
+            s["components"] = [(c["node_id"], c["state"]) for c in s["components"]]
+            s["gates"] = [{k: v for k, v in g.items() if k != "execution_id"} for g in s["gates"]]  # this run's
+            return s
+
+        assert same(summaries[1]) == same(summaries[0]) == same(summaries[2])
+        # A write to the store (a label move is recorded in MLMD): TFX decides again, and finds it all cached.
+        code, out, err = run_cli("label", "set", "stable", summaries[0]["pushed_version"], "--workspace", str(ws))
+        assert code == 0, out + err
+        result, out = probe(*argv)
+        assert result["code"] == 0 and "tfx" in result["heavy"], result
+        assert json.loads(out[: out.rindex("\nIMPORTS ")])["fully_cached"] is True
+        # A cached output gone from the disk: TFX does not re-use it (it checks), so the run goes to TFX.
+        import shutil
+
+        shutil.rmtree(ws / "pipeline_root" / "ExampleValidator")
+        result, out = probe(*argv)
+        assert result["code"] == 0 and "tfx" in result["heavy"], result
+        states = {c["node_id"]: c["state"] for c in json.loads(out[: out.rindex("\nIMPORTS ")])["components"]}
+        assert states["ExampleValidator"] == "ran" and states["Trainer"] == "cached", states

@@ -83,11 +83,11 @@ def sliced_metrics(eval_uri: str | None) -> list[dict]:
     """[{"slice", "metrics": {name: {"candidate", "baseline"}}}], overall first, from TFMA's output."""
     if not eval_uri:
         return []
-    import tensorflow_model_analysis as tfma
+    from pipeline.metadata.evaluation import load_metrics  # tfma.load_metrics without importing TFMA (and TF)
 
     rows = []
     try:
-        loaded = list(tfma.load_metrics(eval_uri))
+        loaded = list(load_metrics(eval_uri))
     except Exception:  # a run that failed while writing its evaluation
         return []
     for per_slice in loaded:

@@ -13,6 +13,7 @@ from pipeline import config as config_lib
 from pipeline.config import Config, ConfigError
 from pipeline.dag import inputs
 from pipeline.metadata import queries as metadata
+from pipeline.ops import unchanged
 from pipeline.ops.summary import RunSummary, summarize
 
 Print = Callable[[str], None]
@@ -133,6 +134,19 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
         ensure_default_data(config)
         check_before_run(config)
     config.workspace_path.mkdir(parents=True, exist_ok=True)
+    key = _inputs_key(config)
+    started = time.time()
+    try:
+        copied = unchanged.copy_last_run(config, key) if key else None
+    except Exception:  # the store is busy or unreadable: TFX decides, as without a key
+        logging.getLogger(__name__).exception("cannot copy the last fully cached run: running TFX")
+        copied = None
+    if copied:  # nothing changed since a run TFX found fully cached: recorded as its copy, TFX not started
+        ProgressWatcher(config, started, say).poll()
+        summary = summarize(config, started, time.time() - started)
+        release(config, summary)
+        unchanged.remember(config, key, summary.run_id, summary.completed and summary.fully_cached)
+        return summary
 
     from absl import flags
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # heavy: only when a run starts
@@ -142,7 +156,6 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
 
     from pipeline.dag.pipeline import create_pipeline
 
-    started = time.time()
     watcher = ProgressWatcher(config, started, say)
     watcher.start()
     error: BaseException | None = None
@@ -169,7 +182,19 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
         summary.failed_component = summary.failed_component or watcher.current
         summary.error = str(error).strip() or type(error).__name__
     release(config, summary)
+    unchanged.remember(config, key, summary.run_id, summary.completed and summary.fully_cached)
     return summary
+
+
+def _inputs_key(config: Config) -> str | None:
+    """The run's inputs key (pipeline/ops/unchanged.py), or None: no cache, or it cannot be computed."""
+    if not config.enable_cache:
+        return None
+    try:
+        return unchanged.inputs_key(config)
+    except OSError:
+        logging.getLogger(__name__).exception("cannot compute the run's inputs key: TFX decides what is cached")
+        return None
 
 
 def release(config: Config, summary: RunSummary) -> None:

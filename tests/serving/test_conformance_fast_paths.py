@@ -144,3 +144,55 @@ def test_output_tensors_are_written_in_typed_fields_and_read_back_like_make_tens
     assert got.dtype == reference.dtype and got.tensor_shape == reference.tensor_shape
     np.testing.assert_array_equal(tf.make_ndarray(got), tf.make_ndarray(reference))
     assert tf.make_ndarray(got).dtype == array.dtype
+
+
+def _request_inputs(tensors: dict):
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    for key, proto in tensors.items():
+        request.inputs[key].CopyFrom(proto)
+    return request.inputs
+
+
+def _typed(value, dtype, shape=None):
+    """A TensorProto with its values in the typed field (make_tensor_proto uses tensor_content for arrays)."""
+    return tf.make_tensor_proto(np.asarray(value).tolist(), dtype=dtype, shape=shape)
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        {"fare": _typed([1.5], tf.float32), "n": _typed([7], tf.int64), "c": _typed([b"Flash"], tf.string)},
+        {"a": _typed([1.0, 2.0], tf.float32), "b": _typed([3.0, 4.0], tf.float32), "t": _typed([True, False], tf.bool)},
+        {"a": _typed([[1.0], [2.0]], tf.float64), "b": _typed([[3.0], [4.0]], tf.float64), "i": _typed([9], tf.int32)},
+        {"a": _typed([1.0], tf.float32), "b": _typed([2.0, 3.0], tf.float32)},  # one dtype, two shapes
+        {"a": _typed([1.0], tf.float32), "b": tf.make_tensor_proto(np.array([2.0], np.float32))},  # tensor_content
+        {"a": _typed([1.0], tf.float32), "s": tf.make_tensor_proto(3.0, dtype=tf.float32)},  # a scalar
+        {"a": _typed([2.5], tf.float32, shape=[3])},  # one value for three
+        {"a": _typed([], tf.int64, shape=[0]), "b": _typed([], tf.int64, shape=[0])},
+        {"h": tf.make_tensor_proto([1.0], dtype=tf.float16)},  # a type read by make_ndarray only
+    ],
+)
+def test_a_requests_tensors_read_together_equal_each_tensor_read_alone(tensors):
+    from serving.inference import request_arrays, tensor_to_array
+
+    inputs = _request_inputs(tensors)
+    expected = {k: tensor_to_array(v) for k, v in inputs.items()}
+    got = request_arrays(inputs)
+    assert list(got) == list(expected)
+    for key in expected:
+        assert got[key].dtype == expected[key].dtype and got[key].shape == expected[key].shape, key
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_a_requests_bad_tensor_fails_as_that_tensor_alone_fails():
+    from serving.inference import request_arrays, tensor_to_array
+
+    inputs = _request_inputs({"a": tf.make_tensor_proto(np.zeros(2, np.float32)), "b": _typed([1.0], tf.float32)})
+    inputs["a"].tensor_content = b"\x00" * 3  # not two float32s
+    with pytest.raises(ServingError) as alone:
+        {k: tensor_to_array(v) for k, v in inputs.items()}
+    with pytest.raises(ServingError) as together:
+        request_arrays(inputs)
+    assert together.value.code == alone.value.code and together.value.message == alone.value.message

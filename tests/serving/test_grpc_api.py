@@ -222,3 +222,20 @@ def test_reload_config_adds_a_model_and_moves_labels(toy_versions, toy_module_se
             restore.config,
         )
         models.HandleReloadConfigRequest(restore, timeout=60)
+
+
+def test_the_benchmarks_raw_http2_client_gets_grpcios_bytes_and_sees_errors(toy_module_server, channel):
+    from bench.grpc_raw import RawGrpcConnection
+
+    method = "/tensorflow.serving.PredictionService/Predict"
+    conn = RawGrpcConnection("127.0.0.1", toy_module_server.grpc_port, method)
+    try:
+        for values in ([1.0], [2.0, 3.0], [4.0]):  # several calls on one connection, as the benchmark makes
+            payload = predict_request(values, version=1).SerializeToString()
+            assert conn.call(payload) == channel.unary_unary(method)(payload)
+        unknown = predict_request([1.0]).SerializeToString().replace(b"toy", b"nop")
+        with pytest.raises(RuntimeError, match="without a response message"):  # NOT_FOUND, trailers only
+            conn.call(unknown)
+        assert conn.call(payload) == channel.unary_unary(method)(payload)  # the connection goes on
+    finally:
+        conn.close()
