@@ -32,9 +32,22 @@ def _numeric(x):
 
 
 def scale_numeric(x):
+    """The z-score of x with missing values filled by the mean of the present ones, in one analysis phase.
+
+    The same numbers as `tft.scale_to_z_score(tf.where(present, x, tft.mean(present x)))` (up to float
+    rounding), without its second phase: there the z-score's analyzers read a column that depends on a
+    first analyzer's result, and tf.Transform only caches a single-phase analysis, so a retrain would
+    read the whole window again (docs/performance.md, "Incremental retrains"). Filling with the mean
+    keeps the mean; the filled column's variance is var_present * n_present / n_total."""
     values, present = _numeric(x)
-    mean = tft.mean(tf.boolean_mask(values, present))
-    return tft.scale_to_z_score(tf.where(present, values, mean))
+    present_values = tf.boolean_mask(values, present)
+    mean, var_present = tft.mean(present_values), tft.var(present_values)
+    counts = tft.sum(tf.stack([tf.cast(present, tf.int64), tf.ones_like(present, tf.int64)], axis=1), False)
+    n_present, n_total = tf.unstack(tf.cast(counts, tf.float32))
+    std = tf.sqrt(var_present * n_present / tf.maximum(n_total, 1.0))
+    centred = tf.where(present, values, mean) - mean
+    # As tft.scale_to_z_score: a constant column is centred, not divided by 0.
+    return tf.where(tf.not_equal(std, 0.0), tf.math.divide_no_nan(centred, std), centred)
 
 
 def bucketize_with_missing(x, num_buckets):

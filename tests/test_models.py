@@ -74,6 +74,23 @@ def test_numeric_missing_filled_with_mean_then_scaled(transformed):
     assert miles[2] == pytest.approx(0.0, abs=1e-6)
     assert miles[0] < 0 < miles[3]
     assert miles.mean() == pytest.approx(0.0, abs=1e-6)
+    # The filled column is 1, 3, 3, 5: mean 3, (population) variance 2.
+    assert miles.tolist() == pytest.approx([-(2**0.5), 0.0, 0.0, 2**0.5], abs=1e-6)
+
+
+def test_analysis_is_one_phase_so_cached_spans_are_not_read_again():
+    """With every analyzer of one span in tf.Transform's cache, analysing a window of that span and a
+    new one reads the new span only. A multi-phase analysis (an analyzer reading another one's result,
+    e.g. a z-score of a column filled with its mean) reads every span again, whatever the cache holds."""
+    from tensorflow_transform.beam import analysis_graph_builder, analyzer_cache
+
+    specs = {c: tf.SparseTensorSpec([None, 1], _dtype(c)) for c in features.CSV_COLUMNS}
+    old, new = analyzer_cache.DatasetKey("span-1"), analyzer_cache.DatasetKey("span-2")
+    fn = preprocessing.preprocessing_fn
+    entries = analysis_graph_builder.get_analysis_cache_entry_keys(fn, specs, [old, new], False)
+    assert entries
+    cache = {old: analyzer_cache.DatasetCache({k: object() for k in entries}, analyzer_cache.DatasetCacheMetadata(1))}
+    assert analysis_graph_builder.get_analysis_dataset_keys(fn, specs, [old, new], cache, False) == {new}
 
 
 def test_missing_coordinate_gets_its_own_bucket(transformed):
