@@ -136,41 +136,12 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     config.workspace_path.mkdir(parents=True, exist_ok=True)
     key = _inputs_key(config)
     started = time.time()
-    try:
-        copied = unchanged.copy_last_run(config, key) if key else None
-    except Exception:  # the store is busy or unreadable: TFX decides, as without a key
-        logging.getLogger(__name__).exception("cannot copy the last fully cached run: running TFX")
-        copied = None
-    if copied:  # nothing changed since a run TFX found fully cached: recorded as its copy, TFX not started
-        ProgressWatcher(config, started, say).poll()
-        summary = summarize(config, started, time.time() - started)
-        release(config, summary)
-        unchanged.remember(config, key, summary.run_id, summary.completed and summary.fully_cached)
-        return summary
-
-    from absl import flags
-    from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # heavy: only when a run starts
-
-    if not flags.FLAGS.is_parsed():  # else absl would parse the host program's argv (e.g. pytest -v)
-        flags.FLAGS.mark_as_parsed()
-
-    from pipeline.dag.pipeline import create_pipeline
-
-    watcher = ProgressWatcher(config, started, say)
-    watcher.start()
     error: BaseException | None = None
-    try:
-        pipeline = create_pipeline(config)
-        pipeline.metadata_connection_config = metadata.connection_config(config)
-        from pipeline.ops import beam_args
-
-        with metadata.redacting(config), beam_args.local_dependencies(config.beam):
-            LocalDagRunner().run(pipeline)
-    except Exception as e:  # a component failed: report it, keep MLMD as it is
-        error = e
-        logging.getLogger(__name__).exception("pipeline run failed")
-    finally:
-        watcher.stop()
+    if _copied_last_run(config, key):  # nothing changed since a run TFX found fully cached: TFX not started
+        watcher = ProgressWatcher(config, started, say)
+        watcher.poll()
+    else:
+        started, watcher, error = _run_tfx(config, say)
     try:
         summary = summarize(config, started, time.time() - started)
     except Exception as e:  # the metadata database went away: the run failed, say so in one line
@@ -184,6 +155,43 @@ def run(config: Config, say: Print = print, checked: inputs.DataCheck | None = N
     release(config, summary)
     unchanged.remember(config, key, summary.run_id, summary.completed and summary.fully_cached)
     return summary
+
+
+def _copied_last_run(config: Config, key: str | None) -> bool:
+    """Whether this run was recorded as a copy of the last fully cached one (pipeline/ops/unchanged.py)."""
+    try:
+        return bool(key and unchanged.copy_last_run(config, key))
+    except Exception:  # the store is busy or unreadable: TFX decides, as without a key
+        logging.getLogger(__name__).exception("cannot copy the last fully cached run: running TFX")
+        return False
+
+
+def _run_tfx(config: Config, say: Print) -> tuple[float, ProgressWatcher, BaseException | None]:
+    """Runs the pipeline with TFX's LocalDagRunner, printing progress; returns when it started (after the
+    imports), its progress watcher, and what failed, if anything."""
+    from absl import flags
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # heavy: only when a run starts
+
+    if not flags.FLAGS.is_parsed():  # else absl would parse the host program's argv (e.g. pytest -v)
+        flags.FLAGS.mark_as_parsed()
+
+    from pipeline.dag.pipeline import create_pipeline
+    from pipeline.ops import beam_args
+
+    started = time.time()
+    watcher = ProgressWatcher(config, started, say)
+    watcher.start()
+    try:
+        pipeline = create_pipeline(config)
+        pipeline.metadata_connection_config = metadata.connection_config(config)
+        with metadata.redacting(config), beam_args.local_dependencies(config.beam):
+            LocalDagRunner().run(pipeline)
+    except Exception as e:  # a component failed: report it, keep MLMD as it is
+        logging.getLogger(__name__).exception("pipeline run failed")
+        return started, watcher, e
+    finally:
+        watcher.stop()
+    return started, watcher, None
 
 
 def _inputs_key(config: Config) -> str | None:

@@ -103,7 +103,6 @@ def copy_last_run(config: Config, key: str) -> str | None:
     if not replay.outputs_present(store, runs[0]):  # TFX would re-run what lost its outputs
         return None
     name = replay.copy_run(store, config.pipeline_name, runs[0])
-    _save(config, key, name, replay.watermark(store))
     logging.getLogger(__name__).info(
         "nothing changed since run %s, which TFX found fully cached: recorded run %s as its copy", runs[0].name, name
     )
@@ -111,7 +110,8 @@ def copy_last_run(config: Config, key: str) -> str | None:
 
 
 def remember(config: Config, key: str | None, run_id: str | None, fully_cached: bool) -> None:
-    """After TFX ran: keeps the key of a fully cached run (the next identical run can copy it), else forgets it."""
+    """After a run (by TFX or copied): keeps the key of a fully cached run, which the next identical run can copy,
+    with the store's watermark as the run left it; forgets it after any other run."""
     if not (key and run_id and fully_cached):
         forget(config)
         return
