@@ -171,6 +171,15 @@ _VALUE_FIELDS = {
 }
 
 
+def _block(values, dtype: np.dtype) -> np.ndarray:
+    """A flat array of a repeated field's values (strings as Python objects)."""
+    if dtype.kind == "O":
+        block = np.empty(len(values), dtype=object)
+        block[:] = values
+        return block
+    return np.array(values, dtype=dtype)
+
+
 def _fast_tensor_to_array(tensor_proto) -> np.ndarray | None:
     """tf.make_ndarray's answer for a fully given tensor of a common type, without its per-call overhead;
     None for anything else (repeated-last-value fill, unknown rank, other types)."""
@@ -192,11 +201,7 @@ def _fast_tensor_to_array(tensor_proto) -> np.ndarray | None:
     values = getattr(tensor_proto, field)
     if len(values) != n:
         return None
-    if dtype.kind == "O":
-        array = np.empty(n, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    return np.array(list(values), dtype=dtype).reshape(shape)  # list(): numpy reads a repeated field slowly
+    return _block(list(values), dtype).reshape(shape)  # list(): numpy reads a repeated field slowly
 
 
 def _grouped_arrays(inputs) -> dict[str, np.ndarray] | None:
@@ -238,12 +243,7 @@ def _grouped_arrays(inputs) -> dict[str, np.ndarray] | None:
         order.append(name)
     arrays = {}
     for enum, (names, values, shape) in groups.items():
-        dtype = _VALUE_FIELDS[enum][1]
-        if dtype.kind == "O":
-            block = np.empty(len(values), dtype=object)
-            block[:] = values
-        else:
-            block = np.array(values, dtype=dtype)
+        block = _block(values, _VALUE_FIELDS[enum][1])
         arrays.update(zip(names, block.reshape((len(names), *shape))))
     return {name: arrays[name] for name in order}
 
